@@ -1,0 +1,42 @@
+"""The one interface every model implements: x_t, t, condition -> x0_hat, with the schedule (alpha_t, sigma_t) known.
+
+A `Denoiser` is an `nn.Module` with
+  - `schedule`     : an object of `spell_lab.schedules` (alpha_sigma(t), grid(steps), kind)
+  - `sample_shape` : the shape of one sample in the diffusion space, e.g. (1, 32, 32)
+  - `num_classes`  : number of conditions (class labels); condition -1 means "no condition" (for CFG)
+  - `forward(x, t, cond) -> x0_hat`, x (B, *sample_shape), t a scalar tensor in [0, 1], cond (B,) long.
+and the defaults a user expects from the model: `default_sampler`, `default_steps`, `default_guidance`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NULL_CONDITION = -1
+
+
+class Denoiser(nn.Module):
+    schedule = None
+    sample_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    default_sampler: str = "ddim"
+    default_steps: int = 50
+    default_guidance: float = 1.0
+    name: str = "denoiser"
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance on x0_hat: x0_u + w (x0_c - x0_u); w = 1 is the conditional model.
+
+    Guidance is linear in the model output and x_t is fixed, so guiding x0_hat equals guiding eps, v or the score.
+    Conditional and unconditional halves run as one batch.
+    """
+    if guidance == 1.0:
+        return model(x, t, cond)
+    null = torch.full_like(cond, NULL_CONDITION)
+    x0_c, x0_u = model(torch.cat([x, x]), t, torch.cat([cond, null])).chunk(2)
+    return x0_u + guidance * (x0_c - x0_u)

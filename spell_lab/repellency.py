@@ -1,0 +1,236 @@
+"""SPELL: the sparse repellency correction (paper Eq. 5 and 8, Algorithm 2) and the sources of shields.
+
+    delta_b = overcomp * sum_k relu(r / ||x0_b - z_k|| - 1) * (x0_b - z_k)
+
+Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
+float64 input) and centers are processed in chunks, so memory is O(B*chunk + B*D), never O(B*K*D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
+EXACT_WORK = 2**24  # B*K*D up to which distances come from exact differences
+
+
+@dataclass
+class Correction:
+    """Result of the correction for a batch: `delta` like x0, `active` (B,) shield counts, `nearest` (B,) distance."""
+
+    delta: torch.Tensor
+    active: torch.Tensor
+    nearest: torch.Tensor
+
+    def __add__(self, other: "Correction") -> "Correction":
+        return Correction(self.delta + other.delta, self.active + other.active, torch.minimum(self.nearest, other.nearest))
+
+
+def check_radius(radius: float, overcomp: float = 1.0) -> None:
+    if not (isinstance(radius, (int, float)) and math.isfinite(radius) and radius >= 0):
+        raise ValueError(f"radius must be a finite number >= 0 (got {radius!r}); use 0 to switch SPELL off.")
+    if not (isinstance(overcomp, (int, float)) and math.isfinite(overcomp) and overcomp > 0):
+        raise ValueError(f"overcomp must be a finite number > 0 (got {overcomp!r}); 1 is the exact correction.")
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32  # half inputs: distances in float32
+
+
+def correction(
+    x0: torch.Tensor,
+    centers: torch.Tensor,
+    radius: float,
+    *,
+    overcomp: float = 1.0,
+    skip_self: bool = False,
+    x_groups: torch.Tensor | None = None,
+    center_groups: torch.Tensor | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    check: bool = True,
+) -> Correction:
+    """The SPELL correction of x0 (B, ...) against centers (K, ...) in the same space; K may be 0.
+
+    skip_self: centers are the batch itself (intra-batch, Eq. 8) and a sample never repels itself.
+    x_groups (B,) / center_groups (K,): a pair interacts only when the groups are equal (e.g. the same prompt).
+    check: validate inputs (NaN, shapes); the sampler turns it off after validating once, to avoid host syncs.
+    """
+    if check:
+        check_radius(radius, overcomp)
+        _check_pair(x0, centers, skip_self)
+    B, K = x0.shape[0], centers.shape[0]
+    wd = _work_dtype(x0.dtype)
+    x = x0.reshape(B, -1).to(wd)
+    z = centers.reshape(K, -1)
+    origin = x.mean(dim=0, keepdim=True)  # distances from centred coordinates: little cancellation in the expansion
+    xc = x - origin
+    xc_sq = (xc * xc).sum(dim=1, keepdim=True)
+    delta = torch.zeros_like(x)
+    active = torch.zeros(B, dtype=torch.long, device=x0.device)
+    nearest = torch.full((B,), math.inf, dtype=wd, device=x0.device)
+    for start in range(0, K, chunk):
+        zc = z[start : start + chunk].to(wd) - origin
+        d = _distances(xc, xc_sq, zc)  # (B, k)
+        mask = _pair_mask(B, zc.shape[0], start, skip_self, x_groups, center_groups, centers.device)
+        if mask is not None:
+            d = d.masked_fill(~mask, math.inf)
+        nearest = torch.minimum(nearest, d.min(dim=1).values)
+        inside = d < radius
+        active += inside.sum(dim=1)
+        w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # ReLU
+        delta += w.sum(dim=1, keepdim=True) * xc - w @ zc  # sum_k w_k (x - z_k) without a (B, k, D) tensor
+    delta = (overcomp * delta).reshape(x0.shape).to(x0.dtype)
+    return Correction(delta, active, nearest)
+
+
+def _distances(xc: torch.Tensor, xc_sq: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+    """Pairwise L2 distances. Small problems use exact differences (the guarantee's sphere is hit to float
+    rounding); large ones the matmul expansion |x|^2 + |z|^2 - 2 x.z, which is many times faster."""
+    if xc.shape[0] * zc.shape[0] * xc.shape[1] <= EXACT_WORK:
+        return torch.cdist(xc, zc, compute_mode="donot_use_mm_for_euclid_dist")
+    d2 = torch.addmm(xc_sq + (zc * zc).sum(dim=1)[None, :], xc, zc.T, alpha=-2.0)
+    return d2.clamp_min(0.0).sqrt()
+
+
+def _pair_mask(B, k, start, skip_self, x_groups, center_groups, device):
+    mask = None
+    if skip_self:
+        mask = torch.arange(B, device=device)[:, None] != torch.arange(start, start + k, device=device)[None, :]
+    if x_groups is not None and center_groups is not None:
+        same = x_groups[:, None] == center_groups[None, start : start + k]
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def _check_pair(x0: torch.Tensor, centers: torch.Tensor, skip_self: bool) -> None:
+    if x0.ndim < 2:
+        raise ValueError(f"x0 must be a batch (B, ...) with at least 2 dims, got shape {tuple(x0.shape)}.")
+    if centers.shape[1:] != x0.shape[1:]:
+        raise ValueError(
+            f"reference shape {tuple(centers.shape[1:])} does not match the sample shape {tuple(x0.shape[1:])}: "
+            "references must live in the model's diffusion space (latents for latent models, pixels otherwise)."
+        )
+    if skip_self and centers.shape[0] != x0.shape[0]:
+        raise ValueError("skip_self=True means the centers are the batch itself: pass centers=x0.")
+    if not torch.isfinite(x0).all():
+        raise ValueError("x0 contains NaN or inf: the model produced non-finite predictions; check its inputs and dtype.")
+    if centers.numel() and not torch.isfinite(centers).all():
+        raise ValueError("the reference points contain NaN or inf: clean the reference set before shielding it.")
+
+
+# --- shield sources -------------------------------------------------------------------------------------------
+# A source turns the current x0_hat (B, ...) into a Correction; `Spell` sums the sources and records per source.
+
+
+class IntraBatch:
+    """The other members' x0_hat at the same step (Eq. 8); members interact only within the same condition."""
+
+    name = "batch"
+
+    def __call__(self, x0, radius, overcomp, cond):
+        return correction(x0, x0, radius, overcomp=overcomp, skip_self=True, x_groups=cond, center_groups=cond, check=False)
+
+
+class Memory:
+    """Final outputs of earlier rounds, per condition; `add` appends a finished batch."""
+
+    name = "memory"
+
+    def __init__(self, items: torch.Tensor | None = None, conditions: torch.Tensor | None = None):
+        self.items = items
+        self.conditions = conditions
+        if items is not None and conditions is None:
+            self.conditions = torch.zeros(items.shape[0], dtype=torch.long, device=items.device)
+
+    def add(self, x0: torch.Tensor, cond: torch.Tensor) -> None:
+        if self.items is None:
+            self.items, self.conditions = x0.detach().clone(), cond.detach().clone()
+        else:
+            self.items = torch.cat([self.items, x0.detach().to(self.items)])
+            self.conditions = torch.cat([self.conditions, cond.detach().to(self.conditions)])
+
+    def __len__(self) -> int:
+        return 0 if self.items is None else self.items.shape[0]
+
+    def __call__(self, x0, radius, overcomp, cond):
+        if self.items is None:
+            return _empty(x0)
+        return correction(
+            x0, self.items, radius, overcomp=overcomp, x_groups=cond, center_groups=self.conditions, check=False
+        )
+
+
+class ExactProtected:
+    """A static protected set searched exhaustively (any condition); the faiss index implements the same call."""
+
+    name = "protected"
+
+    def __init__(self, items: torch.Tensor, chunk: int = DEFAULT_CHUNK):
+        if not torch.isfinite(items).all():
+            raise ValueError("the protected set contains NaN or inf: clean it before shielding it.")
+        self.items, self.chunk = items, chunk
+
+    def __call__(self, x0, radius, overcomp, cond):
+        return correction(x0, self.items, radius, overcomp=overcomp, chunk=self.chunk, check=False)
+
+
+def _empty(x0: torch.Tensor) -> Correction:
+    B = x0.shape[0]
+    return Correction(
+        torch.zeros_like(x0),
+        torch.zeros(B, dtype=torch.long, device=x0.device),
+        torch.full((B,), math.inf, dtype=_work_dtype(x0.dtype), device=x0.device),
+    )
+
+
+SOURCE_NAMES = ("batch", "memory", "protected")
+
+
+@dataclass
+class SpellStep:
+    """What one application of SPELL did: the corrected x0 and the per-source and total statistics."""
+
+    x0: torch.Tensor
+    delta: torch.Tensor
+    active: dict  # source name -> (B,) counts, for every name in SOURCE_NAMES
+    nearest: torch.Tensor
+
+
+class Spell:
+    """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected)."""
+
+    def __init__(self, radius: float, overcomp: float = 1.0, sources=()):
+        check_radius(radius, overcomp)
+        self.radius, self.overcomp, self.sources = float(radius), float(overcomp), list(sources)
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each shield source may appear once, got {names}.")
+
+    @classmethod
+    def build(cls, radius, overcomp=1.0, *, intra_batch=False, memory=None, protected=None) -> "Spell":
+        sources = [IntraBatch()] if intra_batch else []
+        if memory is not None:
+            sources.append(memory if isinstance(memory, Memory) else Memory(memory))
+        if protected is not None:
+            sources.append(protected if callable(protected) else ExactProtected(protected))
+        return cls(radius, overcomp, sources)
+
+    def validate(self, x0_example: torch.Tensor) -> None:
+        """Check references against the sample shape once, before sampling (the hot loop skips checks)."""
+        for s in self.sources:
+            items = getattr(s, "items", None)
+            if items is not None:
+                _check_pair(x0_example[:1], items[:1], False)
+
+    def __call__(self, x0: torch.Tensor, cond: torch.Tensor) -> SpellStep:
+        total = _empty(x0)
+        active = {n: torch.zeros_like(total.active) for n in SOURCE_NAMES}
+        for source in self.sources:  # distances are measured at radius 0 too (the baseline's nearest_distance)
+            c = source(x0, self.radius, self.overcomp, cond)
+            active[source.name] = c.active
+            total = total + c
+        x0_new = x0 + total.delta if self.radius > 0 else x0  # radius 0 returns x0 itself: bit-identical baseline
+        return SpellStep(x0_new, total.delta, active, total.nearest)

@@ -1,0 +1,78 @@
+"""Noise schedules: continuous time t in [0, 1] -> (alpha_t, sigma_t), with x_t = alpha_t * x0 + sigma_t * eps.
+
+Time runs from noise (t = 1) to data (t = 0); every schedule has alpha(0) = 1, sigma(0) = 0 so that a sampler's
+last step returns x0_hat itself. `grid(steps)` gives the descending times a sampler visits (steps + 1 values).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class VPLinear:
+    """Variance preserving, DDPM's linear betas in continuous time: abar(t) = exp(-(b0 t + (b1 - b0) t^2 / 2))."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    kind: str = "vp"
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        log_abar = -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
+        return torch.exp(0.5 * log_abar), torch.sqrt(-torch.expm1(log_abar))
+
+    def grid(self, steps: int) -> torch.Tensor:
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class EDM:
+    """Karras et al. (2022): alpha = 1 and sigma on the rho-ramp; uniform t gives the EDM step spacing.
+
+    sigma(t) = ((smin^(1/rho) + t (smax^(1/rho) - smin^(1/rho)))^rho - smin) * smax / (smax - smin), so sigma(0) = 0.
+    """
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    kind: str = "edm"
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        ramp = (lo + t * (hi - lo)) ** self.rho
+        sigma = (ramp - self.sigma_min) * self.sigma_max / (self.sigma_max - self.sigma_min)
+        return torch.ones_like(t), torch.where(t > 0, sigma, torch.zeros_like(sigma))  # exactly 0 at t = 0
+
+    def grid(self, steps: int) -> torch.Tensor:
+        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class RectifiedFlow:
+    """Rectified flow (SD3): alpha = 1 - t, sigma = t; `shift` warps the grid as SD3's scheduler does."""
+
+    shift: float = 1.0
+    t_max: float = 1.0
+    kind: str = "flow"
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return 1.0 - t, t
+
+    def grid(self, steps: int) -> torch.Tensor:
+        u = torch.linspace(self.t_max, 0.0, steps + 1, dtype=torch.float64)
+        return self.shift * u / (1 + (self.shift - 1) * u)
+
+
+SCHEDULES = {"vp": VPLinear, "edm": EDM, "flow": RectifiedFlow}
+
+
+def snr_db(schedule, t: float) -> float:
+    """Signal-to-noise ratio of a schedule at time t, in dB (a readable way to compare schedules)."""
+    a, s = schedule.alpha_sigma(torch.tensor(t))
+    return 20 * math.log10(float(a) / max(float(s), 1e-12))
