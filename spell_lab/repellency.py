@@ -2,7 +2,8 @@
 
     delta_b = overcomp * sum_k relu(r / ||x0_b - z_k|| - 1) * (x0_b - z_k)
 
-Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
+A center exactly at x0_b (distance 0, e.g. identical predictions at a flow model's t = 1) gives no direction and
+is skipped. Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
 float64 input) and centers are processed in chunks, so memory is O(B*chunk + B*D), never O(B*K*D).
 """
 
@@ -64,7 +65,7 @@ def correction(
     B, K = x0.shape[0], centers.shape[0]
     wd = _work_dtype(x0.dtype)
     x = x0.reshape(B, -1).to(wd)
-    z = centers.reshape(K, -1)
+    z = centers.reshape(K, x.shape[1])
     origin = x.mean(dim=0, keepdim=True)  # distances from centred coordinates: little cancellation in the expansion
     xc = x - origin
     xc_sq = (xc * xc).sum(dim=1, keepdim=True)
@@ -78,9 +79,9 @@ def correction(
         if mask is not None:
             d = d.masked_fill(~mask, math.inf)
         nearest = torch.minimum(nearest, d.min(dim=1).values)
-        inside = d < radius
+        inside = (d < radius) & (d > 0)  # a center at x0 itself gives no direction: no push, not counted
         active += inside.sum(dim=1)
-        w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # ReLU
+        w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # the ReLU
         delta += w.sum(dim=1, keepdim=True) * xc - w @ zc  # sum_k w_k (x - z_k) without a (B, k, D) tensor
     delta = (overcomp * delta).reshape(x0.shape).to(x0.dtype)
     return Correction(delta, active, nearest)

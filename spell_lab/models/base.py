@@ -40,3 +40,21 @@ def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Ten
     null = torch.full_like(cond, NULL_CONDITION)
     x0_c, x0_u = model(torch.cat([x, x]), t, torch.cat([cond, null])).chunk(2)
     return x0_u + guidance * (x0_c - x0_u)
+
+
+class PredictionDenoiser(Denoiser):
+    """A denoiser over a network that predicts epsilon, v, x0 or a flow velocity: converts its output to x0_hat."""
+
+    def __init__(self, net, schedule, prediction: str, sample_shape, num_classes: int = 0, name: str = "net"):
+        super().__init__()
+        from ..parameterisation import _check
+
+        _check(prediction)
+        self.net, self.schedule, self.prediction = net, schedule, prediction
+        self.sample_shape, self.num_classes, self.name = tuple(sample_shape), num_classes, name
+
+    def forward(self, x, t, cond):
+        from ..parameterisation import to_x0
+
+        alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(t.detach().cpu()))
+        return to_x0(self.net(x, t, cond), x, alpha, sigma, self.prediction)
