@@ -28,6 +28,10 @@ class Denoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def to_images(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """Decoded uint8 images (B, H, W, 3) for models whose diffusion space has them; None otherwise."""
+        return None
+
 
 def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
     """Classifier-free guidance on x0_hat: x0_u + w (x0_c - x0_u); w = 1 is the conditional model.
@@ -58,3 +62,4 @@ class PredictionDenoiser(Denoiser):
 
         alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(t.detach().cpu()))
         return to_x0(self.net(x, t, cond), x, alpha, sigma, self.prediction)
+

@@ -44,7 +44,7 @@ def generate(
     steps = steps or model.default_steps
     guidance = model.default_guidance if guidance is None else guidance
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
-    step_fn, evaluations = get_sampler(sampler, model.schedule.kind)
+    step_fn, eval_times = get_sampler(sampler, model.schedule.kind)
     cond = torch.as_tensor(cond, dtype=torch.long, device=device)
     if len(seeds) != cond.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {cond.shape[0]} conditions: give one seed per sample.")
@@ -54,7 +54,7 @@ def generate(
     x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)  # x_1 ~ N(0, sigma_1^2), alpha_1 x0 neglected
     if spell is not None:
         spell.validate(x)
-    recorder = Recorder(len(seeds), evaluations(steps), device)
+    recorder = Recorder(len(seeds), len(eval_times(ts)), device)
 
     def denoise(x_t, t):
         alpha, sigma = (float(v) for v in model.schedule.alpha_sigma(t))

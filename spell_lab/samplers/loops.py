@@ -73,23 +73,37 @@ def flow_euler(denoise, x, ts, schedule, noise=None):
     return x
 
 
-# name -> (function, schedule kinds it accepts, denoiser evaluations for `steps` steps)
+def one_per_step(ts):
+    return [float(t) for t in ts[:-1]]
+
+
+def heun_times(ts):
+    out = []
+    for i in range(len(ts) - 1):
+        out.append(float(ts[i]))
+        if i + 2 < len(ts):
+            out.append(float(ts[i + 1]))  # the corrector's evaluation at the next time
+    return out
+
+
+# name -> (function, schedule kinds it accepts, the times of its denoiser evaluations for a grid ts)
 SAMPLERS = {
-    "ddim": (ddim, ("vp", "edm", "flow"), lambda n: n),
-    "ddpm": (ddpm, ("vp", "edm", "flow"), lambda n: n),
-    "euler": (euler, ("edm",), lambda n: n),
-    "heun": (heun, ("edm",), lambda n: 2 * n - 1),
-    "flow_euler": (flow_euler, ("flow",), lambda n: n),
+    "ddim": (ddim, ("vp", "edm", "flow"), one_per_step),
+    "ddpm": (ddpm, ("vp", "edm", "flow"), one_per_step),
+    "euler": (euler, ("edm",), one_per_step),
+    "heun": (heun, ("edm",), heun_times),
+    "flow_euler": (flow_euler, ("flow",), one_per_step),
 }
 
 
 def get_sampler(name: str, schedule_kind: str):
+    """The sampler function and its evaluation-times function; a clear error for unknown or mismatched names."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}.")
-    fn, kinds, evals = SAMPLERS[name]
+    fn, kinds, times = SAMPLERS[name]
     if schedule_kind not in kinds:
         raise ValueError(
             f"sampler {name!r} needs a model with a {' or '.join(kinds)} schedule, this model's is {schedule_kind!r}; "
             f"use one of {[n for n, v in SAMPLERS.items() if schedule_kind in v[1]]}."
         )
-    return fn, evals
+    return fn, times

@@ -1,0 +1,116 @@
+"""The sparsity experiment (paper Section 4.4, Figure 5; Appendix F, Figures 9-15).
+
+    python -m spell_lab.experiments.sparsity --radius 25 --overcomp 1.6
+
+Generates every setup of Appendix F into one store group each (plus `baseline`: the `iterative` plan at radius 0,
+the gallery's "same seeds without SPELL"), renders the figures, logs to W&B and prints the summary table.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from ..run.plan import Setting
+from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_dir_for, set_wandb_mode, size_of
+
+# Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
+# intra = repel within the batch; measure_from_round = first round whose trajectories the figures show.
+SETUPS = {
+    "iterative": dict(rounds=(8, 8), memory=True, measure_from_round=1, note="8 per condition, then 8 repelled from them (Fig. 9)"),
+    "intra": dict(rounds=(8,), intra_batch=True, note="intra-batch repellency only (Fig. 10)"),
+    "mixed": dict(rounds=(2,) * 8, intra_batch=True, memory=True, note="2 at a time, intra-batch and previous rounds (Fig. 11)"),
+    "previous64": dict(rounds=(64, 8), memory=True, measure_from_round=1, note="8 repelled from 64 previous (Fig. 12)"),
+    "large_radius": dict(rounds=(8, 8), memory=True, measure_from_round=1, radius_scale=2.0, note="iterative, 2x radius (Fig. 13)"),
+    "overcomp": dict(rounds=(8, 8), memory=True, measure_from_round=1, use_overcomp=True, note="iterative with overcompensation (Fig. 14)"),
+    "main": dict(rounds=(8, 8), intra_batch=True, memory=True, use_overcomp=True, all_conditions=True, note="Fig. 5 protocol"),
+}
+QUICK_ROUNDS = {"iterative": (4, 4), "intra": (4,), "mixed": (2,) * 4, "previous64": (64, 4), "large_radius": (4, 4), "overcomp": (4, 4), "main": (4, 4)}
+FULL_ROUNDS = {"main": (8,) * 4}  # Figure 5 used 452 trajectories over 50 prompts
+SIZE_CONDITIONS = {"quick": 2, "default": 4, "full": None}  # None: every condition
+QUICK_STEPS = 12
+
+
+def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed) -> list[Setting]:
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        raise SystemExit(f"error: unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}.")
+    if not (math.isfinite(radius) and radius > 0):
+        raise SystemExit(f"error: --radius must be > 0 for the sparsity setups (got {radius}); they measure SPELL acting.")
+    if not (math.isfinite(overcomp) and overcomp > 0):
+        raise SystemExit(f"error: --overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+    settings = []
+    for name in setups:
+        spec = dict(SETUPS[name])
+        rounds = {"quick": QUICK_ROUNDS, "full": FULL_ROUNDS}.get(size, {}).get(name, spec.pop("rounds"))
+        spec.pop("rounds", None)
+        r = radius * spec.pop("radius_scale", 1.0)
+        lam = overcomp if spec.pop("use_overcomp", False) else 1.0
+        conds = all_conditions if spec.pop("all_conditions", False) else conditions
+        settings.append(Setting(name, r, lam, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, **spec))
+    ref = next((s for s in settings if s.name in ("iterative", "overcomp")), None)
+    if ref is not None:
+        settings.append(Setting("baseline", 0.0, 1.0, memory=True, rounds=ref.rounds, conditions=ref.conditions,
+                                seed=seed, measure_from_round=ref.measure_from_round, note="iterative plan without SPELL"))
+    return settings
+
+
+def parser():
+    p = base_parser("sparsity", __doc__.split("\n\n")[0])
+    p.add_argument("--radius", type=float, default=25.0, help="repellency radius r in the diffusion space")
+    p.add_argument("--overcomp", type=float, default=1.6, help="overcompensation lambda of the `overcomp` and `main` setups")
+    p.add_argument("--setups", type=str, default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}")
+    return p
+
+
+def main(argv=None) -> int:
+    cfg = parser().parse_args(argv)
+    set_wandb_mode(cfg.wandb)
+    size = size_of(cfg)
+    setups = [s.strip() for s in cfg.setups.split(",") if s.strip()]
+    model, spec = load_model_for(cfg)
+    classes = list(range(model.num_classes)) or [0]
+    n = SIZE_CONDITIONS[size]
+    conditions = cfg.classes or (classes if n is None else classes[:: max(1, len(classes) // n)][:n])
+    all_conditions = cfg.classes or (classes[:4] if size == "quick" else classes)
+    bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
+    if bad:
+        raise SystemExit(f"error: conditions {bad} do not exist; the model has conditions {classes[0]}..{classes[-1]}.")
+    settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed)
+    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    sampler = cfg.sampler or model.default_sampler
+    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+    name = f"{Path(cfg.model).name}-r{cfg.radius:g}-l{cfg.overcomp:g}-{size}"
+
+    from ..run.launch import is_child_rank, run_generation
+
+    with Timer() as timer:
+        result = run_generation(
+            experiment="sparsity", settings=settings, model=model, model_spec=spec, sampler=sampler, steps=steps,
+            guidance=guidance, out=run_dir_for("sparsity", cfg, name), config=config_dict(cfg), fresh=cfg.fresh,
+            devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes, progress=not cfg.no_progress,
+        )
+    if not result.is_global_zero or is_child_rank():
+        return 0  # rank 0 renders, logs and reports
+    return report(result, cfg, timer.seconds)
+
+
+def report(result, cfg, seconds) -> int:
+    from ..analysis.sparsity import analyse_run
+
+    out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
+    lines = [
+        ("run directory", str(result.run_dir)),
+        ("store", str(result.store)),
+        ("units", f"{result.units_total} ({result.units_done_before} already done, resumed)" if result.units_done_before else str(result.units_total)),
+        ("generation time", f"{seconds:.1f} s"),
+        ("figures", str(out["figures_dir"])),
+        ("W&B", ", ".join(map(str, out["wandb_dirs"])) or f"disabled (--wandb {cfg.wandb})"),
+    ]
+    print_summary("SPELL sparsity summary (per setup)", lines, out["table"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Run a generation plan into a run directory: resolve it (resume, mismatch, --fresh), then Lightning predict."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from .. import store
+from ..samplers import get_sampler
+from .lightning import SpellPredict, StoreWriter, UnitData
+from .plan import Setting, plan
+
+warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")  # the writer gets the unit itself
+warnings.filterwarnings("ignore", message=".*treespec.*deprecated.*")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+RUN_DIR_ENV = "SPELL_LAB_RUN_DIR"  # rank 0 resolves the run directory; the other ranks inherit it
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    store: Path
+    units_total: int
+    units_done_before: int
+    is_global_zero: bool
+
+
+def is_child_rank() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+
+
+def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
+    """Same content: resume into `out`. Other content: error, or with fresh=True a new directory beside it."""
+    if os.environ.get(RUN_DIR_ENV) and is_child_rank():
+        return Path(os.environ[RUN_DIR_ENV])
+    candidate, n = Path(out), 1
+    while (candidate / "store.zarr").exists():
+        try:
+            store.check_store(candidate / "store.zarr", content)
+            if not fresh:
+                return candidate  # resume
+        except store.StoreMismatchError:
+            if not fresh:
+                raise
+        n += 1
+        candidate = Path(f"{out}-{n}")
+    return candidate
+
+
+def evaluation_grid(model, sampler: str, steps: int):
+    _, eval_times = get_sampler(sampler, model.schedule.kind)
+    times = eval_times(model.schedule.grid(steps))
+    alpha, sigma = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
+    return times, alpha.tolist(), sigma.tolist()
+
+
+def run_generation(
+    *,
+    experiment: str,
+    settings: list[Setting],
+    model,
+    model_spec: dict,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    out: Path,
+    config: dict,
+    fresh: bool = False,
+    devices: int = 1,
+    accelerator: str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    protected=None,
+    condition_names=None,
+    progress: bool = True,
+) -> RunResult:
+    content = dict(
+        experiment=experiment, model=model_spec, sampler=sampler, steps=steps, guidance=guidance,
+        settings=[s.to_dict() for s in settings], condition_names=condition_names,
+    )
+    run_dir = resolve_run_dir(out, content, fresh=fresh)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    path = run_dir / "store.zarr"
+    units = plan(settings)
+    done = set()
+    if path.exists():
+        for s in settings:
+            done |= {(s.name, i) for i, ok in enumerate(store.completed_units(path, s.name)) if ok}
+    todo = [u for u in units if (u.setting.name, u.index) not in done]
+    if not todo:
+        return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
+    times, alphas, sigmas = evaluation_grid(model, sampler, steps)
+    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=next(model.buffers(), torch.empty(0)).device))
+    create_kwargs = dict(
+        experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
+        sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
+        content=content, config=config,
+    )
+    if accelerator in ("auto", "cpu") and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(devices, 1)))
+    if strategy == "auto" and devices > 1:
+        strategy = "ddp"
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
+        callbacks=[StoreWriter(path, create_kwargs)],
+    )
+    module = SpellPredict(model, sampler=sampler, steps=steps, guidance=guidance, protected=protected)
+    trainer.predict(module, datamodule=UnitData(todo), return_predictions=False)
+    return RunResult(run_dir, path, len(units), len(done), trainer.is_global_zero)

@@ -1,0 +1,167 @@
+"""The run store (design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
+
+The whole layout is created up front from the run's plan; each work unit then writes its own sample region
+(chunks along `sample` are one unit wide, so ranks never share a chunk) and finally sets `unit_complete[unit]`.
+Float arrays are NaN-filled and counts -1-filled, so an unwritten unit is visible.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from . import __version__
+from .run.plan import Setting
+
+STEP_COORDS = ("step", "t", "sigma", "alpha")
+STEP_FLOATS = ("correction_norm", "score_norm", "relative_magnitude", "nearest_distance")
+STEP_COUNTS = ("active_shields", "active_batch", "active_memory", "active_protected")
+SAMPLE_INTS = ("condition", "seed", "round", "position", "first_active_step", "last_active_step")
+SAMPLE_BOOLS = ("intervened", "inside_shield")
+SAMPLE_FLOATS = ("final_nearest_distance",)
+CONTRACT = STEP_COORDS + STEP_FLOATS + STEP_COUNTS + SAMPLE_INTS + SAMPLE_BOOLS + SAMPLE_FLOATS + ("x0", "image")
+GROUP_ATTRS = ("config", "radius", "overcomp", "model", "sampler", "steps", "guidance", "version", "git_commit", "created")
+
+
+class StoreMismatchError(RuntimeError):
+    """The store on disk was written by a different configuration."""
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def fingerprint(content: dict) -> str:
+    """Hash of everything that determines the store's values (not where it lives, nor how many devices)."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def x0_dims(sample_shape) -> list[str]:
+    names = {1: ["feature"], 3: ["channel", "y", "x"]}.get(len(sample_shape))
+    return names or [f"x0_dim{i}" for i in range(len(sample_shape))]
+
+
+def create_store(
+    path: Path,
+    *,
+    experiment: str,
+    settings: list[Setting],
+    times: list[float],
+    alphas: list[float],
+    sigmas: list[float],
+    sample_shape,
+    image_shape,
+    content: dict,
+    config: dict,
+) -> None:
+    """Create the whole layout: every group, array, coordinate and attribute, before the first sample."""
+    root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    root.attrs.update(
+        experiment=experiment, fingerprint=fingerprint(content), content=json.dumps(content, default=str),
+        config=json.dumps(config, default=str), version=__version__, git_commit=git_commit(), created=now,
+    )
+    n = len(times)
+    for s in settings:
+        g = root.create_group(
+            s.name,
+            attributes=dict(
+                config=json.dumps(config, default=str), setting=json.dumps(s.to_dict()), setup=s.name,
+                radius=s.radius, overcomp=s.overcomp, model=content["model"], sampler=content["sampler"],
+                steps=content["steps"], guidance=content["guidance"], version=__version__, git_commit=git_commit(),
+                created=now, conditions=list(s.conditions), condition_names=content.get("condition_names"),
+                measure_from_round=s.measure_from_round, rounds=list(s.rounds), note=s.note,
+            ),
+        )
+        N, U = s.samples, s.unit_size
+        arr = lambda name, shape, chunks, dtype, fill, dims: g.create_array(  # noqa: E731
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill, dimension_names=dims
+        )
+        arr("step", (n,), (n,), "int32", -1, ["step"])[:] = np.arange(n, dtype=np.int32)
+        for name, values in (("t", times), ("sigma", sigmas), ("alpha", alphas)):
+            arr(name, (n,), (n,), "float64", math.nan, ["step"])[:] = np.asarray(values, dtype=np.float64)
+        for name in STEP_FLOATS:
+            arr(name, (N, n), (U, n), "float32", math.nan, ["sample", "step"])
+        for name in STEP_COUNTS:
+            arr(name, (N, n), (U, n), "int32", -1, ["sample", "step"])
+        for name in SAMPLE_INTS:
+            arr(name, (N,), (U,), "int64" if name == "seed" else "int32", -1, ["sample"])
+        for name in SAMPLE_BOOLS:
+            arr(name, (N,), (U,), "bool", False, ["sample"])
+        arr("final_nearest_distance", (N,), (U,), "float32", math.nan, ["sample"])
+        arr("x0", (N, *sample_shape), (U, *sample_shape), "float32", math.nan, ["sample", *x0_dims(sample_shape)])
+        if image_shape is not None:
+            arr("image", (N, *image_shape), (U, *image_shape), "uint8", 0, ["sample", "height", "width", "rgb"])
+        arr("unit_complete", (len(s.conditions),), (1,), "bool", False, ["unit"])
+
+
+def check_store(path: Path, content: dict) -> None:
+    """Raise StoreMismatchError, touching nothing, when the store at `path` was made from other content."""
+    root = zarr.open_group(str(path), mode="r")
+    if root.attrs.get("experiment") != content.get("experiment"):
+        raise StoreMismatchError(
+            f"{path} holds a store of experiment {root.attrs.get('experiment')!r}, not {content.get('experiment')!r}. "
+            "It was left untouched. Choose another --out directory."
+        )
+    if root.attrs.get("fingerprint") != fingerprint(content):
+        theirs = json.loads(root.attrs.get("content", "{}"))
+        diff = sorted(k for k in set(theirs) | set(content) if json.dumps(theirs.get(k), default=str) != json.dumps(content.get(k), default=str))
+        raise StoreMismatchError(
+            f"the store {path} was written by a different configuration (differs in: {', '.join(diff) or 'fingerprint'}). "
+            "It was left untouched. Pass --fresh to start a new run beside it, or --out to choose another directory."
+        )
+
+
+def completed_units(path: Path, setting_name: str) -> np.ndarray:
+    return zarr.open_group(str(path), mode="r")[setting_name]["unit_complete"][:]
+
+
+def write_unit(path: Path, setting_name: str, unit_index: int, start: int, data: dict) -> None:
+    """Write one work unit's sample region, then mark the unit complete (the mark comes last: crash-safe)."""
+    g = zarr.open_group(str(path), mode="r+")[setting_name]
+    for name, values in data.items():
+        if name in g:
+            g[name][start : start + len(values)] = values
+    g["unit_complete"][unit_index] = True
+
+
+def store_path(run: str | Path) -> Path:
+    p = Path(run)
+    if p.name != "store.zarr":
+        p = p / "store.zarr"
+    if not p.exists():
+        raise FileNotFoundError(f"no run store at {p}: give a run directory (runs/<experiment>/<run-name>) or its store.zarr.")
+    return p
+
+
+def open_run(run: str | Path) -> dict[str, xr.Dataset]:
+    """Every setting of a run as a lazily loaded xarray.Dataset, by group name."""
+    path = store_path(run)
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for name in sorted(root.group_keys()):
+        ds = xr.open_zarr(str(path), group=name, zarr_format=3, consolidated=False, mask_and_scale=False)
+        out[name] = ds.set_coords([c for c in ("t", "sigma", "alpha") if c in ds])
+    return out
+
+
+def measured(ds: xr.Dataset) -> xr.Dataset:
+    """The samples a setting measures: rounds from `measure_from_round` on (earlier ones only fill the memory)."""
+    first = int(ds.attrs.get("measure_from_round", 0))
+    return ds if first == 0 else ds.isel(sample=(ds["round"] >= first).values)
+
+
+def run_attrs(run: str | Path) -> dict:
+    return dict(zarr.open_group(str(store_path(run)), mode="r").attrs)
