@@ -106,6 +106,11 @@ def _pair_mask(B, k, start, skip_self, x_groups, center_groups, device):
     return mask
 
 
+def all_finite(t: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> bool:
+    """isfinite over row chunks: a (K, D) reference set is checked without a K x D temporary."""
+    return all(bool(torch.isfinite(part).all()) for part in t.reshape(t.shape[0], -1).split(chunk)) if t.numel() else True
+
+
 def _check_pair(x0: torch.Tensor, centers: torch.Tensor, skip_self: bool) -> None:
     if x0.ndim < 2:
         raise ValueError(f"x0 must be a batch (B, ...) with at least 2 dims, got shape {tuple(x0.shape)}.")
@@ -116,9 +121,9 @@ def _check_pair(x0: torch.Tensor, centers: torch.Tensor, skip_self: bool) -> Non
         )
     if skip_self and centers.shape[0] != x0.shape[0]:
         raise ValueError("skip_self=True means the centers are the batch itself: pass centers=x0.")
-    if not torch.isfinite(x0).all():
+    if not all_finite(x0):
         raise ValueError("x0 contains NaN or inf: the model produced non-finite predictions; check its inputs and dtype.")
-    if centers.numel() and not torch.isfinite(centers).all():
+    if not all_finite(centers):
         raise ValueError("the reference points contain NaN or inf: clean the reference set before shielding it.")
 
 
@@ -170,7 +175,7 @@ class ExactProtected:
     name = "protected"
 
     def __init__(self, items: torch.Tensor, chunk: int = DEFAULT_CHUNK):
-        if not torch.isfinite(items).all():
+        if not all_finite(items):
             raise ValueError("the protected set contains NaN or inf: clean it before shielding it.")
         self.items, self.chunk = items, chunk
 

@@ -83,6 +83,17 @@ def print_summary(title: str, lines: list[tuple[str, str]], table=None) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def run_cli(main, argv=None) -> int:
+    """Run an entry point; a user error prints one clear line (no traceback) and exits 2."""
+    from ..store import StoreMismatchError
+
+    try:
+        return main(argv)
+    except (StoreMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 class Timer:
     def __enter__(self):
         self.start = time.perf_counter()

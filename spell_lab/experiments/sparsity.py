@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..run.plan import Setting
-from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_dir_for, set_wandb_mode, size_of
+from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode, size_of
 
 # Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
 # intra = repel within the batch; measure_from_round = first round whose trajectories the figures show.
@@ -113,4 +113,4 @@ def report(result, cfg, seconds) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -38,6 +38,7 @@ def generate(
     spell: Spell | None = None,
     device=None,
     dtype=torch.float32,
+    record: bool = True,
 ) -> Generation:
     """Sample len(seeds) outputs for conditions `cond` (B,), with SPELL applied to x0_hat at every evaluation."""
     sampler = sampler or model.default_sampler
@@ -54,15 +55,18 @@ def generate(
     x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)  # x_1 ~ N(0, sigma_1^2), alpha_1 x0 neglected
     if spell is not None:
         spell.validate(x)
-    recorder = Recorder(len(seeds), len(eval_times(ts)), device)
+    recorder = Recorder(len(seeds), len(eval_times(ts)), device) if record else None
 
     def denoise(x_t, t):
         alpha, sigma = (float(v) for v in model.schedule.alpha_sigma(t))
         x0 = guided_x0(model, x_t, torch.tensor(float(t), device=device, dtype=dtype), cond, guidance)
+        if spell is None and recorder is None:
+            return x0
         step = spell(x0, cond) if spell is not None else Spell(0.0)(x0, cond)
-        recorder.log(float(t), alpha, sigma, x_t, x0, step)
+        if recorder is not None:
+            recorder.log(float(t), alpha, sigma, x_t, x0, step)
         return step.x0
 
     with torch.no_grad():
         x = step_fn(denoise, x, ts, model.schedule, noise=lambda: stacked_normal(gens, model.sample_shape, device, dtype))
-    return Generation(x, recorder.result())
+    return Generation(x, recorder.result() if recorder is not None else {})

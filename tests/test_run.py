@@ -1,0 +1,143 @@
+"""The run layer end to end on the gmm oracle: schema, invariants, crash + resume, config mismatch, 2 processes."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from spell_lab import store
+from spell_lab.experiments import sparsity
+from spell_lab.run.lightning import CRASH_AFTER
+
+ARGS = ["--model", "gmm", "--radius", "3", "--overcomp", "1.6", "--quick", "--setups", "iterative,mixed,main", "--wandb", "disabled", "--no_progress"]
+
+
+def cli(*args, env=None, cwd=None):
+    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    env.pop("SPELL_LAB_RUN_DIR", None)
+    cmd = [sys.executable, "-m", "spell_lab.experiments.sparsity", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+def digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(path)).encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def data_only(ds):
+    return ds.drop_attrs().load()
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    assert sparsity.main([*ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def test_schema(reference_run):
+    runs = store.open_run(reference_run)
+    assert set(runs) == {"iterative", "mixed", "main", "baseline"}
+    ds = runs["iterative"]
+    for name in ("step", "t", "sigma", "alpha"):
+        assert ds[name].dims == ("step",)
+    for name in store.STEP_FLOATS:
+        assert ds[name].dims == ("sample", "step") and ds[name].dtype == np.float32
+    for name in store.STEP_COUNTS:
+        assert ds[name].dims == ("sample", "step") and ds[name].dtype == np.int32
+    for name in store.SAMPLE_INTS + store.SAMPLE_BOOLS + store.SAMPLE_FLOATS:
+        assert ds[name].dims == ("sample",), name
+    assert ds["intervened"].dtype == bool and ds["inside_shield"].dtype == bool
+    assert ds["x0"].dims == ("sample", "feature")  # the gmm's diffusion space is a vector
+    for attr in store.GROUP_ATTRS:
+        assert attr in ds.attrs, attr
+    assert json.loads(ds.attrs["config"])["radius"] == 3.0 and ds.attrs["radius"] == 3.0
+    assert runs["main"].attrs["overcomp"] == 1.6 and ds.attrs["overcomp"] == 1.0  # iterative runs at lambda = 1
+    assert bool(ds["unit_complete"].all())
+    import zarr
+
+    arr = zarr.open_group(str(reference_run / "store.zarr"), mode="r")["iterative"]["correction_norm"]
+    assert arr.metadata.dimension_names == ("sample", "step") and np.isnan(arr.fill_value)
+
+
+def test_invariants(reference_run):
+    for name, ds in store.open_run(reference_run).items():
+        ds = ds.load()
+        active = ds["active_shields"].values
+        assert (ds["intervened"].values == (active > 0).any(1)).all(), name
+        first, last = ds["first_active_step"].values, ds["last_active_step"].values
+        for i in range(active.shape[0]):
+            on = np.flatnonzero(active[i])
+            assert (first[i], last[i]) == ((on[0], on[-1]) if len(on) else (-1, -1))
+        parts = ds["active_batch"] + ds["active_memory"] + ds["active_protected"]
+        assert (parts == ds["active_shields"]).all()
+        assert (ds["inside_shield"] == (ds["final_nearest_distance"] < ds.attrs["radius"])).all()
+        expected = ds["alpha"] / ds["sigma"] ** 2 * ds["correction_norm"] / ds["score_norm"]
+        np.testing.assert_allclose(ds["relative_magnitude"], expected, rtol=1e-4, atol=1e-7)
+        assert np.isfinite(ds["x0"]).all()
+    runs = store.open_run(reference_run)
+    assert runs["iterative"]["intervened"].any() and not runs["baseline"]["intervened"].any()
+    # baseline = the iterative plan at radius 0: same seeds, and the rounds SPELL never touched are identical
+    it, base = runs["iterative"].load(), runs["baseline"].load()
+    assert (it["seed"] == base["seed"]).all()
+    untouched = ~it["intervened"].values & (it["round"].values == 0)
+    assert np.array_equal(it["x0"].values[untouched], base["x0"].values[untouched])
+
+
+def test_crash_then_resume_equals_uninterrupted(reference_run, tmp_path):
+    out = tmp_path / "run"
+    crashed = cli(*ARGS, "--out", str(out), env={CRASH_AFTER: "3"})
+    assert crashed.returncode != 0
+    runs = store.open_run(out)
+    done = {k: ds["unit_complete"].values for k, ds in runs.items()}
+    assert sum(d.sum() for d in done.values()) == 3  # a crash after 3 units, nothing after
+    # an unwritten unit is visible as NaN
+    assert any(np.isnan(ds["correction_norm"].values).any() for ds in runs.values())
+    assert sparsity.main([*ARGS, "--out", str(out)]) == 0  # the same command again completes it
+    resumed, ref = store.open_run(out), store.open_run(reference_run)
+    assert set(resumed) == set(ref)
+    for k in ref:
+        xr.testing.assert_equal(data_only(resumed[k]), data_only(ref[k]))
+
+
+def test_mismatched_config_is_refused_and_fresh_starts_beside(reference_run, tmp_path):
+    before = digest(reference_run)
+    with pytest.raises(store.StoreMismatchError, match="differs in: settings"):
+        sparsity.main([*ARGS[:3], "4", *ARGS[4:], "--out", str(reference_run)])
+    assert digest(reference_run) == before
+    res = cli(*ARGS[:3], "4", *ARGS[4:], "--out", str(reference_run))
+    assert res.returncode == 2 and "--fresh" in res.stderr and "Traceback" not in res.stderr
+    assert digest(reference_run) == before
+    fresh_out = tmp_path / "other"
+    (fresh_out / "store.zarr").parent.mkdir()
+    store.create_store(fresh_out / "store.zarr", experiment="radius", settings=[], times=[1.0], alphas=[0.0], sigmas=[1.0],
+                       sample_shape=(2,), image_shape=None, content={"experiment": "radius", "model": "gmm", "sampler": "ddim", "steps": 1, "guidance": 1.0}, config={})
+    with pytest.raises(store.StoreMismatchError, match="holds a store of experiment 'radius'"):
+        sparsity.main([*ARGS, "--out", str(fresh_out)])
+    assert sparsity.main([*ARGS[:3], "4", *ARGS[4:], "--out", str(reference_run), "--fresh", "--setups", "intra"]) == 0
+    assert (reference_run.parent / "run-2" / "store.zarr").exists() and digest(reference_run) == before
+
+
+def test_two_processes_equal_one(reference_run, tmp_path):
+    out = tmp_path / "ddp"
+    res = cli(*ARGS, "--out", str(out), "--devices", "2", "--accelerator", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    two, one = store.open_run(out), store.open_run(reference_run)
+    for k in one:
+        xr.testing.assert_equal(data_only(two[k]), data_only(one[k]))
+
+
+def test_bad_setup_and_radius():
+    with pytest.raises(SystemExit, match="unknown setup"):
+        sparsity.main([*ARGS[:-5], "--setups", "iterative,nope", "--wandb", "disabled"])
+    with pytest.raises(SystemExit, match="--radius must be > 0"):
+        sparsity.main(["--model", "gmm", "--radius", "0", "--quick", "--wandb", "disabled"])
