@@ -1,0 +1,108 @@
+"""Shared plotting helpers: one colour per setup across every figure, t axes from 1 (noise) to 0 (data), saving."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import seaborn as sns
+from matplotlib.figure import Figure  # no pyplot: figures are plain objects, nothing global to close or leak
+
+# Canonical order of the paper's setups (Fig. 5, Fig. 9-15): fixes each setup's colour and its place in tables.
+SETUP_ORDER = ("iterative", "intra", "mixed", "previous64", "large_radius", "overcomp", "main")
+SOURCE_COLORS = {"batch": "#1b9e77", "memory": "#7570b3", "protected": "#d95f02"}
+HIGHLIGHT = "#ff8c00"  # the orange outline of Figure 6: SPELL changed this sample
+T_LABEL = "t   (1 = noise  →  0 = data)"
+
+
+def ordered(names) -> list[str]:
+    """Known setups in the paper's order, then any others in their given order."""
+    names = list(names)
+    return [n for n in SETUP_ORDER if n in names] + [n for n in names if n not in SETUP_ORDER]
+
+
+def setup_colors(names) -> dict[str, tuple]:
+    """A stable colour per setup: the same setup gets the same colour in every figure and every run."""
+    palette = sns.color_palette("colorblind", 10)
+    extra = iter(sns.color_palette("dark", 10))
+    return {n: palette[SETUP_ORDER.index(n)] if n in SETUP_ORDER else next(extra) for n in ordered(names)}
+
+
+def styled(fn):
+    """Draw inside a local seaborn theme, so figure functions leave the caller's rcParams alone."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def t_axis(ax, t=None, label: bool = True) -> None:
+    """x = t running from 1 on the left to 0 on the right (the direction of sampling)."""
+    t = np.asarray([] if t is None else t, dtype=float)
+    hi = max(1.0, float(np.nanmax(t))) if t.size else 1.0
+    lo = min(0.0, float(np.nanmin(t))) if t.size else 0.0
+    ax.set_xlim(hi, lo)  # inverted: sampling goes left to right
+    if label:
+        ax.set_xlabel(T_LABEL)
+
+
+def t_marks(ax, ts=(0.8, 0.6)) -> None:
+    """Faint vertical guides at the t values the summary reports."""
+    for t in ts:
+        ax.axvline(t, color="0.55", lw=0.8, ls=":", zorder=0)
+
+
+def grid(n: int, ncols: int = 4, panel=(3.6, 2.7), **kw):
+    """n panels in rows of at most ncols; unused axes removed. Returns (fig, n axes, n flags "bottom of its
+    column", which say where the x label and tick labels go)."""
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows + 0.6), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.remove()
+    bottom = [i + ncols >= n for i in range(n)]
+    for ax, b in zip(flat[:n], bottom):
+        ax.tick_params(labelbottom=b)  # one t scale for all panels: tick labels only where no panel sits below
+    return fig, flat[:n], bottom
+
+
+def save(fig, out_dir: Path, name: str, dpi: int = 150) -> dict[str, Path]:
+    """Write NAME.png and NAME.pdf into out_dir; returns {"png": path, "pdf": path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.draw_without_rendering()  # run the constrained layout once ...
+    engine = fig.get_layout_engine()
+    fig.set_layout_engine("none")  # ... and keep it for both files (each layout pass costs a full draw)
+    paths = {}
+    for ext in ("png", "pdf"):
+        paths[ext] = out_dir / f"{name}.{ext}"
+        fig.savefig(paths[ext], dpi=dpi)
+    fig.set_layout_engine(engine)
+    return paths
+
+
+def style_legend(fig_or_ax, entries, **kw):
+    """A legend in neutral grey explaining line styles shared by all coloured panels: (label, kind) with kind
+    "band", "line", "dashed" or "dotted"."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="0.5", alpha=0.3) if kind == "band" else
+               Line2D([], [], color="0.3", lw=2 if kind == "line" else 1,
+                      ls={"line": "-", "dashed": "--", "dotted": ":"}[kind]) for _, kind in entries]
+    return fig_or_ax.legend(handles, [label for label, _ in entries], frameon=False, **kw)
+
+
+def to_gray01(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Float images to [0, 1] with one shared scale (1st-99th percentile), so paired panels are comparable."""
+    flat = np.concatenate([a.ravel() for a in arrays if a is not None and a.size]) if arrays else np.array([])
+    flat = flat[np.isfinite(flat)]
+    lo, hi = (np.percentile(flat, [1, 99]) if flat.size else (0.0, 1.0))
+    hi = hi if hi > lo else lo + 1.0
+    return [None if a is None else np.clip((a - lo) / (hi - lo), 0, 1) for a in arrays]

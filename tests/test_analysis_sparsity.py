@@ -1,0 +1,308 @@
+"""spell_lab.analysis.sparsity on small synthetic Datasets with hand-known answers (store contract, design.md s.5)."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from spell_lab.analysis import sparsity as sp
+
+SOURCES = ("batch", "memory", "protected")
+
+
+def make_group(sources: dict, rel=None, t=None, *, condition=None, seed=None, rnd=None, position=None,
+               image=True, x0=True, setup="iterative", radius=25.0, overcomp=1.0, **attrs) -> xr.Dataset:
+    """A store group from per-source (sample, step) active counts; everything else derived consistently."""
+    counts = {s: np.asarray(sources.get(s, 0 * next(iter(sources.values()))), dtype=np.int64) for s in SOURCES}
+    total = sum(counts.values())
+    S, N = total.shape
+    act = total > 0
+    t = np.linspace(1, 0.1, N) if t is None else np.asarray(t, float)
+    rel = np.where(act, 0.03, 0.0) if rel is None else np.asarray(rel, float)
+    last = np.where(act.any(1), N - 1 - np.argmax(act[:, ::-1], 1), -1)
+    first = np.where(act.any(1), np.argmax(act, 1), -1)
+    seed = np.arange(S) if seed is None else np.asarray(seed)
+    ss, st = ("sample", "step"), ("step",)
+    data = {
+        "correction_norm": (ss, rel * 10.0), "score_norm": (ss, np.full((S, N), 10.0)),
+        "relative_magnitude": (ss, rel), "nearest_distance": (ss, np.where(act, 20.0, 30.0)),
+        "active_shields": (ss, total), **{f"active_{s}": (ss, c) for s, c in counts.items()},
+        "condition": ("sample", np.zeros(S, int) if condition is None else np.asarray(condition)),
+        "seed": ("sample", seed), "round": ("sample", np.zeros(S, int) if rnd is None else np.asarray(rnd)),
+        "position": ("sample", np.arange(S) if position is None else np.asarray(position)),
+        "intervened": ("sample", act.any(1)), "first_active_step": ("sample", first),
+        "last_active_step": ("sample", last), "final_nearest_distance": ("sample", np.full(S, 30.0)),
+        "inside_shield": ("sample", np.zeros(S, bool)),
+    }
+    pix = (np.add.outer(seed, np.add.outer(np.arange(8), np.arange(8))) * 9) % 256  # a per-seed pattern
+    pix = np.where(act.any(1)[:, None, None], 255 - pix, pix)  # SPELL-changed samples look different
+    if x0:
+        data["x0"] = (("sample", "channel", "height", "width"), np.repeat(pix[:, None] / 127.5 - 1, 2, axis=1))
+    if image:
+        data["image"] = (("sample", "height", "width", "rgb"), np.repeat(pix[..., None], 3, -1).astype(np.uint8))
+    attrs = {"config": json.dumps({"setup": setup, "radius": radius}), "radius": radius, "overcomp": overcomp,
+             "model": "digits", "sampler": "ddim", "steps": N, "guidance": 2.0, "setup": setup,
+             "version": "0.1.0", "git_commit": "abc", "created": "2026-01-01T00:00:00", **attrs}
+    coords = {"step": np.arange(N), "t": (st, t), "sigma": (st, t), "alpha": (st, np.sqrt(1 - t**2))}
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def pattern(rows, N=10):
+    """Boolean (sample, step) from lists of active step indices."""
+    a = np.zeros((len(rows), N), bool)
+    for i, steps in enumerate(rows):
+        a[i, list(steps)] = True
+    return a
+
+
+# The hand-checked fixture: t = 1.0, 0.9, ..., 0.1 (step i has t = 1 - 0.1 i)
+#   s0 active steps 0-3 (batch);  s1 steps 0-1 (memory x2) and 5 (protected): a restart;
+#   s2 never;  s3 all steps (batch + memory).
+ACT = pattern([range(4), [0, 1, 5], [], range(10)])
+REL = np.zeros((4, 10))
+REL[0, :4] = [0.01, 0.02, 0.03, 0.04]
+REL[1, [0, 1, 5]] = [0.2, 0.3, 0.04]
+REL[3] = 0.1
+REL[3, 0] = 0.5
+
+
+@pytest.fixture
+def four():
+    batch = np.zeros((4, 10), int)
+    memory = np.zeros((4, 10), int)
+    protected = np.zeros((4, 10), int)
+    batch[0, :4] = 1
+    memory[1, [0, 1]] = 2
+    protected[1, 5] = 1
+    batch[3] = 1
+    memory[3] = 1
+    return make_group({"batch": batch, "memory": memory, "protected": protected}, REL)
+
+
+def test_active_share_per_step(four):
+    np.testing.assert_allclose(sp.active_share(four).values, np.array([3, 3, 2, 2, 1, 2, 1, 1, 1, 1]) / 4)
+    assert sp.active_share(four)["t"].values[0] == 1.0  # t travels with the curve
+
+
+def test_active_at_nearest_t(four):
+    assert sp.active_at(four, 0.8) == 0.5  # step 2: s0, s3
+    assert sp.active_at(four, 0.6) == 0.25  # step 4: s3
+    coarse = make_group({"batch": ACT[:, :5]}, t=[1.0, 0.75, 0.5, 0.25, 0.0])
+    assert sp.nearest_step(coarse, 0.8) == 1 and sp.nearest_step(coarse, 0.6) == 2
+
+
+def test_repeated_t_takes_first_step():
+    heun = make_group({"batch": pattern([[3], [3], [4], []], N=6)}, t=[1.0, 0.9, 0.9, 0.8, 0.8, 0.7])
+    assert sp.nearest_step(heun, 0.8) == 3
+    assert sp.active_at(heun, 0.8) == 0.5
+    assert sp.last_active_t(heun).values[2] == 0.8
+
+
+def test_last_active_t_and_stops(four):
+    np.testing.assert_allclose(sp.last_active_t(four).values, [0.7, 0.5, np.nan, 0.1])
+    np.testing.assert_array_equal(sp.last_active_step(four).values, four["last_active_step"].values)
+    np.testing.assert_array_equal(sp.active_runs(four).values, [1, 2, 0, 1])
+    assert sp.stops_for_good(four) == pytest.approx(2 / 3)
+    np.testing.assert_allclose(sp.stopped_share(four).values, [0, 0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+
+
+def test_quantiles_active_vs_all(four):
+    qa = sp.relative_magnitude_quantiles(four, (0.1, 0.5, 0.9), "active")
+    assert qa.dims == ("quantile", "step")
+    # step 0, active: [0.01, 0.2, 0.5] -> median 0.2, q0.1 = 0.01 + 0.2 * (0.2 - 0.01) (linear interpolation)
+    assert qa.sel(quantile=0.5).values[0] == pytest.approx(0.2)
+    assert qa.sel(quantile=0.1).values[0] == pytest.approx(0.048)
+    assert qa.sel(quantile=0.5).values[5] == pytest.approx(0.07)  # s1 0.04 and s3 0.1
+    qall = sp.relative_magnitude_quantiles(four, (0.5,), "all")
+    assert qall.values[0, 0] == pytest.approx(0.105)  # [0, 0.01, 0.2, 0.5]
+    np.testing.assert_allclose(sp.relative_magnitude_max(four).values[:2], [0.5, 0.3])
+    with pytest.raises(ValueError, match="active"):
+        sp.relative_magnitude_quantiles(four, over="some")
+
+
+def test_quantile_is_nan_where_nothing_active():
+    ds = make_group({"batch": pattern([[0], [0]], N=3)}, rel=[[0.1, 0, 0], [0.3, 0, 0]])
+    q = sp.relative_magnitude_quantiles(ds, (0.5,))
+    assert q.values[0, 0] == pytest.approx(0.2) and np.isnan(q.values[0, 1:]).all()
+
+
+def test_active_by_source(four):
+    mean = sp.active_by_source(four)
+    np.testing.assert_allclose(mean.sel(source="batch").values[0], 0.5)
+    np.testing.assert_allclose(mean.sel(source="memory").values[0], 0.75)
+    np.testing.assert_allclose(mean.sum("source").values, four["active_shields"].mean("sample").values)
+    share = sp.active_by_source(four, "share")
+    np.testing.assert_allclose(share.sel(source="memory").values[:2], [0.5, 0.5])
+    assert share.sel(source="protected").values[5] == 0.25
+
+
+def test_summary_known_values(four):
+    s = sp.summary(four)
+    assert tuple(s) == sp.SUMMARY_KEYS
+    assert set(["active_at_0.8", "active_at_0.6", "share_steps_rel_below_5pct", "max_relative_magnitude",
+                "median_last_active_t", "share_changed", "n_samples"]) <= set(s)
+    assert s["n_samples"] == 4
+    assert s["active_at_0.8"] == 0.5 and s["active_at_0.6"] == 0.25
+    assert s["share_steps_rel_below_5pct"] == pytest.approx(5 / 17)  # 17 active pairs, 5 below 5%
+    assert s["share_steps_rel_below_5pct_all"] == pytest.approx(28 / 40)  # + the 23 inactive zeros
+    assert s["max_relative_magnitude"] == 0.5
+    assert s["median_last_active_t"] == pytest.approx(0.5)  # median of 0.7, 0.5, 0.1 (s2 never active)
+    assert s["share_changed"] == 0.75
+    assert s["median_relative_magnitude_active"] == pytest.approx(0.1)
+    assert s["stops_for_good"] == pytest.approx(2 / 3) and s["active_at_end"] == 0.25
+
+
+def test_summary_never_active_is_nan_not_error():
+    s = sp.summary(make_group({"batch": np.zeros((3, 5), int)}))
+    assert s["share_changed"] == 0 and s["active_at_0.8"] == 0 and s["max_relative_magnitude"] == 0
+    assert math.isnan(s["median_last_active_t"]) and math.isnan(s["share_steps_rel_below_5pct"])
+    assert math.isnan(s["stops_for_good"])
+
+
+def test_summary_table_order_and_baseline_left_out(four):
+    dsets = {"overcomp": four, "baseline": four, "iterative": four, "custom": four}
+    table = sp.summary_table(dsets)
+    assert list(table.index) == ["iterative", "overcomp", "custom"] and table.index.name == "setup"
+    assert list(table.columns) == list(sp.SUMMARY_KEYS)
+    text = sp.format_table(table)
+    assert "50.0%" in text and "iterative" in text
+
+
+def test_run_level_functions_use_measured_rounds():
+    run = synthetic_run(("iterative", "intra"), steps=6, conditions=1, per_round=4)
+    table = sp.summary_table(run)
+    assert table.loc["iterative", "n_samples"] == 4 and table.loc["intra", "n_samples"] == 8  # round 0: memory only
+    it = run["iterative"].isel(sample=run["iterative"]["round"].values >= 1)
+    assert table.loc["iterative", "active_at_0.8"] == sp.active_at(it, 0.8)
+
+
+def test_unwritten_samples_dropped(four):
+    ds = four.copy(deep=True)
+    ds["relative_magnitude"][1] = np.nan
+    assert sp.drop_unwritten(ds).sizes["sample"] == 3
+
+
+def test_check_dataset_names_missing():
+    with pytest.raises(ValueError, match="active_memory"):
+        sp.check_dataset(xr.Dataset({"relative_magnitude": (("sample", "step"), np.zeros((1, 2))),
+                                     "active_shields": (("sample", "step"), np.zeros((1, 2)))},
+                                    coords={"t": ("step", [1.0, 0.5])}), "bad")
+
+
+# ----------------------------------------------------------------------------------------------- a run
+
+SETUP_SOURCES = {"iterative": ("memory",), "intra": ("batch",), "mixed": ("batch", "memory"),
+                 "previous64": ("memory",), "large_radius": ("memory",), "overcomp": ("memory",),
+                 "main": ("batch", "memory")}
+
+
+def synthetic_run(setups=tuple(SETUP_SOURCES), *, steps=24, conditions=2, rounds=2, per_round=8, baseline=True,
+                  image=True, seed=0) -> dict:
+    """A plausible run: activity starts at t = 1 and stops at a random step (later for large_radius, earlier and
+    stronger with overcompensation), a few restarts; round 0 of each condition has nothing to repel from."""
+    rng = np.random.default_rng(seed)
+    S = conditions * rounds * per_round
+    cond, rnd, pos = (a.ravel() for a in np.meshgrid(np.arange(conditions), np.arange(rounds),
+                                                      np.arange(per_round), indexing="ij"))
+    seeds = 1000 + np.arange(S)
+    out = {}
+    measure = {"iterative": 1, "previous64": 1, "large_radius": 1, "overcomp": 1}  # round 0 only fills the memory
+    for name in setups:
+        stop_scale = {"large_radius": 0.8, "overcomp": 0.2}.get(name, 0.35)
+        strength = {"overcomp": 1.6, "large_radius": 1.5}.get(name, 1.0)
+        stop = np.minimum((rng.exponential(stop_scale, S) * steps).astype(int), steps - 1)
+        can = (rnd > 0) | ("batch" in SETUP_SOURCES[name])
+        act = (np.arange(steps)[None] <= stop[:, None]) & can[:, None] & (rng.random(S) < 0.7)[:, None]
+        restart = rng.random(S) < 0.1
+        act[restart, np.minimum(stop[restart] + 3, steps - 1)] = True
+        rel = np.where(act, strength * 0.03 * rng.lognormal(0, 0.8, (S, steps)) * np.linspace(1.5, 0.5, steps), 0)
+        counts = {s: act * rng.integers(1, 3, (S, steps)) for s in SETUP_SOURCES[name]}
+        out[name] = make_group(counts, rel, np.linspace(1, 0.02, steps), condition=cond, seed=seeds, rnd=rnd,
+                               position=pos, image=image, setup=name, overcomp=1.6 if name == "overcomp" else 1.0,
+                               radius=40.0 if name == "large_radius" else 25.0,
+                               measure_from_round=measure.get(name, 0), condition_names=["zero", "one", "two"])
+    if baseline:
+        out["baseline"] = make_group({"batch": np.zeros((S, steps), int)}, None, np.linspace(1, 0.02, steps),
+                                     condition=cond, seed=seeds, rnd=rnd, position=pos, image=image,
+                                     setup="baseline", radius=0.0, measure_from_round=1)
+    return out
+
+
+def write_store(datasets: dict, run_dir):
+    """The run directory layout of design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
+    store = run_dir / "store.zarr"
+    for name, ds in datasets.items():
+        ds.to_zarr(store, group=name, zarr_format=3, mode="a" if store.exists() else "w", consolidated=False)
+    return run_dir
+
+
+def test_gallery_fallbacks():
+    run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
+    fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
+    assert "no 'baseline' group" in fig._suptitle.get_text()
+    assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
+    assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
+    base_run = synthetic_run(("iterative",), steps=6)
+    with_base = sp.plot_gallery(base_run)
+    assert len([a for a in with_base.axes if a.images]) == 64  # each SPELL image under its baseline
+    orange = [a for a in with_base.axes if a.spines["top"].get_visible()]
+    assert len(orange) == int(base_run["iterative"]["intervened"].sum()) > 0
+    flat = synthetic_run(("iterative",), image=False, baseline=False, steps=6)["iterative"]
+    flat = flat.assign(x0=(("sample", "dim"), flat["x0"].values.reshape(flat.sizes["sample"], -1)[:, :64]))
+    assert sp.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible
+
+
+def test_overcompensation_needs_both(four):
+    with pytest.raises(KeyError, match="overcomp"):
+        sp.plot_overcompensation({"iterative": four})
+    assert "overcompensation" not in sp.make_figures({"iterative": four, "intra": four})
+
+
+def test_cli_renders_and_prints(tmp_path, capsys):
+    run = synthetic_run(("iterative", "overcomp"), steps=8, conditions=1, per_round=4)
+    run_dir = write_store(run, tmp_path / "run1")
+    assert sp.main([str(run_dir), "--wandb", "disabled"]) == 0
+    out = capsys.readouterr().out
+    assert "active_at_0.8" in out and "overcomp" in out
+    for name in sp.FIGURES:  # all six figures, PNG and PDF, from the store alone
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
+    table = pd.read_csv(run_dir / "figures" / "summary.csv", index_col="setup")
+    pd.testing.assert_frame_equal(table, sp.summary_table(run), check_dtype=False)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sp.main([str(tmp_path / "nope"), "--wandb", "disabled"])
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        sp.main([str(tmp_path / "empty"), "--wandb", "disabled"])
+    assert "no store.zarr" in capsys.readouterr().err
+    only_base = write_store({"baseline": synthetic_run(("iterative",), steps=4)["baseline"]}, tmp_path / "b")
+    with pytest.raises(SystemExit):
+        sp.main([str(only_base), "--wandb", "disabled"])
+    assert "no sparsity setup groups" in capsys.readouterr().err
+
+
+def test_wandb_offline_one_run_per_setup(tmp_path):
+    run = synthetic_run(("iterative", "overcomp"), steps=6)
+    table = sp.summary_table(run)
+    png = sp.plots.save(sp.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
+    dirs = sp.log_to_wandb(run, {"active_share": png}, table, project="spell_lab-test",
+                           group="sparsity-test", run_dir=tmp_path, mode="offline")
+    assert len(dirs) == 2
+    for d in dirs:
+        assert d.parent == tmp_path / "wandb" and d.name.startswith("offline-run-")
+        assert list(d.glob("*.wandb"))
+    assert sp.log_to_wandb(run, {}, table, group="g", run_dir=tmp_path, mode="disabled") == []
+
+
+def test_curves_table(four):
+    c = sp.curves(four)
+    assert len(c) == 10 and c["t"].iloc[0] == 1.0
+    np.testing.assert_allclose(c["active_share"], sp.active_share(four).values)
+    assert isinstance(c, pd.DataFrame) and np.isnan(c["rel_median_active"]).sum() == 0
