@@ -82,7 +82,7 @@ def test_invariants(reference_run):
         assert (parts == ds["active_shields"]).all()
         assert (ds["inside_shield"] == (ds["final_nearest_distance"] < ds.attrs["radius"])).all()
         expected = ds["alpha"] / ds["sigma"] ** 2 * ds["correction_norm"] / ds["score_norm"]
-        np.testing.assert_allclose(ds["relative_magnitude"], expected, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(ds["relative_magnitude"], expected.transpose(*ds["relative_magnitude"].dims), rtol=1e-4, atol=1e-7)
         assert np.isfinite(ds["x0"]).all()
     runs = store.open_run(reference_run)
     assert runs["iterative"]["intervened"].any() and not runs["baseline"]["intervened"].any()

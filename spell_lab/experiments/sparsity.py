@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
 
 def report(result, cfg, seconds) -> int:
-    from ..analysis.sparsity import analyse_run
+    from ..analysis.sparsity import analyse_run, format_table
 
     out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
     lines = [
@@ -108,7 +108,7 @@ def report(result, cfg, seconds) -> int:
         ("figures", str(out["figures_dir"])),
         ("W&B", ", ".join(map(str, out["wandb_dirs"])) or f"disabled (--wandb {cfg.wandb})"),
     ]
-    print_summary("SPELL sparsity summary (per setup)", lines, out["table"])
+    print_summary("SPELL sparsity summary (per setup)", lines, format_table(out["table"]))
     return 0
 
 

@@ -1,0 +1,45 @@
+"""The experiment logs to W&B offline by default, inside the run directory, without touching the network."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ARGS = ["--model", "gmm", "--radius", "3", "--quick", "--setups", "iterative,overcomp", "--no_progress"]
+
+
+def no_network_prefix() -> list[str]:
+    """Run inside a fresh network namespace (loopback only) where the platform allows it."""
+    if shutil.which("unshare") and shutil.which("ip"):
+        probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+        if probe.returncode == 0:
+            return ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    return []
+
+
+def test_offline_run_lands_in_the_run_directory(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}  # the package's own default decides
+    env.pop("SPELL_LAB_RUN_DIR", None)
+    out = tmp_path / "run"
+    cmd = [*no_network_prefix(), sys.executable, "-m", "spell_lab.experiments.sparsity", *ARGS, "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # one W&B run per setup: iterative, overcomp, baseline
+    for run in runs:
+        assert list(run.glob("*.wandb")), f"no offline log in {run}"
+    media = list((out / "wandb").rglob("*.png"))
+    assert media, "the figures are logged as images"
+    assert "W&B" in res.stdout and str(out) in res.stdout  # the summary says where everything landed
+
+
+def test_disabled_writes_no_wandb(tmp_path):
+    from spell_lab.experiments import sparsity
+
+    out = tmp_path / "run"
+    assert sparsity.main([*ARGS, "--out", str(out), "--wandb", "disabled"]) == 0
+    assert not (out / "wandb").exists()
+    assert (out / "figures" / "active_share.png").exists()
