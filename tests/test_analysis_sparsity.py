@@ -294,7 +294,7 @@ def test_wandb_offline_one_run_per_setup(tmp_path):
     png = sp.plots.save(sp.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
     dirs = sp.log_to_wandb(run, {"active_share": png}, table, project="spell_lab-test",
                            group="sparsity-test", run_dir=tmp_path, mode="offline")
-    assert len(dirs) == 2
+    assert len(dirs) == 3  # iterative, overcomp and the baseline reference
     for d in dirs:
         assert d.parent == tmp_path / "wandb" and d.name.startswith("offline-run-")
         assert list(d.glob("*.wandb"))
@@ -306,3 +306,12 @@ def test_curves_table(four):
     assert len(c) == 10 and c["t"].iloc[0] == 1.0
     np.testing.assert_allclose(c["active_share"], sp.active_share(four).values)
     assert isinstance(c, pd.DataFrame) and np.isnan(c["rel_median_active"]).sum() == 0
+
+
+def test_wandb_names_and_values():
+    from spell_lab.analysis.wandb_log import config_from_attrs, metric_name, plain
+
+    assert metric_name("active_at_0.8") == "active_at_0_8" and metric_name("active share") == "active_share"
+    assert plain({"a": np.float32(0.5), "b": float("nan"), "c": np.arange(2)}) == {"a": 0.5, "b": None, "c": [0, 1]}
+    cfg = config_from_attrs({"config": json.dumps({"radius": 25}), "radius": np.float64(25.0)})
+    assert cfg == {"config": {"radius": 25}, "radius": 25.0}

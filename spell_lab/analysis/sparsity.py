@@ -220,6 +220,9 @@ def summary(ds: xr.Dataset) -> dict:
     return out
 
 
+_summary = summary  # for functions whose `summary` argument is the table
+
+
 def summary_table(datasets: dict) -> pd.DataFrame:
     """One row per setup (paper order, the baseline reference left out, measured samples only), columns
     SUMMARY_KEYS."""
@@ -357,15 +360,15 @@ def plot_last_active(datasets: dict):
     rows, labels = [], {}
     for name in names:
         ds = datasets[name]
-        left.plot(ds["t"].values, 100 * stopped_share(ds).values, color=colors[name], lw=2, label=name)
+        left.plot(ds["t"].values, 100 * stopped_share(ds).values, color=colors[name], lw=2, label=name,
+                  drawstyle="steps-post")  # constant between steps
         lat = last_active_t(ds).values
         labels[name] = f"{name}\n({np.isfinite(lat).sum()}/{lat.size} active)"
         rows += [(labels[name], v) for v in lat[np.isfinite(lat)]]
     plots.t_axis(left, np.concatenate([datasets[n]["t"].values for n in names]) if names else None)
     left.set_ylim(-2, 102)
     left.set_ylabel("ever-active trajectories\nstopped for good (%)")
-    left.set_title("Repellency stopped for good by t", fontsize=11)
-    left.legend(frameon=False, loc="lower right")
+    left.set_title("Repellency stopped for good by t (colours as on the right)", fontsize=11)
     df = pd.DataFrame(rows, columns=["setup", "last active t"])
     order = [labels[n] for n in names]
     palette = {labels[n]: colors[n] for n in names}
@@ -378,6 +381,9 @@ def plot_last_active(datasets: dict):
         right.text(0.5, 0.5, "SPELL never activated", ha="center", va="center", transform=right.transAxes)
     plots.t_axis(right, df["last active t"].values if len(df) else None)
     right.set_ylabel("")
+    right.set_yticks(range(len(order)), order)
+    for tick, name in zip(right.get_yticklabels(), names):
+        tick.set_color(colors[name])  # the setup legend for both panels
     right.set_title("Last active t per trajectory (ever-active only)", fontsize=11)
     fig.suptitle("When repellency stops", fontweight="bold")
     return fig
@@ -388,7 +394,7 @@ def plot_active_by_source(datasets: dict):
     """Mean number of active shields per trajectory over t, split by source (batch, memory, protected)."""
     datasets = measured(datasets)
     names = setups(datasets)
-    fig, axes, bottom = plots.grid(len(names), sharey=True)
+    fig, axes, bottom = plots.grid(len(names))  # own y scale: 64 memory shields would flatten the others
     for ax, name, b in zip(axes, names, bottom):
         ds = datasets[name]
         t = ds["t"].values
@@ -423,7 +429,7 @@ def plot_overcompensation(datasets: dict, a: str = "iterative", b: str = "overco
         t = ds["t"].values
         _rel_band(strength, ds, c, label=_knob_title(name, ds))
         share.plot(t, 100 * active_share(ds).values, color=c, lw=2, label=_knob_title(name, ds))
-        stop.plot(t, 100 * stopped_share(ds).values, color=c, lw=2, label=_knob_title(name, ds))
+        stop.plot(t, 100 * stopped_share(ds).values, color=c, lw=2, label=_knob_title(name, ds), drawstyle="steps-post")
         lat = np.nanmedian(last_active_t(ds).values) if np.isfinite(last_active_t(ds).values).any() else None
         if lat is not None:
             stop.axvline(lat, color=c, lw=1, ls="--")
@@ -596,18 +602,20 @@ def render_all(datasets: dict, out_dir) -> dict[str, dict[str, Path]]:
 
 def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, project: str = "spell_lab",
                  group: str, run_dir, mode: str = "offline") -> list[Path]:
-    """One W&B run per setup, all in `group`: the group's attrs as config, its summary row as run summary, the
-    whole summary table, every figure (PNG path, {"png": path} or Figure) and the per-t curves. Offline by
-    default, written under run_dir; mode="disabled" logs nothing. Returns the W&B run directories."""
+    """One W&B run per store group (each setup, and the radius-0 `baseline` as a reference), all in `group`: the
+    group's attrs as config, its summary row as run summary, the whole summary table, every figure (PNG path,
+    {"png": path} or Figure) and the per-t curves (measured samples). Offline by default, written under run_dir;
+    mode="disabled" logs nothing. Returns the W&B run directories."""
     from .wandb_log import RunLog, config_from_attrs, log_runs
 
     images = {k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()}
     datasets = measured(datasets)
+    names = setups(datasets) + [n for n in datasets if n == REFERENCE]
     runs = [
         RunLog(
             name=name,
             config={"setup": name, **config_from_attrs(datasets[name].attrs)},
-            summary=summary.loc[name].to_dict() if name in summary.index else {},
+            summary=summary.loc[name].to_dict() if name in summary.index else _summary(datasets[name]),
             tables={"summary": summary},
             images=images,
             curves=curves(datasets[name]),
@@ -617,7 +625,7 @@ def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, projec
                     "active share": ["active_share", "stopped_share"],
                     "active shields by source": [f"active_{s}_mean" for s in SOURCES]},
         )
-        for name in setups(datasets)
+        for name in names
     ]
     return log_runs(runs, project=project, group=group, run_dir=run_dir, mode=mode, job_type="sparsity-analysis")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,11 @@ def plain(value):
     return value
 
 
+def metric_name(key: str) -> str:
+    """W&B sorts and filters only names of letters, digits and _ ("/" makes sections): active_at_0.8 -> active_at_0_8."""
+    return re.sub(r"[^A-Za-z0-9_/]+", "_", str(key)).strip("_")
+
+
 def config_from_attrs(attrs: dict) -> dict:
     """A store group's attributes as a W&B config: the JSON `config` attribute unpacked, the others beside it."""
     out = {k: plain(v) for k, v in attrs.items() if k != "config"}
@@ -91,20 +97,22 @@ def log_runs(runs: list[RunLog], *, project: str, group: str, run_dir, mode: str
                          dir=str(run_dir), mode=mode, settings=wandb.Settings(console="off", silent=True))
         try:
             if r.curves is not None and len(r.curves):
-                run.define_metric(f"curve/{r.x}")
-                run.define_metric("curve/*", step_metric=f"curve/{r.x}")  # charts against t, not W&B's step
+                x = f"curve/{metric_name(r.x)}"
+                run.define_metric(x)
+                run.define_metric("curve/*", step_metric=x)  # charts against t, not W&B's step
                 for _, row in r.curves.iterrows():
-                    run.log({f"curve/{k}": plain(v) for k, v in row.items()})
+                    run.log({f"curve/{metric_name(k)}": plain(v) for k, v in row.items()})
                 xs = r.curves[r.x].to_numpy(float)
                 for title, cols in r.series.items():
                     ys = [r.curves[c].to_numpy(float) for c in cols]
                     ok = [np.isfinite(xs) & np.isfinite(y) for y in ys]  # undefined points are left out, not zeroed
-                    run.log({f"series/{title}": wandb.plot.line_series(
+                    run.log({f"series/{metric_name(title)}": wandb.plot.line_series(
                         xs=[xs[m].tolist() for m in ok], ys=[y[m].tolist() for y, m in zip(ys, ok)],
                         keys=list(cols), title=title, xname=r.x)})
-            run.log({f"table/{k}": _table(v) for k, v in r.tables.items()})
-            run.log({f"figure/{k}": wandb.Image(str(v) if isinstance(v, Path) else v) for k, v in r.images.items()})
-            run.summary.update(plain(r.summary))
+            run.log({f"table/{metric_name(k)}": _table(v) for k, v in r.tables.items()})
+            run.log({f"figure/{metric_name(k)}": wandb.Image(str(v) if isinstance(v, Path) else v)
+                     for k, v in r.images.items()})
+            run.summary.update({metric_name(k): plain(v) for k, v in r.summary.items()})
             dirs.append(Path(run.dir).parent)  # run.dir is <run>/files; the run folder is what `wandb sync` takes
         finally:
             run.finish()
