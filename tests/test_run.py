@@ -141,3 +141,31 @@ def test_bad_setup_and_radius():
         sparsity.main([*ARGS[:-5], "--setups", "iterative,nope", "--wandb", "disabled"])
     with pytest.raises(SystemExit, match="--radius must be > 0"):
         sparsity.main(["--model", "gmm", "--radius", "0", "--quick", "--wandb", "disabled"])
+
+
+def test_protected_set_from_a_file(tmp_path, gmm_modes_file):
+    out = tmp_path / "prot"
+    assert sparsity.main([*ARGS[:-5], "--setups", "intra", "--protected", str(gmm_modes_file), "--out", str(out), "--wandb", "disabled"]) == 0
+    ds = store.open_run(out)["intra"].load()
+    assert (ds["active_protected"] > 0).any() and (ds["active_batch"] > 0).any()
+    assert json.loads(ds.attrs["setting"])["protected"] == str(gmm_modes_file)
+
+
+def test_protected_set_in_the_wrong_space_is_refused_before_anything_is_written(tmp_path):
+    bad = tmp_path / "bad.npy"
+    np.save(bad, np.zeros((3, 5), dtype=np.float32))
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="diffusion space is"):
+        sparsity.main([*ARGS, "--protected", str(bad), "--out", str(out)])
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sparsity.main([*ARGS, "--protected", str(tmp_path / "missing.npy"), "--out", str(out)])
+
+
+@pytest.fixture
+def gmm_modes_file(tmp_path):
+    from spell_lab.models.gmm import GaussianMixture
+
+    path = tmp_path / "modes.npy"
+    np.save(path, GaussianMixture().modes().numpy())
+    return path

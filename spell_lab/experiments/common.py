@@ -22,6 +22,7 @@ def base_parser(experiment: str, description: str) -> ArgumentParser:
     p.add_argument("--guidance", type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")
     p.add_argument("--classes", type=list[int] | None, default=None, help="conditions to generate (default: by size)")
     p.add_argument("--prompts", type=str | None, default=None, help="a text file of prompts, one a line (diffusers models)")
+    p.add_argument("--protected", type=str | None, default=None, help="a protected set (.npy/.pt/.safetensors) every SPELL setting also repels from")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     p.add_argument("--out", type=str | None, default=None, help=f"run directory (default runs/{experiment}/<run-name>)")
     p.add_argument("--run_name", type=str | None, default=None, help="name of the run directory under runs/")

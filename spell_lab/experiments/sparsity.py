@@ -32,7 +32,7 @@ SIZE_CONDITIONS = {"quick": 2, "default": 4, "full": None}  # None: every condit
 QUICK_STEPS = 12
 
 
-def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed) -> list[Setting]:
+def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed, protected=None) -> list[Setting]:
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         raise SystemExit(f"error: unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}.")
@@ -48,7 +48,7 @@ def build_settings(setups, radius, overcomp, size, conditions, all_conditions, s
         r = radius * spec.pop("radius_scale", 1.0)
         lam = overcomp if spec.pop("use_overcomp", False) else 1.0
         conds = all_conditions if spec.pop("all_conditions", False) else conditions
-        settings.append(Setting(name, r, lam, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, **spec))
+        settings.append(Setting(name, r, lam, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, protected=protected, **spec))
     ref = next((s for s in settings if s.name in ("iterative", "overcomp")), None)
     if ref is not None:
         settings.append(Setting("baseline", 0.0, 1.0, memory=True, rounds=ref.rounds, conditions=ref.conditions,
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
     if bad:
         raise SystemExit(f"error: conditions {bad} do not exist; the model has conditions {classes[0]}..{classes[-1]}.")
-    settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed)
+    protected = str(Path(cfg.protected).resolve()) if cfg.protected else None
+    settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed, protected)
     steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
     sampler = cfg.sampler or model.default_sampler
     guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
