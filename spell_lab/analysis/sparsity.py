@@ -190,16 +190,16 @@ def ever_active(ds: xr.Dataset) -> np.ndarray:
 
 def share_steps_below(ds: xr.Dataset, threshold: float = 0.05, over: str = "active") -> float:
     """Share of (sample, step) pairs with relative magnitude < threshold, over active pairs or all written pairs."""
-    rel = ds["relative_magnitude"].transpose("sample", "step").values
-    keep = np.isfinite(rel) & (_active_np(ds) if over == "active" else True)
     if over not in ("active", "all"):
         raise ValueError(f"over must be 'active' or 'all', got {over!r}.")
+    rel = ds["relative_magnitude"].transpose("sample", "step").values
+    keep = np.isfinite(rel) & (_active_np(ds) if over == "active" else True)  # NaN: unwritten, never counted
     return float(np.mean(rel[keep] < threshold)) if keep.any() else float("nan")
 
 
 def summary(ds: xr.Dataset) -> dict:
     """One setup's numbers (keys: SUMMARY_KEYS; definitions in the module docstring). NaN where undefined."""
-    rel = ds["relative_magnitude"].values
+    rel = ds["relative_magnitude"].transpose("sample", "step").values
     act = _active_np(ds)
     rel_active = rel[act & np.isfinite(rel)]
     lat = last_active_t(ds).values
