@@ -1,18 +1,19 @@
-"""notebooks/sparsity.ipynb runs end to end on a small synthetic store (its real-run twin comes with the quick run)."""
+"""notebooks/sparsity.ipynb runs end to end on a real quick run of the sparsity command (gmm model)."""
 
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-from test_analysis_sparsity import synthetic_run, write_store
+from spell_lab.experiments import sparsity
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "sparsity.ipynb"
 
 
 def test_notebook_reproduces_figures(tmp_path, monkeypatch):
-    run_dir = write_store(synthetic_run(("iterative", "intra", "overcomp"), steps=10, conditions=1, per_round=4),
-                          tmp_path / "quick")
+    run_dir = tmp_path / "quick"
+    assert sparsity.main(["--model", "gmm", "--radius", "3", "--quick", "--wandb", "disabled", "--no_progress",
+                          "--setups", "iterative,intra,overcomp", "--out", str(run_dir)]) == 0
     monkeypatch.setenv("SPELL_RUN_DIR", str(run_dir))  # the kernel inherits the environment
     monkeypatch.setenv("PYTHONPATH", str(NOTEBOOK.parents[1]))
     nb = nbformat.read(NOTEBOOK, as_version=4)
