@@ -30,7 +30,7 @@ def as_features(x, name: str = "features") -> torch.Tensor:
         )
     if len(t) == 0 or t.shape[1] == 0:
         raise ValueError(f"{name} features are empty (shape {tuple(t.shape)}); pass at least one sample and feature")
-    bad = ~torch.isfinite(t).all(1)
+    bad = torch.cat([~torch.isfinite(t[a : a + 8192]).all(1) for a in range(0, len(t), 8192)])  # chunked: bounded memory
     if bad.any():
         rows = bad.nonzero().squeeze(1)
         raise ValueError(

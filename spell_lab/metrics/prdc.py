@@ -26,6 +26,7 @@ from .features import as_features, check_same_width
 
 BLOCK = 2048  # rows per block: one screened block is BLOCK x BLOCK float32 (16 MiB)
 EXTRA = 8  # screened neighbours kept beyond k + 1, to certify the k-th neighbour without recomputing a row
+FLUSH = 1 << 20  # candidate real-fake pairs decided together
 
 
 def prdc(real, fake, k: int = 5, *, block: int = BLOCK) -> dict[str, float]:
@@ -97,7 +98,7 @@ def screen(A: _Screened, I: slice, B: _Screened, J: slice) -> torch.Tensor:
     return s.add_(A.zz[I].unsqueeze(1))
 
 
-def exact_sq(A: _Screened, ia: torch.Tensor, B: _Screened, ib: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def exact_sq(A: _Screened, ia: torch.Tensor, B: _Screened, ib: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """The package's float64 squared distances (-2 x.y + ||x||^2) + ||y||^2 for the pairs (ia[p], ib[p])."""
     out = torch.empty(len(ia), dtype=torch.float64, device=ia.device)
     for a in range(0, len(ia), chunk):
@@ -105,7 +106,8 @@ def exact_sq(A: _Screened, ia: torch.Tensor, B: _Screened, ib: torch.Tensor, chu
         x, y = A.x[i].double(), B.x[j].double()
         s = (-2 * (x * y).sum(1) + A.xx[i]) + B.xx[j]
         noise = s.abs() <= _noise(A.xx[i], B.xx[j], x.shape[1])
-        s[noise] = ((x[noise] - y[noise]) ** 2).sum(1)
+        if noise.any():
+            s[noise] = ((x[noise] - y[noise]) ** 2).sum(1)
         out[a : a + chunk] = s
     return out
 
@@ -139,15 +141,15 @@ def knn_radii(S: _Screened, k: int, out: torch.dtype = torch.float32, block: int
     """Distance of each point to its k-th nearest neighbour in its own set, excluding itself (float64 holding `out`)."""
     n = len(S.x)
     L = min(n, k + 1 + EXTRA)
-    vals = torch.full((n, L), float("inf"), device=S.x.device)
-    idx = torch.full((n, L), -1, dtype=torch.long, device=S.x.device)
     blocks = _blocks(n, block)
+    found = [[] for _ in blocks]  # per row block: the L smallest screened values (and columns) of each block
     for bi, I in enumerate(blocks):
-        for J in blocks[bi:]:  # upper triangle: each block serves its rows and, transposed, its columns
-            s = screen(S, I, S, J)
-            _merge(vals, idx, I, s, J.start)
-            if J != I:
-                _merge(vals, idx, J, s.T.contiguous(), I.start)
+        for bj in range(bi, len(blocks)):  # upper triangle: each block serves its rows and, transposed, its columns
+            s = screen(S, I, S, blocks[bj])
+            _keep(found[bi], _smallest(s, L, blocks[bj].start), L)
+            if bj != bi:
+                _keep(found[bj], _smallest(s.T.contiguous(), L, I.start), L)
+    vals, idx = (torch.cat(t) for t in zip(*(_merge(f, L) for f in found)))
     e = screen_error(S, S)
     v = vals.double()
     kth = v[:, k : k + 1]  # screened (k+1)-th smallest, self included; the exact one is within e of it
@@ -164,25 +166,36 @@ def knn_radii(S: _Screened, k: int, out: torch.dtype = torch.float32, block: int
     return as_distance(rho, out)
 
 
-def _merge(vals: torch.Tensor, idx: torch.Tensor, rows: slice, s: torch.Tensor, col0: int) -> None:
-    """Keep, per row, the L smallest screened values seen so far (and their column indices)."""
-    L = vals.shape[1]
-    v, j = torch.topk(s, min(L, s.shape[1]), dim=1, largest=False)
-    v, j = torch.cat([vals[rows], v], 1), torch.cat([idx[rows], j + col0], 1)
-    v, p = torch.topk(v, L, dim=1, largest=False, sorted=True)
-    vals[rows], idx[rows] = v, j.gather(1, p)
+def _smallest(s: torch.Tensor, L: int, col0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    v, j = torch.topk(s, min(L, s.shape[1]), dim=1, largest=False, sorted=False)
+    return v, j.add_(col0)
+
+
+def _keep(parts: list, part: tuple, L: int, most: int = 4) -> None:
+    """Collect a block's candidates; merged every `most` blocks, so memory stays O(N L)."""
+    parts.append(part)
+    if len(parts) >= most:
+        parts[:] = [_merge(parts, L)]
+
+
+def _merge(parts: list, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L smallest per row (sorted) over the blocks' candidates."""
+    v, p = torch.topk(torch.cat([v for v, _ in parts], 1), L, dim=1, largest=False, sorted=True)
+    return v, torch.cat([j for _, j in parts], 1).gather(1, p)
 
 
 def _exact_rows(S: _Screened, rows: torch.Tensor, k: int, block: int) -> torch.Tensor:
     """Exact (k+1)-th smallest float64 squared distance of a few rows (heavy ties near the radius), whole rows."""
+    n = len(S.x)
     out = torch.empty(len(rows), dtype=torch.float64, device=S.x.device)
-    for a in range(0, len(rows), block):
-        r = rows[a : a + block]
+    step = max(1, (1 << 24) // n)  # rows at a time: a (step, N) float64 slab of at most 128 MiB
+    for a in range(0, len(rows), step):
+        r = rows[a : a + step]
         x = S.x[r].double()
-        d = torch.cat([torch.addmm(S.xx[r].unsqueeze(1), x, S.x[J].double().T, alpha=-2) + S.xx[J] for J in _blocks(len(S.x), block)], 1)
+        d = torch.cat([torch.addmm(S.xx[r].unsqueeze(1), x, S.x[J].double().T, alpha=-2) + S.xx[J] for J in _blocks(n, block)], 1)
         i, j = (d.abs() <= _noise(S.xx[r].unsqueeze(1), S.xx.unsqueeze(0), x.shape[1])).nonzero(as_tuple=True)
         d[i, j] = exact_sq(S, r[i], S, j)  # noise-level entries: the difference formula
-        out[a : a + block] = d.kthvalue(k + 1, dim=1).values
+        out[a : a + step] = d.kthvalue(k + 1, dim=1).values
     return out
 
 
@@ -195,18 +208,29 @@ def _cross(R: _Screened, F: _Screened, r_real, r_fake, out, block):
     count = torch.zeros(m, dtype=torch.long, device=dev)
     covered = torch.zeros(n, dtype=torch.bool, device=dev)
     recalled = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def decide(i, j, v):  # candidate pairs (real i, fake j, screened v): certain by the bounds, or exactly
+        a, b = v < loA[i], v < loB[j]
+        unsure = ((v <= hiA[i]) & ~a) | ((v <= hiB[j]) & ~b)
+        if unsure.any():  # decide these with the package's float64 distances
+            d = as_distance(exact_sq(R, i[unsure], F, j[unsure]), out)
+            a[unsure], b[unsure] = d < r_real[i[unsure]], d < r_fake[j[unsure]]
+        count.add_(torch.bincount(j[a], minlength=m))
+        covered[i[a]] = True
+        recalled[i[b]] = True
+
+    pending, size = [], 0  # candidates are decided in batches of about FLUSH pairs: few, large operations
     for I in _blocks(n, block):
         for J in _blocks(m, block):
             s = screen(R, I, F, J)
             maybe = torch.le(s, hiA[I].unsqueeze(1)).logical_or_(torch.le(s, hiB[J].unsqueeze(0)))
             i, j = maybe.nonzero(as_tuple=True)  # the few pairs near or inside some ball
-            v, i, j = s[i, j], i + I.start, j + J.start
-            a, b = v < loA[i], v < loB[j]
-            unsure = ((v <= hiA[i]) & ~a) | ((v <= hiB[j]) & ~b)
-            if unsure.any():  # decide these with the package's float64 distances
-                d = as_distance(exact_sq(R, i[unsure], F, j[unsure]), out)
-                a[unsure], b[unsure] = d < r_real[i[unsure]], d < r_fake[j[unsure]]
-            count += torch.bincount(j[a], minlength=m)
-            covered[i[a]] = True
-            recalled[i[b]] = True
+            v = s[i, j]
+            pending.append((i.add_(I.start), j.add_(J.start), v))
+            size += len(i)
+            if size >= FLUSH:
+                decide(*(torch.cat(t) for t in zip(*pending)))
+                pending, size = [], 0
+    if pending:
+        decide(*(torch.cat(t) for t in zip(*pending)))
     return count, covered, recalled
