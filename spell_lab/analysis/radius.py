@@ -1,0 +1,560 @@
+"""The radius ablation (paper Section 4.3, Figure 3; Appendix D calibration; Appendix F on larger radii).
+
+Pure functions over the run store's Datasets (design.md section 5) and held-out real data, figure functions that
+return matplotlib Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `analyse_run`, `main`
+
+    python -m spell_lab.analysis.radius RUN_DIR [--wandb offline|disabled|online]
+
+Definitions:
+- *Calibration* (Appendix D): the median over every within-condition pair (i < j, same condition) of the L2 distance
+  between flattened final outputs generated without SPELL; the grid is 16 radii linspace(0, 2 x median).
+- A run has one store group per radius, `r00`, `r01`, ... in increasing radius; `r00` is radius 0: the same seeds
+  and protocol without SPELL, the *baseline* every figure draws as a horizontal line.
+- *Per-condition metrics* (the paper's protocol): precision, recall, density, coverage (k = 5 neighbours), Vendi and
+  Fréchet distance are computed within each condition, fakes against that condition's held-out real samples, then
+  averaged over conditions with equal weight. `vendi` is on the metric features (the digits classifier's
+  penultimate layer on digits, the raw vectors on gmm); `vendi_raw` is on the raw diffusion-space outputs x0.
+  `real_vendi`, `real_vendi_raw` (in the per-condition table): the same Vendi scores of that condition's held-out
+  real samples, the reference line of the Vendi panels.
+- *Sparsity* per radius (over all measured trajectories, as `spell_lab.analysis.sparsity`): `mean_active_share` is
+  the share of (trajectory, step) pairs with a non-zero correction, i.e. the active share averaged over t;
+  `median_last_active_t` is over trajectories ever active (NaN when none is); `share_changed` the share ever
+  active; `active_at_end` the share still active at the final step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from . import plots
+from . import sparsity as sp
+
+GRID_SIZE = 16  # Appendix D: "We then test 16 values from 0 to 2 times the median distance."
+BASELINE = "r00"
+GROUP = re.compile(r"^r\d+$")
+QUALITY = ("precision", "recall", "density", "coverage")
+METRICS = QUALITY + ("vendi", "vendi_raw", "fd")
+SPARSITY = ("mean_active_share", "active_at_0.8", "active_at_0.6", "active_at_end", "share_changed",
+            "median_last_active_t")
+LABELS = {
+    "precision": "precision ↑", "recall": "recall ↑", "density": "density ↑", "coverage": "coverage ↑",
+    "vendi": "Vendi (features) ↑", "vendi_raw": "Vendi (raw x0) ↑", "fd": "Fréchet distance ↓",
+}
+RADIUS_LABEL = "repellency radius r"
+
+
+def group_name(i: int) -> str:
+    return f"r{i:02d}"
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+
+def pairwise_within(x0, cond) -> np.ndarray:
+    """Every within-condition pairwise L2 distance (i < j) of the flattened outputs, float64, as one flat array."""
+    x = torch.as_tensor(x0).detach().cpu().reshape(len(x0), -1).double()
+    cond = np.asarray(torch.as_tensor(cond).cpu())
+    if cond.shape != (len(x),):
+        raise ValueError(f"cond must hold one condition per sample, shape ({len(x)},); got {cond.shape}.")
+    parts = []
+    for c in np.unique(cond):
+        xc = x[torch.from_numpy(cond == c)]
+        if len(xc) > 1:
+            i, j = torch.triu_indices(len(xc), len(xc), offset=1)
+            parts.append((xc[i] - xc[j]).norm(dim=1).numpy())  # difference formula: exact, no cancellation
+    return np.concatenate(parts) if parts else np.array([])
+
+
+def calibrate(x0, cond, n: int = GRID_SIZE) -> tuple[float, np.ndarray]:
+    """(median within-condition pairwise distance, n radii linspace(0, 2 x median)) of outputs made without SPELL."""
+    d = pairwise_within(x0, cond)
+    if d.size == 0:
+        raise ValueError("calibration needs at least two samples of one condition; generate more per condition.")
+    if not np.isfinite(d).all():
+        raise ValueError("calibration outputs contain NaN or inf; the sampler diverged.")
+    median = float(np.median(d))
+    return median, np.linspace(0.0, 2.0 * median, n)
+
+
+# ----------------------------------------------------------------------------------------------- real data
+
+def reference_data(model: str, conditions, *, per_condition: int = 256, seed: int = 12345):
+    """Held-out real data in the diffusion space for a built-in model: (x, cond, feature extractor, description).
+
+    digits: the digits the shipped classifier was *not* trained on (its seeded stratified 20% split, recomputed with
+    `class_split` and the seed stored in the classifier's weights), encoded into the diffusion space; features are
+    the classifier's penultimate layer. gmm: `per_condition` exact samples of each condition's mixture
+    (mean of a uniformly drawn component + std x noise, seeded); features are the raw vectors."""
+    from ..metrics import DigitsFeatures, RawFeatures
+
+    conditions = [int(c) for c in conditions]
+    if model == "gmm":
+        from ..models import load_model
+
+        gmm = load_model("gmm")
+        g = torch.Generator().manual_seed(seed)
+        xs, cs = [], []
+        for c in conditions:
+            j = torch.randint(gmm.components, (per_condition,), generator=g)
+            noise = torch.randn(per_condition, gmm.means.shape[-1], generator=g)
+            xs.append((gmm.means[c, j] + gmm.std * noise).reshape(per_condition, *gmm.sample_shape))
+            cs.append(torch.full((per_condition,), c))
+        desc = f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
+        return torch.cat(xs), torch.cat(cs).numpy(), RawFeatures(), desc
+    if model == "digits":
+        from ..models.digits import CLASSIFIER_FILE, class_split, load_classifier, load_data, read_weights
+
+        _, meta = read_weights(CLASSIFIER_FILE)
+        holdout = float(meta.get("holdout", 0.2))  # train_classifier's default split
+        v, labels = load_data()
+        _, test = class_split(labels, holdout, int(meta.get("seed", 0)))
+        if "heldout_size" in meta and len(test) != int(meta["heldout_size"]):
+            raise ValueError(f"the recomputed held-out split has {len(test)} digits, the classifier's metadata says "
+                             f"{meta['heldout_size']}; the split no longer matches the shipped classifier.")
+        keep = test[torch.isin(labels[test], torch.tensor(conditions))]
+        clf = load_classifier()
+        with torch.no_grad():
+            x = clf.space.encode(v[keep])
+        desc = (f"{len(keep)} held-out digits (the classifier's {holdout:.0%} split, seed {meta.get('seed', 0)}); "
+                f"features: classifier penultimate layer ({clf.feature_dim}-d)")
+        return x, labels[keep].numpy(), DigitsFeatures(classifier=clf), desc
+    raise ValueError(f"no held-out real data is known for model {model!r}; pass `reference=(x, cond, features)` "
+                     f"to analyse_run / metric tables (built-in: gmm, digits).")
+
+
+# ----------------------------------------------------------------------------------------------- run groups
+
+def radius_groups(datasets: dict) -> list[str]:
+    """The radius groups (`r00`, `r01`, ...) of a run, in increasing radius."""
+    names = [n for n in datasets if GROUP.match(n)]
+    return sorted(names, key=lambda n: (float(datasets[n].attrs.get("radius", np.nan)), n))
+
+
+def radius_of(ds: xr.Dataset) -> float:
+    return float(ds.attrs["radius"])
+
+
+def calibration_of(ds: xr.Dataset) -> dict:
+    """The calibration stored in a group's config attribute ({} when absent)."""
+    cfg = ds.attrs.get("config")
+    try:
+        cfg = json.loads(cfg) if isinstance(cfg, str) else (cfg or {})
+    except json.JSONDecodeError:
+        return {}
+    return cfg.get("calibration") or {}
+
+
+def _fake(ds: xr.Dataset) -> tuple[torch.Tensor, np.ndarray]:
+    x0 = ds["x0"].transpose("sample", ...).values
+    return torch.from_numpy(np.ascontiguousarray(x0, dtype=np.float32)), ds["condition"].values
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_features=None) -> pd.DataFrame:
+    """One row per condition of the fakes: n, precision, recall, density, coverage, vendi, vendi_raw, fd, real_vendi.
+    `features` maps (N, *shape) tensors to (N, D) features; pass `real_features` to reuse the real ones."""
+    from ..metrics import frechet_distance, per_condition, prdc, vendi
+
+    x0 = torch.as_tensor(x0)
+    cond = np.asarray(cond)
+    counts = pd.Series(cond).value_counts()
+    if (counts < k + 1).any():
+        c = counts.idxmin()
+        raise ValueError(f"condition {c} has {counts[c]} generated samples; per-condition precision/recall need "
+                         f"at least k + 1 = {k + 1}. Generate more samples per condition.")
+    rf = features(real_x) if real_features is None else real_features
+    ff = features(x0)
+    raw = x0.reshape(len(x0), -1)
+    q = per_condition(prdc, rf, ff, real_cond, cond, k=k).per_condition
+    v = per_condition(vendi, None, ff, None, cond).per_condition
+    vr = per_condition(vendi, None, raw, None, cond).per_condition
+    fd = per_condition(frechet_distance, rf, ff, real_cond, cond).per_condition
+    real_cond = np.asarray(real_cond)
+    real_raw = torch.as_tensor(real_x).reshape(len(real_x), -1)
+    rows = []
+    for c in q:
+        rows.append(dict(condition=c, n=int(counts[c]), n_real=int((real_cond == c).sum()), **q[c], vendi=v[c],
+                         vendi_raw=vr[c], fd=fd[c], real_vendi=vendi(rf[torch.from_numpy(real_cond == c)]),
+                         real_vendi_raw=vendi(real_raw[torch.from_numpy(real_cond == c)])))
+    return pd.DataFrame(rows)
+
+
+def sparsity_row(ds: xr.Dataset) -> dict:
+    """The repellency duration numbers of one radius group (definitions in the module docstring)."""
+    s = sp.summary(ds)
+    return {"mean_active_share": float(sp.active(ds).mean()), **{k: s[k] for k in SPARSITY if k in s}}
+
+
+def metric_tables(datasets: dict, real_x, real_cond, features, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, per_condition): one row per radius group (mean over conditions of each metric, then the sparsity
+    numbers), and the long per-(group, condition) table behind the means. Measured samples only."""
+    datasets = {n: _measured(datasets[n]) for n in radius_groups(datasets)}
+    if not datasets:
+        raise ValueError("no radius groups (r00, r01, ...) in the run; make one with "
+                         "`python -m spell_lab.experiments.radius`.")
+    rf = features(real_x)
+    long, rows = [], {}
+    for name, ds in datasets.items():
+        x0, cond = _fake(ds)
+        per = condition_metrics(x0, cond, real_x, real_cond, features, k, real_features=rf)
+        per.insert(0, "radius", radius_of(ds))
+        per.insert(0, "group", name)
+        long.append(per)
+        med = calibration_of(ds).get("median")
+        rows[name] = {"radius": radius_of(ds), "radius_over_median": radius_of(ds) / med if med else np.nan,
+                      "n_samples": int(ds.sizes["sample"]), "n_conditions": int(per["condition"].nunique()),
+                      **{m: float(per[m].mean()) for m in METRICS}, **sparsity_row(ds)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "group"
+    return table, pd.concat(long, ignore_index=True)
+
+
+def _measured(ds):
+    from ..store import measured
+
+    return measured(ds)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The radius table as aligned text: one row per radius, shares as percentages."""
+    cols = ["radius", "radius_over_median", *METRICS, "mean_active_share", "share_changed", "active_at_end",
+            "median_last_active_t"]
+    shown = table[[c for c in cols if c in table]].copy().astype(object)
+    for c in shown.columns:
+        pct = c in ("mean_active_share", "share_changed", "active_at_end")
+        fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}") if c in ("radius", "fd") \
+            else (lambda v: f"{v:.3f}")
+        shown[c] = [("—" if isinstance(v, float) and np.isnan(v) else fmt(v)) for v in table[c]]
+    shown = shown.rename(columns={"radius_over_median": "r/median", "mean_active_share": "active(mean t)",
+                                  "share_changed": "changed", "median_last_active_t": "med_last_t",
+                                  "active_at_end": "active@end"})
+    return shown.to_string()
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def _cmap():
+    import matplotlib as mpl
+
+    return mpl.colormaps["viridis"]
+
+
+def _norm(table):
+    from matplotlib.colors import Normalize
+
+    r = table["radius"].to_numpy(float)
+    return Normalize(vmin=float(r.min()), vmax=float(max(r.max(), r.min() + 1e-12)))
+
+
+def _median_axis(ax, table):
+    """A top x axis in multiples of the calibrated median, where the table knows it."""
+    ratio = (table["radius_over_median"] / table["radius"]).replace([np.inf, -np.inf], np.nan).dropna()
+    if len(ratio):
+        s = float(ratio.iloc[0])
+        top = ax.secondary_xaxis("top", functions=(lambda r: r * s, lambda m: m / s))
+        top.set_xlabel("× calibrated median distance", fontsize=8)
+        top.tick_params(labelsize=8)
+
+
+@plots.styled
+def plot_metrics(table: pd.DataFrame, per_condition: pd.DataFrame | None = None):
+    """Fig. 3 (per metric): each metric against the radius; bold, the mean over conditions; thin grey, each
+    condition; dashed, the baseline (radius 0, same seeds without SPELL)."""
+    fig, axes, bottom = plots.grid(len(METRICS), ncols=4, panel=(3.5, 2.9))
+    base = table.loc[BASELINE] if BASELINE in table.index else None
+    color = plots.setup_colors(["mixed"])["mixed"]
+    for ax, m, b in zip(axes, METRICS, bottom):
+        if per_condition is not None:
+            for _, g in per_condition.groupby("condition"):
+                g = g.sort_values("radius")
+                ax.plot(g["radius"], g[m], color="0.6", lw=0.7, alpha=0.6)
+        ax.plot(table["radius"], table[m], color=color, lw=2, marker="o", ms=4)
+        if base is not None:
+            ax.axhline(base[m], color="0.2", lw=1, ls="--")
+        ref = f"real_{m}"
+        if per_condition is not None and ref in per_condition:
+            ax.axhline(per_condition.drop_duplicates("condition")[ref].mean(), color="#d95f02", lw=1, ls=":")
+        ax.set_title(LABELS[m], fontsize=10)
+        ax.tick_params(labelbottom=True)
+        if b:
+            ax.set_xlabel(RADIUS_LABEL)
+        if ax.get_subplotspec().is_first_row():
+            _median_axis(ax, table)  # one scale for all panels: the top row carries it
+    entries = [("mean over conditions", "line"), ("one condition", "thin"), ("no SPELL (r = 0, same seeds)", "dashed"),
+               ("held-out real data", "dotted")]
+    _legend(fig, entries, color)
+    n = int(table["n_samples"].iloc[0]) if len(table) else 0
+    nc = int(table["n_conditions"].iloc[0]) if len(table) else 0
+    fig.suptitle(f"Metrics against the repellency radius ({nc} conditions, {n} samples per radius, "
+                 f"per-condition metrics averaged)", fontweight="bold")
+    return fig
+
+
+def _legend(fig, entries, color):
+    from matplotlib.lines import Line2D
+
+    style = {"line": dict(color=color, lw=2, marker="o", ms=4), "thin": dict(color="0.6", lw=0.7),
+             "dashed": dict(color="0.2", lw=1, ls="--"), "dotted": dict(color="#d95f02", lw=1, ls=":")}
+    handles = [Line2D([], [], **style[k]) for _, k in entries]
+    fig.legend(handles, [e for e, _ in entries], loc="outside lower center", ncol=len(entries), frameon=False)
+
+
+@plots.styled
+def plot_fronts(table: pd.DataFrame):
+    """Fig. 3 (fronts): precision against recall and against Vendi, one point per radius coloured by radius,
+    joined in radius order; the star is the baseline (no SPELL)."""
+    from matplotlib.cm import ScalarMappable
+
+    fig = plots.Figure(figsize=(11, 4.4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    cmap, norm = _cmap(), _norm(table)
+    t = table.sort_values("radius")
+    for ax, x in zip(axes, ("recall", "vendi")):
+        ax.plot(t[x], t["precision"], color="0.7", lw=1, zorder=1)
+        ax.scatter(t[x], t["precision"], c=t["radius"], cmap=cmap, norm=norm, s=55, edgecolor="k", lw=0.5, zorder=2)
+        if BASELINE in t.index:
+            b = t.loc[BASELINE]
+            ax.scatter([b[x]], [b["precision"]], marker="*", s=260, c=[cmap(norm(b["radius"]))], edgecolor="k",
+                       lw=0.8, zorder=3, label="no SPELL (r = 0)")
+            ax.legend(frameon=False, loc="best", fontsize=9)
+        ax.set_xlabel(LABELS[x])
+        ax.set_ylabel(LABELS["precision"])
+    axes[0].set_title("Precision vs recall", fontsize=11)
+    axes[1].set_title("Precision vs diversity (Vendi on features)", fontsize=11)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, label=RADIUS_LABEL, shrink=0.9)
+    fig.suptitle("Quality-diversity fronts across radii (up and right is better)", fontweight="bold")
+    return fig
+
+
+@plots.styled
+def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
+    """Repellency duration against radius: the active share over t (one line per radius), the median last active t
+    with its interquartile range, and the shares of trajectories ever active and still active at the end."""
+    from matplotlib.cm import ScalarMappable
+
+    names = radius_groups(datasets)
+    ds_ = {n: _measured(datasets[n]) for n in names}
+    radii = np.array([radius_of(ds_[n]) for n in names])
+    tab = table if table is not None else pd.DataFrame(
+        {"radius": radii, "radius_over_median": np.nan}, index=pd.Index(names, name="group"))
+    cmap, norm = _cmap(), _norm(tab)
+    fig = plots.Figure(figsize=(15, 4.3), layout="constrained")
+    share, last, frac = fig.subplots(1, 3)
+    all_t = np.concatenate([ds_[n]["t"].values for n in names]) if names else None
+    q = []
+    for n, r in zip(names, radii):
+        ds = ds_[n]
+        share.plot(ds["t"].values, 100 * sp.active_share(ds).values, color=cmap(norm(r)), lw=1.6)
+        lat = sp.last_active_t(ds).values
+        lat = lat[np.isfinite(lat)]
+        q.append(np.percentile(lat, [25, 50, 75]) if lat.size else [np.nan] * 3)
+    plots.t_axis(share, all_t)
+    share.set_ylim(-2, 102)
+    share.set_ylabel("trajectories with SPELL active (%)")
+    share.set_title("Active share over t (colour: radius)", fontsize=11)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=share, label=RADIUS_LABEL, pad=0.01)
+    q = np.array(q, float).reshape(-1, 3)
+    if all_t is not None and all_t.size:
+        last.axhline(float(np.min(all_t)), color="0.3", lw=1, ls=":", label="last sampler step")
+    last.fill_between(radii, q[:, 0], q[:, 2], color="0.5", alpha=0.25, lw=0, label="25–75%")
+    last.plot(radii, q[:, 1], color="k", lw=2, marker="o", ms=4, label="median")
+    last.set_ylim(1.02, -0.02)  # t runs from 1 (noise) at the top to 0 (data) at the bottom: lower = acts longer
+    last.set_xlim(*_radius_xlim(radii))
+    last.set_xlabel(RADIUS_LABEL)
+    last.set_ylabel("last active t  (higher = acts longer)")
+    last.set_title("When repellency stops (ever-active trajectories)", fontsize=11)
+    last.legend(frameon=False, fontsize=9, loc="lower left")
+    ever = [100 * float(sp.ever_active(ds_[n]).mean()) for n in names]
+    end = [100 * float(sp.active(ds_[n]).isel(step=-1).mean()) for n in names]
+    mean_share = [100 * float(sp.active(ds_[n]).mean()) for n in names]
+    frac.plot(radii, ever, color="#1b9e77", lw=2, marker="o", ms=4, label="ever active")
+    frac.plot(radii, mean_share, color="#7570b3", lw=2, marker="s", ms=4, label="active, averaged over t")
+    frac.plot(radii, end, color="#d95f02", lw=2, marker="^", ms=4, label="still active at the last step")
+    frac.set_ylim(-2, 102)
+    frac.set_xlim(*_radius_xlim(radii))
+    frac.set_xlabel(RADIUS_LABEL)
+    frac.set_ylabel("trajectories (%)")
+    frac.set_title("How many trajectories SPELL acts on", fontsize=11)
+    frac.legend(frameon=False, fontsize=9)
+    for ax in (last, frac):
+        _median_axis(ax, tab)
+    fig.suptitle("Repellency duration against the radius", fontweight="bold")
+    return fig
+
+
+def _radius_xlim(radii) -> tuple[float, float]:
+    """The same radius range on every panel, 0 included (the baseline has no last active t to draw)."""
+    hi = float(np.max(radii)) if len(radii) and np.max(radii) > 0 else 1.0
+    return -0.03 * hi, 1.03 * hi
+
+
+@plots.styled
+def plot_samples(datasets: dict, condition=None, rows: int = 6, ncols: int = 8):
+    """The same seeds at a few radii (rows, from r = 0) for one condition: what the radius does to the outputs.
+    Samples SPELL changed are outlined in orange."""
+    names = radius_groups(datasets)
+    pick = sorted(set(np.linspace(0, len(names) - 1, min(rows, len(names))).round().astype(int)))
+    ds0 = datasets[names[0]]
+    conds = ds0["condition"].values
+    condition = conds[0] if condition is None else condition
+    idx = np.flatnonzero(conds == condition)[:ncols]
+    ncols = max(1, len(idx))
+    fig = plots.Figure(figsize=(1.05 * ncols + 1.6, 1.15 * len(pick) + 0.9), layout="constrained")
+    axes = fig.subplots(len(pick), ncols, squeeze=False)
+    shown = []
+    for row, gi in enumerate(pick):
+        ds = datasets[names[gi]]
+        imgs, rgb = sp._gray(ds, idx)  # the store's decoded images, or x0 as grayscale
+        shown.append((imgs, rgb))
+    arrays = plots.to_gray01([a for a, rgb in shown if not rgb]) if not all(r for _, r in shown) else []
+    it = iter(arrays)
+    for row, (gi, (imgs, rgb)) in enumerate(zip(pick, shown)):
+        ds = datasets[names[gi]]
+        imgs = imgs / 255.0 if rgb else next(it)
+        changed = sp.ever_active(ds)[idx]
+        for j in range(ncols):
+            ax = axes[row, j]
+            ax.set_xticks([]), ax.set_yticks([])
+            img = imgs[j]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+                      aspect="auto" if img.ndim == 2 and img.shape[0] == 1 else "equal")
+            for s in ax.spines.values():
+                s.set_visible(bool(changed[j]))
+                s.set_edgecolor(plots.HIGHLIGHT), s.set_linewidth(3)
+        axes[row, 0].set_ylabel(f"r = {radius_of(ds):.3g}", fontsize=9)
+    fig.suptitle(f"{sp._cond_label(condition, ds0.attrs.get('condition_names'))}: the same seeds at increasing "
+                 f"radius (top: no SPELL); orange = SPELL changed it", fontweight="bold", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- edges
+
+def make_figures(datasets: dict, table: pd.DataFrame, per_condition: pd.DataFrame | None = None) -> dict:
+    figs = {"metrics_vs_radius": plot_metrics(table, per_condition), "fronts": plot_fronts(table),
+            "duration": plot_duration(datasets, table)}
+    if any("image" in datasets[n] or "x0" in datasets[n] for n in radius_groups(datasets)):
+        figs["samples"] = plot_samples(datasets)
+    return figs
+
+
+def render_all(datasets: dict, table, per_condition=None, out_dir=".") -> dict[str, dict[str, Path]]:
+    """Write each figure as PNG and PDF into out_dir; returns {name: {"png": path, "pdf": path}}."""
+    return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, table, per_condition).items()}
+
+
+SERIES = {  # W&B line charts against the radius
+    "precision recall density coverage": list(QUALITY),
+    "vendi": ["vendi", "vendi_raw"],
+    "frechet distance": ["fd"],
+    "repellency duration": ["median_last_active_t", "mean_active_share", "share_changed", "active_at_end"],
+}
+
+
+def log_to_wandb(table: pd.DataFrame, per_condition: pd.DataFrame, figures: dict, *, attrs: dict,
+                 project: str = "spell_lab", group: str, run_dir, mode: str = "offline", name: str = "radius") -> list:
+    """One W&B run for the whole ablation, with one logged row per radius (x axis: radius), so W&B draws each
+    metric against the radius directly; the tables and the figures beside them; the baseline row as summary.
+    Offline by default, written under run_dir; mode="disabled" logs nothing. Returns the W&B run directories."""
+    from .wandb_log import RunLog, config_from_attrs, log_runs
+
+    curves = table.reset_index(drop=True).select_dtypes("number")
+    summary = {f"baseline/{k}": v for k, v in table.loc[BASELINE].items()} if BASELINE in table.index else {}
+    summary["n_radii"] = len(table)
+    run = RunLog(name=name, config=config_from_attrs(attrs), summary=summary,
+                 tables={"radius": table, "per_condition": per_condition},
+                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()},
+                 curves=curves, x="radius", series=SERIES)
+    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="radius-analysis")
+
+
+def load_run(run_dir) -> dict[str, xr.Dataset]:
+    """The run's radius groups as Datasets, checked against the contract, unwritten samples dropped."""
+    run_dir = Path(run_dir)
+    if run_dir.name == "store.zarr":
+        run_dir = run_dir.parent
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass a directory made by "
+                                f"`python -m spell_lab.experiments.radius` (runs/radius/<run-name>).")
+    from ..store import open_run
+
+    datasets = {n: ds for n, ds in open_run(run_dir).items() if GROUP.match(n)}
+    if not datasets:
+        raise ValueError(f"{run_dir} has no radius groups (r00, r01, ...); make one with "
+                         f"`python -m spell_lab.experiments.radius`.")
+    out = {}
+    for name, ds in datasets.items():
+        sp.check_dataset(ds, name)
+        small = {v: ds[v].load() for v in ds.data_vars if v != "image"}  # x0 is needed for the metrics
+        out[name] = sp.drop_unwritten(ds.assign(small))
+    return {n: out[n] for n in radius_groups(out)}
+
+
+def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
+                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
+    """Metrics against held-out real data, the figures (RUN_DIR/figures), the tables (CSV) and W&B; no model runs.
+    reference: (x, cond, features) or None for the built-in model's held-out data (`reference_data`).
+    Returns {"table", "per_condition", "figures", "figures_dir", "wandb_dirs", "reference"}."""
+    run_dir = Path(run_dir)
+    datasets = load_run(run_dir) if datasets is None else datasets
+    first = datasets[radius_groups(datasets)[0]]
+    desc = "given by the caller"
+    if reference is None:
+        model = first.attrs.get("model") or {}
+        model = model.get("name") if isinstance(model, dict) else str(model)
+        conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
+        *reference, desc = reference_data(model, conds)
+    real_x, real_cond, features = reference
+    table, per = metric_tables(datasets, real_x, real_cond, features, k=k)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        figures = render_all(datasets, table, per, out_dir)
+    table.to_csv(out_dir / "radius_table.csv")
+    per.to_csv(out_dir / "radius_per_condition.csv", index=False)
+    attrs = dict(first.attrs) | {"reference": desc}
+    wandb_dirs = log_to_wandb(table, per, figures, attrs=attrs, project=project,
+                              group=group or f"radius-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
+    return {"table": table, "per_condition": per, "figures": figures, "figures_dir": out_dir,
+            "wandb_dirs": wandb_dirs, "reference": desc}
+
+
+def latest_run(root="runs/radius") -> Path:
+    return sp.latest_run(root)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spell_lab.analysis.radius",
+                                description="Recompute the radius table and figures of a run from its store "
+                                            "(no model is run).")
+    p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/radius/<run-name>")
+    p.add_argument("--wandb", choices=("offline", "disabled", "online"), default="offline")
+    p.add_argument("--project", default="spell_lab")
+    p.add_argument("--group", default=None, help="W&B group (default: radius-<run-name>)")
+    p.add_argument("--out", type=Path, default=None, help="figure directory (default: RUN_DIR/figures)")
+    args = p.parse_args(argv)
+    try:
+        datasets = load_run(args.run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+    res = analyse_run(args.run_dir, wandb_mode=args.wandb, project=args.project, group=args.group, out_dir=args.out,
+                      datasets=datasets)
+    print(format_table(res["table"]))
+    print(f"\nreal data: {res['reference']}")
+    print(f"figures: {res['figures_dir']}  ({', '.join(res['figures'])}; PNG and PDF)")
+    for d in res["wandb_dirs"]:
+        print(f"wandb: {d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

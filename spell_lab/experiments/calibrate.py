@@ -1,0 +1,109 @@
+"""Radius calibration (paper Appendix D): the scale of a model's diffusion space, and the radius grid to sweep.
+
+    python -m spell_lab.experiments.calibrate --model digits
+
+Generates one batch per condition without SPELL, takes the median L2 distance between final outputs of the same
+condition (every pair, all conditions pooled) and prints the paper's 16-radius grid from 0 to 2x that median.
+The calibration seeds are a range of their own (seed + 1,000,000 + i), apart from the seeds the radius sweep uses.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..analysis.radius import GRID_SIZE, calibrate
+from .common import Timer, base_parser, load_model_for, print_summary, run_cli, size_of
+
+CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of the sweep
+SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # None: every condition
+SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}  # one batch per condition
+QUICK_STEPS = 12
+
+
+def pick_conditions(model, size: str, classes=None) -> list[int]:
+    """The conditions a size uses: evenly spaced over the model's classes (digits default: 0 2 4 6 8)."""
+    all_classes = list(range(model.num_classes)) or [0]
+    if classes:
+        bad = [c for c in classes if c not in all_classes]
+        if bad:
+            raise ValueError(f"conditions {bad} do not exist; the model has conditions "
+                             f"{all_classes[0]}..{all_classes[-1]}.")
+        return list(classes)
+    n = SIZE_CONDITIONS[size]
+    return all_classes if n is None else all_classes[:: max(1, len(all_classes) // n)][:n]
+
+
+def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampler, steps, guidance):
+    """Final outputs without SPELL: one batch of `per_condition` samples per condition (x0, cond)."""
+    from ..samplers import generate
+
+    if per_condition < 2:
+        raise ValueError(f"calibration needs >= 2 samples per condition to have a pair (got {per_condition}).")
+    xs, cs = [], []
+    for i, c in enumerate(conditions):
+        start = seed + CALIBRATION_SEED_OFFSET + i * per_condition
+        seeds = list(range(start, start + per_condition))
+        cond = torch.full((per_condition,), int(c), dtype=torch.long)
+        out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=None, record=False)
+        xs.append(out.x0.cpu()), cs.append(cond)
+    return torch.cat(xs), torch.cat(cs)
+
+
+def run_calibration(model, cfg, size: str, conditions, per_condition: int | None = None, grid_size: int = GRID_SIZE):
+    """Generate the calibration batch and return a JSON-ready dict: median, grid, and how they were made."""
+    per_condition = per_condition or SIZE_PER_CONDITION[size]
+    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    sampler = cfg.sampler or model.default_sampler
+    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+    with Timer() as timer:
+        x0, cond = calibration_batch(model, conditions, per_condition, seed=cfg.seed, sampler=sampler, steps=steps,
+                                     guidance=guidance)
+    median, grid = calibrate(x0, cond, grid_size)
+    return dict(median=median, grid=[float(r) for r in grid], per_condition=per_condition,
+                conditions=[int(c) for c in conditions], first_seed=cfg.seed + CALIBRATION_SEED_OFFSET,
+                sampler=sampler, steps=steps, guidance=guidance, seconds=round(timer.seconds, 2))
+
+
+def format_grid(grid) -> str:
+    return "  ".join(f"{r:.4g}" for r in grid)
+
+
+def parser():
+    p = base_parser("calibrate", __doc__.split("\n\n")[0])
+    p.add_argument("--per_condition", type=int | None, default=None,
+                   help="samples per condition, one batch each (default by size: quick 8, default 16, full 32)")
+    p.add_argument("--grid_size", type=int, default=GRID_SIZE, help="radii in the grid (the paper: 16)")
+    return p
+
+
+def main(argv=None) -> int:
+    cfg = parser().parse_args(argv)
+    size = size_of(cfg)
+    if cfg.grid_size < 2:
+        raise ValueError(f"--grid_size must be >= 2 (got {cfg.grid_size}).")
+    model, _ = load_model_for(cfg)
+    conditions = pick_conditions(model, size, cfg.classes)
+    cal = run_calibration(model, cfg, size, conditions, cfg.per_condition, cfg.grid_size)
+    lines = [
+        ("model", f"{cfg.model} ({cal['sampler']}, {cal['steps']} steps, guidance {cal['guidance']:g})"),
+        ("samples", f"{cal['per_condition']} per condition x conditions {cal['conditions']}, seeds from "
+                    f"{cal['first_seed']}, no SPELL"),
+        ("median distance", f"{cal['median']:.4g}  (within-condition pairs of final outputs, L2)"),
+        (f"grid ({len(cal['grid'])} radii)", format_grid(cal["grid"])),
+        ("time", f"{cal['seconds']:.1f} s"),
+    ]
+    if cfg.out:
+        path = Path(cfg.out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "calibration.json").write_text(json.dumps(cal | {"model": cfg.model}, indent=1))
+        lines.append(("written", str(path / "calibration.json")))
+    print_summary("SPELL radius calibration (paper Appendix D)", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,134 @@
+"""The radius ablation (paper Section 4.3, Figure 3; radius grid of Appendix D; longer repellency of Appendix F).
+
+    python -m spell_lab.experiments.radius
+
+Calibrates the radius grid (16 radii from 0 to 2x the median within-condition distance of outputs made without
+SPELL, on seeds of their own), then generates every radius on the same seeds with the `mixed` protocol (rounds of
+2, intra-batch and earlier rounds), one store group per radius (`r00` = radius 0, the baseline), and ends with
+per-condition precision, recall, density, coverage, Vendi and Fréchet distance against held-out real data, the
+sparsity numbers, the figures, W&B and a summary table.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from ..run.plan import Setting
+from .calibrate import SIZE_PER_CONDITION, format_grid, pick_conditions, run_calibration
+from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode, size_of
+
+# Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
+PROTOCOLS = {
+    "mixed": dict(intra_batch=True, memory=True, batch=2, note="2 at a time, intra-batch and earlier rounds"),
+    "intra": dict(intra_batch=True, memory=False, batch=None, note="one batch per condition, intra-batch only"),
+    "memory": dict(intra_batch=False, memory=True, batch=2, note="2 at a time, repelled from earlier rounds only"),
+}
+SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
+QUICK_STEPS = 12
+K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
+
+
+def radius_settings(radii, protocol: str, per_condition: int, batch: int | None, overcomp: float, conditions,
+                    seed: int) -> list[Setting]:
+    """One setting per radius (`r00` = 0, then increasing), same protocol and seeds for all."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown --protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}.")
+    bad = [r for r in radii if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0)]
+    if bad:
+        raise ValueError(f"--radii must be finite and >= 0 (got {bad}); 0 is the no-SPELL baseline.")
+    if not (math.isfinite(overcomp) and overcomp > 0):
+        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+    spec = dict(PROTOCOLS[protocol])
+    b = batch or spec.pop("batch") or per_condition
+    spec.pop("batch", None)
+    if per_condition < K + 1:
+        raise ValueError(f"--per_condition must be >= {K + 1}: per-condition precision/recall use k = {K} "
+                         f"neighbours (got {per_condition}).")
+    if b < 1 or per_condition % b:
+        raise ValueError(f"--per_condition ({per_condition}) must be a multiple of the batch size ({b}).")
+    radii = sorted({0.0} | {float(r) for r in radii})  # 0 added when missing: the baseline on the same seeds
+    rounds = (b,) * (per_condition // b)
+    return [Setting(f"r{i:02d}", r, overcomp, rounds=rounds, conditions=tuple(conditions), seed=seed, **spec)
+            for i, r in enumerate(radii)]
+
+
+def parser():
+    p = base_parser("radius", __doc__.split("\n\n")[0])
+    p.add_argument("--radii", type=list[float] | None, default=None,
+                   help='radii to sweep, e.g. "[0,10,20]" (default: the calibrated grid; 0 is always added)')
+    p.add_argument("--protocol", type=str, default="mixed", choices=list(PROTOCOLS),
+                   help="shield sources and batching of every radius")
+    p.add_argument("--per_condition", type=int | None, default=None,
+                   help="samples per condition and radius (default by size: quick 8, default 16, full 32)")
+    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: the protocol's)")
+    p.add_argument("--overcomp", type=float, default=1.0, help="overcompensation lambda (1: the exact correction)")
+    p.add_argument("--grid_size", type=int | None, default=None, help="radii in the calibrated grid (default 16; quick 4)")
+    p.add_argument("--calibration_per_condition", type=int | None, default=None,
+                   help="calibration samples per condition (default: as --per_condition's size default)")
+    return p
+
+
+def main(argv=None) -> int:
+    cfg = parser().parse_args(argv)
+    set_wandb_mode(cfg.wandb)
+    size = size_of(cfg)
+    per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
+    grid_size = cfg.grid_size or SIZE_GRID[size]
+    if grid_size < 2:
+        raise ValueError(f"--grid_size must be >= 2 (got {grid_size}).")
+    radius_settings(cfg.radii or [0.0], cfg.protocol, per_condition, cfg.batch, cfg.overcomp, [0], 0)  # early check
+    model, spec = load_model_for(cfg)
+    conditions = pick_conditions(model, size, cfg.classes)
+    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    sampler = cfg.sampler or model.default_sampler
+    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+
+    cal = run_calibration(model, cfg, size, conditions, cfg.calibration_per_condition, grid_size)
+    print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
+          f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)
+    # 4 significant digits: the grid is part of the run's fingerprint, so a resume must not trip on the last bit
+    radii = cfg.radii if cfg.radii is not None else [float(f"{r:.4g}") for r in cal["grid"]]
+    settings = radius_settings(radii, cfg.protocol, per_condition, cfg.batch, cfg.overcomp, conditions, cfg.seed)
+    name = f"{Path(cfg.model).name}-{cfg.protocol}-{len(settings)}radii-{size}"
+    config = config_dict(cfg) | {"calibration": cal, "size": size}
+
+    from ..run.launch import is_child_rank, run_generation
+
+    with Timer() as timer:
+        result = run_generation(
+            experiment="radius", settings=settings, model=model, model_spec=spec, sampler=sampler, steps=steps,
+            guidance=guidance, out=run_dir_for("radius", cfg, name), config=config, fresh=cfg.fresh,
+            devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes, progress=not cfg.no_progress,
+        )
+    if not result.is_global_zero or is_child_rank():
+        return 0  # rank 0 computes the metrics, renders, logs and reports
+    return report(result, cfg, timer.seconds, cal, settings)
+
+
+def report(result, cfg, seconds, cal, settings) -> int:
+    from ..analysis.radius import analyse_run, format_table
+
+    with Timer() as t:
+        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
+    s = settings[0]
+    lines = [
+        ("run directory", str(result.run_dir)),
+        ("store", f"{result.store}  (groups r00..r{len(settings) - 1:02d}, r00 = radius 0)"),
+        ("protocol", f"{cfg.protocol}: rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}"),
+        ("calibration", f"median {cal['median']:.4g}; grid {format_grid(cal['grid'])}"),
+        ("units", f"{result.units_total} ({result.units_done_before} already done, resumed)"
+                  if result.units_done_before else str(result.units_total)),
+        ("generation time", f"{seconds:.1f} s (+ calibration {cal['seconds']:.1f} s, metrics/figures {t.seconds:.1f} s)"),
+        ("real data", out["reference"]),
+        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
+        ("W&B", ", ".join(map(str, out["wandb_dirs"])) or f"disabled (--wandb {cfg.wandb})"),
+    ]
+    print_summary("SPELL radius ablation (per-condition metrics, averaged over conditions)", lines,
+                  format_table(out["table"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
