@@ -51,15 +51,15 @@ def set_wandb_mode(mode: str) -> None:
 
 
 def load_model_for(cfg, device="cpu"):
-    """A built-in model by name; anything else is taken as a diffusers pipeline id or directory."""
+    """A built-in model by name; anything else is a diffusers pipeline id or directory, loaded offline."""
     from ..models import BUILTIN, load_model
 
     if cfg.model in BUILTIN:
         return load_model(cfg.model, device=device), {"name": cfg.model}
-    from ..diffusers.pipelines import load_pipeline_denoiser  # noqa: PLC0415 (optional heavy import)
+    from ..diffusers.model import load_pipeline_model  # heavy import only when a pipeline is asked for
 
-    model = load_pipeline_denoiser(cfg.model, prompts_file=cfg.prompts, device=device)
-    return model, {"name": cfg.model, "prompts": cfg.prompts}
+    model = load_pipeline_model(cfg.model, prompts_file=cfg.prompts, sampler=cfg.sampler)
+    return model, {"name": cfg.model, "prompts": model.prompts}
 
 
 def run_dir_for(experiment: str, cfg, default_name: str) -> Path:

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     classes = list(range(model.num_classes)) or [0]
     n = SIZE_CONDITIONS[size]
     conditions = cfg.classes or (classes if n is None else classes[:: max(1, len(classes) // n)][:n])
-    all_conditions = cfg.classes or (classes[:4] if size == "quick" else classes)
+    all_conditions = cfg.classes or (classes[:4] if size == "quick" else classes[:: max(1, len(classes) // 50)][:50])
     bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
     if bad:
         raise SystemExit(f"error: conditions {bad} do not exist; the model has conditions {classes[0]}..{classes[-1]}.")
@@ -91,6 +91,7 @@ def main(argv=None) -> int:
             experiment="sparsity", settings=settings, model=model, model_spec=spec, sampler=sampler, steps=steps,
             guidance=guidance, out=run_dir_for("sparsity", cfg, name), config=config_dict(cfg), fresh=cfg.fresh,
             devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes, progress=not cfg.no_progress,
+            condition_names=getattr(model, "condition_names", None),
         )
     if not result.is_global_zero or is_child_rank():
         return 0  # rank 0 renders, logs and reports

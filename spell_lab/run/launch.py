@@ -55,10 +55,17 @@ def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
 
 
 def evaluation_grid(model, sampler: str, steps: int):
+    """t, alpha, sigma of every denoiser evaluation; a pipeline model reads them from its own scheduler."""
+    if hasattr(model, "evaluation_grid"):
+        return model.evaluation_grid(sampler, steps)
     _, eval_times = get_sampler(sampler, model.schedule.kind)
     times = eval_times(model.schedule.grid(steps))
     alpha, sigma = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
     return times, alpha.tolist(), sigma.tolist()
+
+
+def model_device(model) -> torch.device:
+    return next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
 
 
 def run_generation(
@@ -100,7 +107,7 @@ def run_generation(
         check_references(load_reference_set(p), model.sample_shape, p)
     protected = ProtectedLoader(paths) if paths else None
     times, alphas, sigmas = evaluation_grid(model, sampler, steps)
-    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=next(model.buffers(), torch.empty(0)).device))
+    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))
     create_kwargs = dict(
         experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
         sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -29,10 +31,11 @@ def run_unit(model, unit: WorkUnit, *, sampler, steps, guidance, protected=None,
     s = unit.setting
     memory = Memory() if s.memory else None
     spell = Spell.build(s.radius, s.overcomp, intra_batch=s.intra_batch, memory=memory, protected=protected)
+    sample = getattr(model, "generate", None) or functools.partial(generate, model)  # pipelines drive their own loop
     parts = []
     for round_index, seeds in unit.rounds:
         cond = torch.full((len(seeds),), unit.condition, dtype=torch.long, device=device)
-        out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=spell, device=device)
+        out = sample(cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=spell, device=device)
         final = spell(out.x0, cond).nearest  # the output against the references it was shielded from
         if memory is not None:
             memory.add(out.x0, cond)  # later rounds repel from this one
