@@ -74,7 +74,8 @@ class Grid:
 
 def mixture(kind="vp", ts=()):
     """Condition 0 has 3 well separated modes (the shields); condition 1 lives elsewhere."""
-    return GaussianMixture(num_classes=2, components=3, shape=(4, 4), spread=3.0, std=0.15, seed=3, schedule=Grid(kind, ts))
+    return GaussianMixture(num_classes=2, components=3, shape=(4, 4), spread=3.0, std=0.15, seed=3,
+                           schedule=Grid(kind, ts))
 
 
 class Oracle:
@@ -102,7 +103,10 @@ class Oracle:
         else:
             a, s = float(abar[int(t)].sqrt()), float((1 - abar[int(t)]).sqrt())
         kind = config.get("prediction_type", "epsilon")
-        return from_x0(self.gmm(x, torch.tensor(s, dtype=torch.float64), cond), x, a, s, {"flow_prediction": "flow"}.get(kind, kind))
+        out = from_x0(self.gmm(x, torch.tensor(s, dtype=torch.float64), cond), x, a, s, kind)
+        if config.get("variance_type") in ("learned", "learned_range"):  # a variance head rides along in channels
+            out = torch.cat([out, torch.zeros_like(out)], dim=1)
+        return out
 
 
 def sample_loop(scheduler, model, x, cond, steps, generators=None):
@@ -153,12 +157,13 @@ def inside(x, centers, radius, rtol=1e-5):
     return (d < radius * (1 - rtol)).any(dim=1)
 
 
-EXACT = {  # name -> (scheduler factory, the project's sampler on the same levels, its schedule kind)
+EXACT = {  # name -> (scheduler factory, the project's sampler on the same levels (None: none), its schedule kind)
     "ddim-epsilon": (lambda: DDIMScheduler(clip_sample=False), "ddim", "vp"),
     "ddim-v": (lambda: DDIMScheduler(clip_sample=False, prediction_type="v_prediction"), "ddim", "vp"),
     "ddim-sample": (lambda: DDIMScheduler(clip_sample=False, prediction_type="sample"), "ddim", "vp"),
     "ddpm-epsilon": (lambda: DDPMScheduler(clip_sample=False), "ddpm", "vp"),
     "ddpm-v": (lambda: DDPMScheduler(clip_sample=False, prediction_type="v_prediction"), "ddpm", "vp"),
+    "ddpm-learned-variance": (lambda: DDPMScheduler(clip_sample=False, variance_type="learned_range"), None, "vp"),
     "euler-epsilon": (lambda: EulerDiscreteScheduler(), "euler", "edm"),
     "euler-v": (lambda: EulerDiscreteScheduler(prediction_type="v_prediction"), "euler", "edm"),
     "heun": (lambda: HeunDiscreteScheduler(), "heun", "edm"),
@@ -184,8 +189,9 @@ def test_exactness_through_real_schedulers(name):
     assert (r["active_protected"] > 0).any() and (r["active_batch"] == 0).all()
 
 
-AGREEMENT = [(name, "memory+protected") for name in sorted(EXACT)] + [
-    (name, "intra-batch") for name in sorted(EXACT) if EXACT[name][2] != "flow"
+SAME_IN_PROJECT = [name for name in sorted(EXACT) if EXACT[name][1] is not None]
+AGREEMENT = [(name, "memory+protected") for name in SAME_IN_PROJECT] + [
+    (name, "intra-batch") for name in SAME_IN_PROJECT if EXACT[name][2] != "flow"
 ]  # flow matching starts at sigma = 1, where the oracle's x0_hat is the same for every sample: intra-batch distances
 #    are then 0 in the project (no direction, skipped) but rounding noise after diffusers' v round trip (pushed)
 
@@ -319,8 +325,11 @@ def test_bad_input_gives_clear_errors():
     with pytest.raises(ValueError, match="s_churn"):
         sched.step(torch.zeros(2, 4), sched.timesteps[0], torch.zeros(2, 4), s_churn=1.0)
     sched.set_groups([0, 1, 2])
-    with pytest.raises(ValueError, match="3 group ids but the scheduler steps 2 samples"):
+    with pytest.raises(ValueError, match="3 group ids but the scheduler steps 2 distinct samples"):
         sched.step(torch.zeros(2, 4), sched.timesteps[0], torch.zeros(2, 4))
+    sched.set_groups([0])  # twice as many samples as ids is a CFG-duplicated batch only if the halves are equal
+    with pytest.raises(ValueError, match="1 group ids but the scheduler steps 2 distinct samples"):
+        sched.step(torch.zeros(2, 4), sched.timesteps[0], torch.arange(8.0).reshape(2, 4))
     with pytest.raises(RuntimeError, match="no run recorded"):
         SpellScheduler(DDIMScheduler(), radius=1.0).records()
 
@@ -419,6 +428,16 @@ def test_pipelines_run_with_spell(name):
     assert (r["active_batch"] <= 1).all()  # each sample has exactly one partner in its group
     assert not torch.equal(gen.x0, base.x0)
     assert type(pipe.scheduler) is not SpellScheduler  # the pipeline's own scheduler is back
+
+
+def test_dit_duplicated_batch_is_found_without_groups():
+    pipe = tiny_dit()
+    pipe.scheduler = SpellScheduler(pipe.scheduler, radius=30.0)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    pipe(class_labels=[3, 3, 7], num_inference_steps=3, generator=gens, guidance_scale=4.0, output_type="np")
+    r = pipe.scheduler.records()
+    assert r.sizes["sample"] == 3 and pipe.scheduler.final_sample().shape[0] == 3
+    assert (r.active_batch > 0).any() and (r.active_batch <= 2).all()  # each sample sees the 2 others, not a twin
 
 
 def test_sd_with_pndm_and_memory_in_bfloat16():

@@ -9,4 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from .pipelines import ModelNotAvailable, PipelineGeneration, generate_pipeline, load_pipeline  # noqa: E402
 from .scheduler import FAMILIES, SpellScheduler  # noqa: E402
 
-__all__ = ["FAMILIES", "ModelNotAvailable", "PipelineGeneration", "SpellScheduler", "generate_pipeline", "load_pipeline"]
+__all__ = [
+    "FAMILIES", "ModelNotAvailable", "PipelineGeneration", "SpellScheduler", "generate_pipeline", "load_pipeline",
+]

@@ -65,7 +65,7 @@ PREDICTIONS = {  # scheduler's prediction_type -> spell_lab.parameterisation nam
 
 
 def scheduler_family(scheduler) -> str:
-    """The family of a diffusers scheduler (subclasses count as their base), or a ValueError that lists the supported."""
+    """The family of a diffusers scheduler (subclasses count as their base), or a ValueError listing the supported."""
     for cls in type(scheduler).__mro__:
         if cls.__name__ in FAMILIES:
             return FAMILIES[cls.__name__]
@@ -136,6 +136,10 @@ class SpellScheduler:
     intra_batch: the other samples of the batch repel each other (within the same group, `set_groups`).
     memory, protected: reference latents (K, *latent_shape) or the project's shield sources (`repellency.Memory`,
         a protected index); they must live in the scheduler's sample space (latents for latent pipelines).
+
+    A batch whose two halves are identical at the first step is taken as DiT's classifier-free-guidance layout
+    ([x, x] with the guided output twice): SPELL and the records see each sample once and both halves get the same
+    corrected output. `set_groups` states the layout explicitly (n ids for a batch of n or of 2n).
     """
 
     _OWN = frozenset({"inner", "spell", "family", "prediction", "_groups", "_run"})
@@ -264,16 +268,14 @@ class SpellScheduler:
     def _start(self, model_output, sample) -> "_Run":
         """First step of a run: find the batch layout, check the references' shape, allocate the records."""
         B = sample.shape[0]
+        # DiT with guidance steps the batch twice, [x, x] with the same guided output: SPELL sees each sample once
         if self._groups is not None:
             n = self._groups.shape[0]
-            if B not in (n, 2 * n):
-                raise ValueError(f"set_groups got {n} group ids but the scheduler steps {B} samples: give one id "
-                                 "per sample of the batch.")
-        else:  # DiT with guidance steps [x, x] and the same guided output twice: SPELL must see each sample once
-            half = B // 2
-            duplicated = B % 2 == 0 and B > 0 and torch.equal(sample[:half], sample[half:]) and torch.equal(
-                model_output[:half], model_output[half:])
-            n = half if duplicated else B
+            if B not in (n, 2 * n) or (B == 2 * n and not _halves_equal(sample, model_output)):
+                raise ValueError(f"set_groups got {n} group ids but the scheduler steps {B} distinct samples: give "
+                                 "one id per sample of the batch.")
+        else:
+            n = B // 2 if _halves_equal(sample, model_output) else B
         groups = (self._groups if self._groups is not None else torch.zeros(n, dtype=torch.long)).to(sample.device)
         self.spell.validate(sample[:n])  # reference set in the wrong (latent) shape: a clear error, at once
         if getattr(self.inner, "timesteps", None) is None:
@@ -281,6 +283,13 @@ class SpellScheduler:
         evaluations = len(self.inner.timesteps)
         self._run = _Run(B, n, groups, Recorder(n, evaluations, sample.device), evaluations)
         return self._run
+
+
+def _halves_equal(sample: torch.Tensor, model_output: torch.Tensor) -> bool:
+    half = sample.shape[0] // 2
+    if sample.shape[0] == 0 or sample.shape[0] % 2:
+        return False
+    return torch.equal(sample[:half], sample[half:]) and torch.equal(model_output[:half], model_output[half:])
 
 
 def _rebuild(inner, spell, family, prediction, groups) -> SpellScheduler:
