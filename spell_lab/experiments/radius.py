@@ -11,7 +11,9 @@ sparsity numbers, the figures, W&B and a summary table.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ PROTOCOLS = {
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
 QUICK_STEPS = 12
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
+CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
 
 
 def radius_settings(radii, protocol: str, per_condition: int, batch: int | None, overcomp: float, conditions,
@@ -85,16 +88,20 @@ def main(argv=None) -> int:
     sampler = cfg.sampler or model.default_sampler
     guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
 
-    cal = run_calibration(model, cfg, size, conditions, cfg.calibration_per_condition, grid_size)
-    print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
-          f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)
+    from ..run.launch import is_child_rank, run_generation
+
+    if is_child_rank() and os.environ.get(CALIBRATION_ENV):
+        cal = json.loads(os.environ[CALIBRATION_ENV])  # the same grid as rank 0, bit for bit, and no extra batch
+    else:
+        cal = run_calibration(model, cfg, size, conditions, cfg.calibration_per_condition, grid_size)
+        os.environ[CALIBRATION_ENV] = json.dumps(cal)
+        print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
+              f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)
     # 4 significant digits: the grid is part of the run's fingerprint, so a resume must not trip on the last bit
     radii = cfg.radii if cfg.radii is not None else [float(f"{r:.4g}") for r in cal["grid"]]
     settings = radius_settings(radii, cfg.protocol, per_condition, cfg.batch, cfg.overcomp, conditions, cfg.seed)
     name = f"{Path(cfg.model).name}-{cfg.protocol}-{len(settings)}radii-{size}"
     config = config_dict(cfg) | {"calibration": cal, "size": size}
-
-    from ..run.launch import is_child_rank, run_generation
 
     with Timer() as timer:
         result = run_generation(
