@@ -28,7 +28,7 @@ class Recorder:
         f = self.fields
         flat = lambda v: v.reshape(v.shape[0], -1).float()  # noqa: E731
         delta_norm = flat(spell.delta).norm(dim=1)
-        model_dir = flat(alpha * x0 - x).norm(dim=1)  # sigma^2 * ||score||
+        model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||, in float32 for half inputs
         f["correction_norm"][:, i] = delta_norm
         f["score_norm"][:, i] = model_dir / sigma**2
         # the correction as a score term, alpha/sigma^2 * delta, relative to the score: sigma^2 cancels
