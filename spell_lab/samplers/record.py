@@ -26,9 +26,10 @@ class Recorder:
         i = len(self.t)
         self.t.append(t), self.alpha.append(alpha), self.sigma.append(sigma)
         f = self.fields
-        flat = lambda v: v.reshape(v.shape[0], -1).float()  # noqa: E731
+        wd = torch.float64 if x.dtype == torch.float64 else torch.float32  # half inputs: norms in float32
+        flat = lambda v: v.reshape(v.shape[0], -1).to(wd)  # noqa: E731
         delta_norm = flat(spell.delta).norm(dim=1)
-        model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||, in float32 for half inputs
+        model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||
         f["correction_norm"][:, i] = delta_norm
         f["score_norm"][:, i] = model_dir / sigma**2
         # the correction as a score term, alpha/sigma^2 * delta, relative to the score: sigma^2 cancels
