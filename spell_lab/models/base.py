@@ -60,6 +60,6 @@ class PredictionDenoiser(Denoiser):
     def forward(self, x, t, cond):
         from ..parameterisation import to_x0
 
-        alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(t.detach().cpu()))
+        alpha, sigma = self.schedule.alpha_sigma(t.detach().to(torch.float64))  # on t's device: no host sync
         return to_x0(self.net(x, t, cond), x, alpha, sigma, self.prediction)
 

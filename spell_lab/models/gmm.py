@@ -52,12 +52,11 @@ class GaussianMixture(Denoiser):
         return m.reshape(-1, *self.sample_shape)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = (v.to(torch.float64) for v in self.schedule.alpha_sigma(t.detach().cpu()))
-        alpha, sigma = float(alpha), float(sigma)
+        alpha, sigma = self.schedule.alpha_sigma(t.detach().to(torch.float64))  # 0-dim tensors on x's device: no sync
         B, C, J = x.shape[0], self.num_classes, self.components
         xf = x.reshape(B, 1, -1).to(torch.float64)
         mu = self.means.reshape(1, C * J, -1).to(torch.float64)
-        var = alpha**2 * self.std**2 + sigma**2
+        var = alpha**2 * self.std**2 + sigma**2  # the same for every component
         # log N(x_t; alpha mu, var I) up to a constant shared by all components (same var everywhere)
         logp = -((xf - alpha * mu) ** 2).sum(-1) / (2 * var)  # (B, C*J); elementwise + row sums: batch-independent
         owner = torch.arange(C, device=x.device).repeat_interleave(J)[None, :]

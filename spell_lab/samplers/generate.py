@@ -57,14 +57,20 @@ def generate(
         spell.validate(x)
     recorder = Recorder(len(seeds), len(eval_times(ts)), device) if record else None
 
+    times = eval_times(ts)
+    a_s = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
+    coefs = {t: (float(a), float(s)) for t, a, s in zip(times, *a_s)}  # host floats, computed once
+    t_dev = dict(zip(times, torch.tensor(times, dtype=dtype).to(device)))  # one transfer: no per-step copy or sync
+
     def denoise(x_t, t):
-        alpha, sigma = (float(v) for v in model.schedule.alpha_sigma(t))
-        x0 = guided_x0(model, x_t, torch.tensor(float(t), device=device, dtype=dtype), cond, guidance)
+        t = float(t)
+        alpha, sigma = coefs[t]
+        x0 = guided_x0(model, x_t, t_dev[t], cond, guidance)
         if spell is None and recorder is None:
             return x0
         step = spell(x0, cond) if spell is not None else Spell(0.0)(x0, cond)
         if recorder is not None:
-            recorder.log(float(t), alpha, sigma, x_t, x0, step)
+            recorder.log(t, alpha, sigma, x_t, x0, step)
         return step.x0
 
     with torch.no_grad():
