@@ -71,8 +71,8 @@ class DigitsSpace(nn.Module):
         U, sv, Vh = torch.linalg.svd(upsample_matrix(resolution), full_matrices=False)
         # polar decomposition A = Q S: unique, so the same on every machine (no SVD sign ambiguity)
         self.register_buffer("Q", (U @ Vh).float(), persistent=False)  # (D, 64), orthonormal columns
-        self.register_buffer("S", (Vh.T * sv) @ Vh, persistent=False)  # (64, 64), float64: u -> w
-        self.register_buffer("S_inv", (Vh.T / sv) @ Vh, persistent=False)
+        self.S = (Vh.T * sv) @ Vh  # (64, 64) float64 on the CPU, u -> w: data preparation only
+        self.register_buffer("S_inv", ((Vh.T / sv) @ Vh).float(), persistent=False)  # w -> u, moves with the model
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -80,23 +80,22 @@ class DigitsSpace(nn.Module):
 
     def pixels_to_w(self, v: torch.Tensor) -> torch.Tensor:
         """8x8 images in [0, 1] (B, 8, 8) -> w (B, 1, 8, 8), without going through the 48x48 space."""
-        u = ((v - self.mean) / self.std).reshape(-1, 64).to(self.S.dtype)  # A 1 = 1, so x = A u exactly
+        u = ((v.detach().cpu() - self.mean) / self.std).reshape(-1, 64).to(self.S.dtype)  # A 1 = 1: x = A u exactly
         return (u @ self.S).float().reshape(-1, 1, 8, 8)  # S is symmetric
 
     def to_w(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.reshape(x.shape[0], -1) @ self.Q).reshape(-1, 1, 8, 8)
+        return (x.reshape(x.shape[0], -1).to(self.Q.dtype) @ self.Q).reshape(-1, 1, 8, 8)
 
     def from_w(self, w: torch.Tensor) -> torch.Tensor:
         return (w.reshape(w.shape[0], 64) @ self.Q.T).reshape(-1, *self.sample_shape)
 
     def encode(self, v: torch.Tensor) -> torch.Tensor:
         """8x8 images in [0, 1] (B, 8, 8) -> diffusion space (B, 1, R, R)."""
-        return self.from_w(self.pixels_to_w(v))
+        return self.from_w(self.pixels_to_w(v).to(self.Q.device))
 
     def to_u(self, x: torch.Tensor) -> torch.Tensor:
         """Diffusion space -> the standardised 8x8 image whose upsampling is x's projection on the span."""
-        w = self.to_w(x).reshape(-1, 64).to(self.S_inv.dtype)
-        return (w @ self.S_inv).float().reshape(-1, 1, 8, 8)
+        return (self.to_w(x).reshape(-1, 64) @ self.S_inv).reshape(-1, 1, 8, 8)  # S_inv is symmetric
 
     def to_images(self, x: torch.Tensor) -> torch.Tensor:
         """Diffusion space -> uint8 images (B, R, R, 3), dark ink on white, for grids and the store's `image`."""
@@ -110,7 +109,7 @@ class DigitsSpace(nn.Module):
 @dataclass
 class DigitsConfig:
     resolution: int = 48
-    channels: tuple[int, ...] = (64, 128, 128)  # UNet widths at 8x8, 4x4, 2x2
+    channels: tuple[int, ...] = (32, 64, 128)  # UNet widths at 8x8, 4x4, 2x2
     emb_dim: int = 128
     dropout: float = 0.1
     p_uncond: float = 0.15  # label dropout that trains the null class for CFG
@@ -196,10 +195,10 @@ class DigitsDenoiser(Denoiser):
         return c_skip * y + c_out * self.net(c_in * y, c_noise, label)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(torch.as_tensor(t).detach().cpu()))
-        y = self.space.to_w(x) / alpha  # the VP path seen as variance exploding: w0 + (sigma / alpha) n
-        s = torch.tensor(sigma / alpha, device=x.device)
-        return self.space.from_w(self.denoise_w(y, s, cond.to(x.device))).to(x.dtype)
+        t = torch.as_tensor(t, device=x.device).detach().to(torch.float64)
+        alpha, sigma = self.schedule.alpha_sigma(t)  # 0-dim tensors on x's device: no host sync
+        y = self.space.to_w(x) / alpha.float()  # the VP path seen as variance exploding: w0 + (sigma / alpha) n
+        return self.space.from_w(self.denoise_w(y, (sigma / alpha).float(), cond.to(x.device))).to(x.dtype)
 
 
 class DigitsClassifier(nn.Module):
@@ -232,10 +231,15 @@ class DigitsClassifier(nn.Module):
 
 
 def save_weights(module: nn.Module, path: Path, config: dict) -> None:
+    save_weights_state(module.state_dict(), path, config)
+
+
+def save_weights_state(state: dict, path: Path, config: dict) -> None:
+    """Tensors with the config (JSON) in the safetensors metadata."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(state, str(path), metadata={"config": json.dumps(config)})
 
 
@@ -269,9 +273,10 @@ def _load_state(module: nn.Module, state: dict, path: Path) -> nn.Module:
 
 
 def config_from_dict(d: dict) -> DigitsConfig:
-    d = dict(d)
-    d["channels"] = tuple(d["channels"])
-    return DigitsConfig(**d)
+    """The model config from a weights file's metadata (which also holds training facts: steps, seconds, loss)."""
+    known = {k: d[k] for k in DigitsConfig.__dataclass_fields__ if k in d}
+    known["channels"] = tuple(known.get("channels", DigitsConfig.channels))
+    return DigitsConfig(**known)
 
 
 def load_digits(device="cpu", path: Path | str = MODEL_FILE) -> DigitsDenoiser:
@@ -338,7 +343,8 @@ def train_denoiser(
     ema.load_state_dict(model.state_dict())
     ema.requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / 200) * (0.1 + 0.9 * (1 - i / steps)))
+    warmup = min(200, max(steps // 10, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / warmup) * (0.1 + 0.9 * (1 - i / steps)))
     g = torch.Generator().manual_seed(seed)
     report, window, t0 = TrainReport(steps, 0.0), [], time.perf_counter()
     model.train()
@@ -371,7 +377,8 @@ def denoiser_loss(model: DigitsDenoiser, w0: torch.Tensor, labels: torch.Tensor,
 
 
 def train_classifier(
-    resolution: int, mean: float, std: float, steps: int, batch: int = 128, seed: int = 0, holdout: float = 0.2, log=print
+    resolution: int, mean: float, std: float, steps: int, batch: int = 128, seed: int = 0, holdout: float = 0.2,
+    log=print,
 ) -> tuple[DigitsClassifier, dict]:
     """Train on a seeded 80% split with pixel noise augmentation; report the held-out accuracy."""
     torch.manual_seed(seed)
@@ -396,7 +403,8 @@ def train_classifier(
     with torch.no_grad():
         acc = (clf.head(clf.features_u(u[test])).argmax(1) == labels[test]).float().mean().item()
     log(f"classifier held-out accuracy {acc:.4f} on {len(test)} digits")
-    return clf, {"heldout_accuracy": acc, "heldout_size": len(test), "seed": seed, "steps": steps}
+    return clf, {"heldout_accuracy": acc, "heldout_size": len(test), "holdout": holdout, "seed": seed,
+                 "steps": steps}
 
 
 def train_main(args) -> None:
@@ -414,13 +422,116 @@ def train_main(args) -> None:
           f"and {out / CLASSIFIER_FILE.name} (held-out accuracy {clf_report['heldout_accuracy']:.4f})")
 
 
+# --------------------------------------------------------------------------------------------------- evaluation
+
+
+def within_class_median(x: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
+    """Median pairwise L2 distance within each class (the paper's radius calibration), and their median."""
+    per_class = []
+    for c in range(10):
+        z = x[labels == c].flatten(1).double()
+        i, j = torch.triu_indices(len(z), len(z), 1)
+        per_class.append(float(torch.cdist(z, z)[i, j].median()))
+    return float(torch.tensor(per_class).median()), per_class
+
+
+def time_per_sample(model: DigitsDenoiser, batch: int, repeats: int = 20) -> float:
+    """Seconds per sample of one denoiser evaluation (median over repeats)."""
+    x, cond = torch.randn(batch, *model.sample_shape), torch.arange(batch) % 10
+    times = []
+    with torch.no_grad():
+        model(x, torch.tensor(0.5), cond)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x, torch.tensor(0.5), cond)
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2] / batch
+
+
+def save_grid(images: torch.Tensor, rows: int, path: Path) -> None:
+    """uint8 (N, H, W, 3) -> one PNG, `rows` rows, 2-pixel grey gutters."""
+    import matplotlib.image
+
+    n, h, w, _ = images.shape
+    cols, pad = n // rows, 2
+    grid = torch.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 128, dtype=torch.uint8)
+    for k in range(n):
+        r, c = divmod(k, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = images[k]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(path, grid.numpy())
+
+
+def nearest_distances(x: torch.Tensor, real: torch.Tensor, exclude_self: bool = False) -> torch.Tensor:
+    """L2 distance of each x to its nearest real digit (excluding itself when x is the real set)."""
+    d = torch.cdist(x.flatten(1).double(), real.flatten(1).double())
+    if exclude_self:
+        d.fill_diagonal_(math.inf)
+    return d.min(1).values
+
+
+def measure(model, clf, cond: torch.Tensor, guidance: float, steps: int, real) -> tuple[dict, torch.Tensor]:
+    """Generate one sample per entry of `cond` (seeds 0..N-1) and measure it: accuracy, spread, closeness to data."""
+    from ..samplers import generate
+
+    t0 = time.perf_counter()
+    x = generate(model, cond, list(range(len(cond))), sampler=model.default_sampler, steps=steps, guidance=guidance).x0
+    with torch.no_grad():
+        pred = clf(x).argmax(1)
+    return {
+        "accuracy": float((pred == cond).float().mean()),
+        "per_class_accuracy": [float((pred[cond == c] == c).float().mean()) for c in range(10)],
+        "within_class_median": within_class_median(x, cond),
+        "nearest_training_distance_median": float(nearest_distances(x, real).median()),
+        "seconds": time.perf_counter() - t0,
+    }, x
+
+
+def evaluate_main(args) -> None:
+    """The analysis entry: real-data reference figures, then per guidance weight; grid at the default weight."""
+    import os
+    import sys
+
+    torch.set_num_threads(args.threads)
+    model, clf = load_digits(), load_classifier()
+    steps, out_dir = args.steps or model.default_steps, Path(args.out)
+    v, labels = load_data()
+    real = model.space.encode(v)
+    meta = read_weights(CLASSIFIER_FILE)[1]
+    _, heldout = class_split(labels, meta.get("holdout", 0.2), meta["seed"])
+    with torch.no_grad():
+        real_acc = float((clf(real[heldout]).argmax(1) == labels[heldout]).float().mean())
+    report = {
+        "command": "python -m spell_lab.models.digits " + " ".join(sys.argv[1:]),
+        "sampler": model.default_sampler, "steps": steps, "per_class": args.per_class,
+        "params": sum(p.numel() for p in model.net.parameters()),
+        "ms_per_sample": {b: 1e3 * time_per_sample(model, b) for b in (32, 256)}, "load_average": os.getloadavg(),
+        "real": {"n": len(real), "within_class_median": within_class_median(real, labels),
+                 "nearest_other_distance_median": float(nearest_distances(real, real, exclude_self=True).median()),
+                 "classifier_heldout_accuracy": real_acc, "heldout_n": len(heldout)},
+        "guidance": {},
+    }
+    cond = torch.arange(10).repeat_interleave(args.per_class)
+    for w in [float(g) for g in args.guidance.split(",")]:
+        report["guidance"][str(w)], x = measure(model, clf, cond, w, steps, real)
+        print(f"guidance {w}: accuracy {report['guidance'][str(w)]['accuracy']:.3f}, within-class median "
+              f"{report['guidance'][str(w)]['within_class_median'][0]:.1f} "
+              f"(real {report['real']['within_class_median'][0]:.1f})")
+        if w == model.default_guidance:
+            first10 = torch.cat([x[cond == c][:10] for c in range(10)])
+            save_grid(model.space.to_images(first10), 10, out_dir / "grid.png")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out_dir / 'metrics.json'}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m spell_lab.models.digits", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train the diffusion model and the classifier from scratch (seeded)")
-    t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--classifier-steps", type=int, default=3000)
-    t.add_argument("--batch", type=int, default=256)
+    t.add_argument("--steps", type=int, default=5000)
+    t.add_argument("--classifier-steps", type=int, default=1000)
+    t.add_argument("--batch", type=int, default=128)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--resolution", type=int, default=48)
     t.add_argument("--seed", type=int, default=0)
@@ -428,14 +539,14 @@ def main(argv=None) -> None:
     t.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for the weights (default: the package's)")
     e = sub.add_parser("evaluate", help="measure accuracy and distances; write the analysis entry")
     e.add_argument("--per-class", type=int, default=100)
+    e.add_argument("--guidance", default="1,3", help="comma-separated CFG weights (1 = no guidance)")
+    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     e.add_argument("--out", default="analysis/digits")
     e.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.command == "train":
         train_main(args)
     else:
-        from .digits_eval import evaluate_main  # noqa: PLC0415
-
         evaluate_main(args)
 
 
