@@ -15,7 +15,8 @@ Definitions:
   averaged over conditions with equal weight. `vendi` is on the metric features (the digits classifier's
   penultimate layer on digits, the raw vectors on gmm); `vendi_raw` is on the raw diffusion-space outputs x0.
   `real_vendi`, `real_vendi_raw` (in the per-condition table): the same Vendi scores of that condition's held-out
-  real samples, the reference line of the Vendi panels.
+  real samples at the generated sample size (mean over 10 seeded subsets; Vendi grows with the number of samples),
+  the reference line of the Vendi panels.
 - *Sparsity* per radius (over all measured trajectories, as `spell_lab.analysis.sparsity`): `mean_active_share` is
   the share of (trajectory, step) pairs with a non-zero correction, i.e. the active share averaged over t;
   `median_last_active_t` is over trajectories ever active (NaN when none is); `share_changed` the share ever
@@ -184,9 +185,21 @@ def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_fe
     rows = []
     for c in q:
         rows.append(dict(condition=c, n=int(counts[c]), n_real=int((real_cond == c).sum()), **q[c], vendi=v[c],
-                         vendi_raw=vr[c], fd=fd[c], real_vendi=vendi(rf[torch.from_numpy(real_cond == c)]),
-                         real_vendi_raw=vendi(real_raw[torch.from_numpy(real_cond == c)])))
+                         vendi_raw=vr[c], fd=fd[c], real_vendi=_real_vendi(rf, real_cond == c, int(counts[c])),
+                         real_vendi_raw=_real_vendi(real_raw, real_cond == c, int(counts[c]))))
     return pd.DataFrame(rows)
+
+
+def _real_vendi(x, mask, n: int, draws: int = 10) -> float:
+    """Vendi of the real samples of one condition at the fakes' sample size n (Vendi grows with n): the mean over
+    `draws` seeded subsets of n, or all of them when there are at most n."""
+    from ..metrics import vendi
+
+    x = x[torch.from_numpy(mask)]
+    if len(x) <= n:
+        return vendi(x)
+    g = torch.Generator().manual_seed(0)
+    return float(np.mean([vendi(x[torch.randperm(len(x), generator=g)[:n]]) for _ in range(draws)]))
 
 
 def sparsity_row(ds: xr.Dataset) -> dict:

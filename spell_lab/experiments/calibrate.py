@@ -2,7 +2,7 @@
 
     python -m spell_lab.experiments.calibrate --model digits
 
-Generates one batch per condition without SPELL, takes the median L2 distance between final outputs of the same
+Generates one batch without SPELL (`per_condition` samples of each condition), takes the median L2 distance between final outputs of the same
 condition (every pair, all conditions pooled) and prints the paper's 16-radius grid from 0 to 2x that median.
 The calibration seeds are a range of their own (seed + 1,000,000 + i), apart from the seeds the radius sweep uses.
 """
@@ -20,7 +20,7 @@ from .common import Timer, base_parser, load_model_for, print_summary, run_cli, 
 
 CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of the sweep
 SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # None: every condition
-SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}  # one batch per condition
+SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}
 QUICK_STEPS = 12
 
 
@@ -38,19 +38,15 @@ def pick_conditions(model, size: str, classes=None) -> list[int]:
 
 
 def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampler, steps, guidance):
-    """Final outputs without SPELL: one batch of `per_condition` samples per condition (x0, cond)."""
+    """Final outputs without SPELL, one batch holding `per_condition` samples of every condition: (x0, cond)."""
     from ..samplers import generate
 
     if per_condition < 2:
         raise ValueError(f"calibration needs >= 2 samples per condition to have a pair (got {per_condition}).")
-    xs, cs = [], []
-    for i, c in enumerate(conditions):
-        start = seed + CALIBRATION_SEED_OFFSET + i * per_condition
-        seeds = list(range(start, start + per_condition))
-        cond = torch.full((per_condition,), int(c), dtype=torch.long)
-        out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=None, record=False)
-        xs.append(out.x0.cpu()), cs.append(cond)
-    return torch.cat(xs), torch.cat(cs)
+    cond = torch.tensor([int(c) for c in conditions], dtype=torch.long).repeat_interleave(per_condition)
+    seeds = list(range(seed + CALIBRATION_SEED_OFFSET, seed + CALIBRATION_SEED_OFFSET + len(cond)))
+    out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=None, record=False)
+    return out.x0.cpu(), cond
 
 
 def run_calibration(model, cfg, size: str, conditions, per_condition: int | None = None, grid_size: int = GRID_SIZE):
@@ -75,7 +71,7 @@ def format_grid(grid) -> str:
 def parser():
     p = base_parser("calibrate", __doc__.split("\n\n")[0])
     p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition, one batch each (default by size: quick 8, default 16, full 32)")
+                   help="samples per condition in the batch (default by size: quick 8, default 16, full 32)")
     p.add_argument("--grid_size", type=int, default=GRID_SIZE, help="radii in the grid (the paper: 16)")
     return p
 
