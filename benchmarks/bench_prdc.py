@@ -4,8 +4,9 @@
     python benchmarks/bench_prdc.py --n 50000 --d 2048 --no-reference   # scale: ours only (the package needs 30 GB)
 
 Each implementation runs in its own subprocess (the same seeded float32 Gaussian features), alternating
-ours / package `--rounds` times, so machine load hits both alike; the ratio is of the median times. Peak memory is the
-subprocess's peak resident set size (ru_maxrss) minus its size once the features exist.
+ours / package `--rounds` times, so machine load hits both alike; the ratio is of the median wall times. The CPU
+seconds (user + system) are printed too: on a shared machine they show the work, which the wall time blurs. Peak
+memory is the subprocess's peak resident set size (ru_maxrss) minus its size once the features exist.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_s() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def worker(impl: str, n: int, d: int, k: int, seed: int) -> dict:
     real, fake = features(n, d, seed)
     if impl == "ours":
@@ -49,10 +55,10 @@ def worker(impl: str, n: int, d: int, k: int, seed: int) -> dict:
             with contextlib.redirect_stdout(io.StringIO()):  # it prints the sample counts
                 return {key: float(v) for key, v in compute_prdc(real, fake, k).items()}
 
-    base = rss_mb()
+    base, cpu = rss_mb(), cpu_s()
     t = time.perf_counter()
     out = fn()
-    return dict(seconds=time.perf_counter() - t, result=out, peak_mb=rss_mb() - base, base_mb=base)
+    return dict(seconds=time.perf_counter() - t, cpu=cpu_s() - cpu, result=out, peak_mb=rss_mb() - base, base_mb=base)
 
 
 def run(impl: str, args) -> dict:
@@ -83,16 +89,20 @@ def main() -> None:
     for r in range(args.rounds):
         for impl in impls:
             runs[impl].append(run(impl, args))
-            print(f"  round {r + 1} {impl:8s} {runs[impl][-1]['seconds']:7.2f} s  peak +{runs[impl][-1]['peak_mb']:.0f} MB")
+            x = runs[impl][-1]
+            print(f"  round {r + 1} {impl:8s} {x['seconds']:7.2f} s wall {x['cpu']:7.2f} s CPU  peak +{x['peak_mb']:.0f} MB"
+                  f"  (load {os.getloadavg()[0]:.1f})")
     med = {impl: statistics.median(x["seconds"] for x in v) for impl, v in runs.items()}
+    cpu = {impl: statistics.median(x["cpu"] for x in v) for impl, v in runs.items()}
     peak = {impl: max(x["peak_mb"] for x in v) for impl, v in runs.items()}
     ours = runs["ours"][0]["result"]
-    print(f"ours     median {med['ours']:.2f} s, peak memory +{peak['ours']:.0f} MB: {ours}")
+    print(f"ours     median {med['ours']:.2f} s ({cpu['ours']:.2f} s CPU), peak memory +{peak['ours']:.0f} MB: {ours}")
     if "package" in runs:
         ref = runs["package"][0]["result"]
         diff = max(abs(ours[key] - ref[key]) for key in ref)
-        print(f"package  median {med['package']:.2f} s, peak memory +{peak['package']:.0f} MB: {ref}")
-        print(f"ratio {med['package'] / med['ours']:.1f}x faster; max |difference| {diff:.1e} ({'identical' if diff == 0 else 'DIFFERENT'})")
+        print(f"package  median {med['package']:.2f} s ({cpu['package']:.2f} s CPU), peak memory +{peak['package']:.0f} MB: {ref}")
+        print(f"ratio {med['package'] / med['ours']:.1f}x faster (wall), {cpu['package'] / cpu['ours']:.1f}x less CPU; "
+              f"max |difference| {diff:.1e} ({'identical' if diff == 0 else 'DIFFERENT'})")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,7 @@ def test_prdc_matches_package_on_hard_data(kind, k):
 
 
 def test_prdc_exact_whatever_the_screen_does_within_its_bound(monkeypatch):
-    """Perturb every screened value by up to its error bound: the certified decisions must not change.
-    (The radii take the torch path here, whose screen is perturbed too, instead of faiss.)"""
+    """Perturb every screened value by up to its error bound: the certified decisions must not change."""
     real, fake = gaussian_sets(np.float32, n=200, m=150, d=16)
     ref = reference_prdc(real, fake, 3)
     screen, g = P.screen, torch.Generator().manual_seed(0)
@@ -85,20 +84,22 @@ def test_prdc_exact_whatever_the_screen_does_within_its_bound(monkeypatch):
         return s.add_((torch.rand(s.shape, generator=g) * 2 - 1) * 0.999 * P.screen_error(A, B))
 
     monkeypatch.setattr(P, "screen", noisy)
-    monkeypatch.setattr(P, "nearest_faiss", lambda S, L: P.nearest(S, L, block=48))
     assert_same(prdc(real, fake, k=3, block=48), ref)
     # a huge bound leaves nothing certain: every row and pair goes through the exact float64 path
     monkeypatch.setattr(P, "screen_error", lambda A, B: 1e6)
     assert_same(prdc(real, fake, k=3, block=48), ref)
 
 
-def test_nearest_torch_and_faiss_agree():
+@pytest.mark.parametrize("block", [64, 300])  # many blocks with batched merges, and a single diagonal block
+def test_nearest_lists_match_faiss(block, monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    monkeypatch.setattr(P, "FLUSH", 500)  # merge often: each merge tightens the thresholds
     real, _ = gaussian_sets(np.float32, n=300, m=1, d=16)
     S = P._Screened(torch.from_numpy(real), torch.zeros(16))
-    (v1, i1), (v2, i2) = P.nearest(S, 9, block=64), P.nearest_faiss(S, 9)
-    e = P.screen_error(S, S)
-    assert torch.all((v1 - v2).abs() <= 2 * e) and (i1 == i2).float().mean() > 0.99  # equal up to screen rounding
-    assert torch.equal(i1[:, 0], torch.arange(300)) and torch.all(v1[:, 1:] >= v1[:, :-1])  # self first, sorted
+    v, i = P.nearest(S, 9, block=block)
+    v_ref, i_ref = faiss.knn(real, real, 9)  # an independent exhaustive search, also float32
+    assert np.abs(v.numpy() - v_ref).max() <= 2 * P.screen_error(S, S) and (i.numpy() == i_ref).mean() > 0.99
+    assert torch.equal(i[:, 0], torch.arange(300)) and torch.all(v[:, 1:] >= v[:, :-1])  # self first, sorted
 
 
 def test_prdc_hand_computed():

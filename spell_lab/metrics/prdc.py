@@ -11,12 +11,11 @@ rows) it is replaced by the difference formula, so duplicates are at distance ex
 the diagonal and leaves rounding noise (~1e-7) between duplicates elsewhere, which no other code reproduces; results
 on data with exact duplicates can therefore differ from it, and agree everywhere else.
 
-How it stays fast and bounded: no N x M matrix is ever held. Squared distances are screened with float32 GEMMs on
-mean-centred features (faiss's exhaustive search for the k-NN radii, blocks of torch for real x fake), whose rounding
-error has a rigorous bound `e` (Higham: |fl(x.y) - x.y| <= gamma_D sum|x_i y_i|). Only the pairs whose screened value
-lies within the bounds of a radius are recomputed in float64 with the package's formula, and only the radii those
-pairs need are made exact, so float32 speed comes with the package's exact decisions. Runs on the device of `real`
-(CPU or CUDA; on CUDA the radii come from batched torch instead of faiss).
+How it stays fast and bounded: no N x M matrix is ever held. Squared distances are screened block by block with
+float32 GEMMs on mean-centred features (within-set blocks once, for both triangles), whose rounding error has a
+rigorous bound `e` (Higham: |fl(x.y) - x.y| <= gamma_D sum|x_i y_i|). Only the pairs whose screened value lies within
+the bounds of a radius are recomputed in float64 with the package's formula, and only the radii those pairs need are
+made exact, so float32 speed comes with the package's exact decisions. Runs on the device of `real` (CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import torch
 from .features import as_features, check_same_width
 
 BLOCK = 2048  # rows per block: a screened block is BLOCK x 4 BLOCK float32 (64 MiB) at most
-EXTRA = 8  # screened neighbours kept beyond k + 1, to certify the k-th neighbour without recomputing a row
+EXTRA = 3  # screened neighbours kept beyond k + 1, to certify the k-th neighbour without recomputing a whole row
 FLUSH = 1 << 20  # candidate pairs decided (or merged) together: few, large tensor operations
 
 
@@ -87,8 +86,7 @@ class _Screened:
 
 def screen_error(A: _Screened, B: _Screened) -> float:
     """Rigorous bound on |screened - exact| squared distance over A x B: the float32 dot products and norms
-    (gamma_D (||z|| + ||z'||)^2, for the torch screen and faiss alike), the additions and the centring, and the
-    float64 expansion of the exact value."""
+    (gamma_D (||z|| + ||z'||)^2), the additions and the centring, and the float64 expansion of the exact value."""
     d = A.z.shape[1] + 10
     u = 2.0**-24 if torch.get_float32_matmul_precision() == "highest" else 2.0**-8  # TF32/bf16 matmuls
     return d * u / (1 - d * u) * (A.zmax + B.zmax) ** 2 + 2 * d * 2.0**-53 * (A.xmax + B.xmax) ** 2
@@ -170,7 +168,7 @@ class _Radii:
         n = len(S.x)
         self.S, self.k, self.out, self.block = S, k, out, block
         L = min(n, k + 1 + EXTRA)
-        vals, self.idx = nearest_faiss(S, L) if S.z.device.type == "cpu" else nearest(S, L, block)
+        vals, self.idx = nearest(S, L, block)
         self.vals = vals.double()
         self.rough, self.e = self.vals[:, k], screen_error(S, S)
         # a list is complete when its last entry lies beyond the window kth +- 2e (or it holds the whole set)
@@ -209,16 +207,6 @@ class _Radii:
         s[window] = exact_sq(self.S, rows.unsqueeze(1).expand_as(v)[window], self.S, self.idx[rows][window])
         rank = k - below.sum(1)  # the (k+1)-th overall is this one (0-based) among the window's exact values
         return s.sort(1).values.gather(1, rank.unsqueeze(1)).squeeze(1)
-
-
-def nearest_faiss(S: _Screened, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`nearest` by faiss's exhaustive float32 search (CPU): the same screened values (||x||^2 + ||y||^2 - 2 x.y
-    through BLAS, within `screen_error`), with the selection in C++ rather than in per-block tensor operations."""
-    import faiss
-
-    z = S.z.numpy()
-    d, i = faiss.knn(z, z, L)
-    return torch.from_numpy(d), torch.from_numpy(i)
 
 
 def nearest(S: _Screened, L: int, block: int = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
