@@ -13,6 +13,15 @@ from spell_lab.models.digits import (
 )
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU two threads per process run several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     return load_digits()
@@ -52,7 +61,7 @@ def test_denoiser_at_t0_returns_the_projection_of_clean_data(model):
     assert torch.allclose(model(x, torch.tensor(0.0), labels[:8]), x, atol=1e-4)
 
 
-def test_generated_digits_are_recognised_and_cfg_narrows_classes(model, classifier):
+def test_generated_digits_are_recognised_and_cfg_narrows_classes(model, classifier, one_thread):
     """The full figures (100 per class) are in analysis/digits; here 10 per class and looser bounds."""
     from spell_lab.samplers import generate
 
@@ -74,15 +83,16 @@ def test_classifier_is_accurate_on_held_out_digits(model, classifier):
     assert (pred == labels[heldout]).float().mean() >= 0.95
 
 
-def test_training_a_few_steps_decreases_the_loss():
+def test_training_a_few_steps_decreases_the_loss(one_thread):
     cfg = DigitsConfig(channels=(16, 16, 16), emb_dim=32)
     _, ema, report = digits.train_denoiser(cfg, steps=60, batch=32, lr=3e-3, seed=0, log_every=20, log=lambda s: None)
     assert len(report.losses) == 3 and report.losses[-1] < 0.9 * report.losses[0]
     assert ema.cfg.sigma_data > 1  # filled in from the data
 
 
-def test_train_command_writes_loadable_weights(tmp_path):
-    digits.main(["train", "--steps", "2", "--batch", "8", "--classifier-steps", "2", "--out", str(tmp_path)])
+def test_train_command_writes_loadable_weights(tmp_path, one_thread):
+    digits.main(["train", "--steps", "2", "--batch", "8", "--classifier-steps", "2", "--threads", "1",
+                 "--out", str(tmp_path)])
     m = load_digits(path=tmp_path / MODEL_FILE.name)
     assert m.cfg.resolution == 48 and m.cfg.std > 0
     assert load_classifier(path=tmp_path / CLASSIFIER_FILE.name).space.resolution == 48
