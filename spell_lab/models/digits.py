@@ -297,7 +297,7 @@ def load_classifier(device="cpu", path: Path | str = CLASSIFIER_FILE) -> DigitsC
 
 
 def data_scaling(resolution: int) -> tuple[float, float]:
-    """Global mean and std of the upsampled dataset (float64, then rounded to float for the metadata)."""
+    """Global mean and std of the upsampled dataset (computed in float64): one scalar each, like SD's scale factor."""
     v, _ = load_data()
     A = upsample_matrix(resolution)
     x = v.reshape(-1, 64).double() @ A.T
