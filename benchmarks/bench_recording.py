@@ -55,10 +55,10 @@ def main():
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # as the run layer does on CPU
     model = load_model(args.model)
     steps, sampler, guidance = args.steps or model.default_steps, model.default_sampler, model.default_guidance
-    conditions = tuple(range(min(4, max(model.num_classes, 1))))
+    conditions = tuple(range(max(model.num_classes, 1)))
     settings = [Setting("mixed", args.radius, intra_batch=True, memory=True, rounds=(2,) * 4, conditions=conditions)]
     units = plan(settings)
     a, b = [], []

@@ -194,6 +194,10 @@ class DigitsDenoiser(Denoiser):
         label = torch.where(cond == NULL_CONDITION, torch.full_like(cond, self.num_classes), cond)
         return c_skip * y + c_out * self.net(c_in * y, c_noise, label)
 
+    def to_images(self, x0: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, 48, 48, 3) for the store's `image` and the galleries."""
+        return self.space.to_images(x0)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).detach().to(torch.float64)
         alpha, sigma = self.schedule.alpha_sigma(t)  # 0-dim tensors on x's device: no host sync
