@@ -28,7 +28,7 @@ SETUPS = {
 }
 QUICK_ROUNDS = {"iterative": (4, 4), "intra": (4,), "mixed": (2,) * 4, "previous64": (64, 4), "large_radius": (4, 4), "overcomp": (4, 4), "main": (4, 4)}
 FULL_ROUNDS = {"main": (8,) * 4}  # Figure 5 used 452 trajectories over 50 prompts
-SIZE_CONDITIONS = {"quick": 2, "default": 4, "full": None}  # None: every condition
+SIZE_CONDITIONS = {"quick": 2, "default": None, "full": None}  # None: every condition (the first 50 for pipelines)
 QUICK_STEPS = 12
 
 
@@ -72,7 +72,8 @@ def main(argv=None) -> int:
     model, spec = load_model_for(cfg)
     classes = list(range(model.num_classes)) or [0]
     n = SIZE_CONDITIONS[size]
-    conditions = cfg.classes or (classes if n is None else classes[:: max(1, len(classes) // n)][:n])
+    n = 50 if n is None else n
+    conditions = cfg.classes or classes[:: max(1, len(classes) // n)][:n]
     all_conditions = cfg.classes or (classes[:4] if size == "quick" else classes[:: max(1, len(classes) // 50)][:50])
     bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
     if bad:
