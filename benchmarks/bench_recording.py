@@ -2,9 +2,9 @@
 
     python benchmarks/bench_recording.py [--model digits|gmm] [--repeats 3]
 
-Same seeds, same SPELL settings (the `mixed` protocol: intra-batch + memory), same model; (a) generates each work
-unit without the recorder and without a store, (b) runs the real path: recorder on, per-unit fields derived and
-written by region into a zarr store. Prints the ratio b / a (issue target: <= 1.05).
+Same seeds, same SPELL settings (the `mixed` protocol: intra-batch + memory), same model, one thread as the run
+layer uses on CPU; (a) generates each work unit without the recorder and without a store, (b) runs the real path:
+recorder on, per-unit fields derived, the StoreWriter creating the store and writing each unit by region. Prints the ratio b / a (issue target: <= 1.05).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from pathlib import Path
 
 import torch
 
-from spell_lab import store
+from types import SimpleNamespace
+
 from spell_lab.models import load_model
 from spell_lab.repellency import Memory, Spell
 from spell_lab.run.launch import evaluation_grid
+from spell_lab.run.lightning import StoreWriter
 from spell_lab.run.plan import Setting, plan
 from spell_lab.run.unit import run_unit
 from spell_lab.samplers import generate
@@ -37,15 +39,19 @@ def without_recording(model, units, sampler, steps, guidance):
 
 
 def with_store(model, units, sampler, steps, guidance, path: Path, settings):
+    """The run layer's own path: run_unit (recorder on) and the StoreWriter (store created up front, async writes)."""
     times, alphas, sigmas = evaluation_grid(model, sampler, steps)
     probe = model.to_images(torch.zeros(1, *model.sample_shape))
     content = dict(experiment="bench", model=model.name, sampler=sampler, steps=steps, guidance=guidance)
-    store.create_store(path, experiment="bench", settings=settings, times=times, alphas=alphas, sigmas=sigmas,
-                       sample_shape=model.sample_shape, image_shape=None if probe is None else probe.shape[1:],
-                       content=content, config={})
+    writer = StoreWriter(path, dict(experiment="bench", settings=settings, times=times, alphas=alphas, sigmas=sigmas,
+                                    sample_shape=model.sample_shape, image_shape=None if probe is None else probe.shape[1:],
+                                    content=content, config={}))
+    trainer = SimpleNamespace(is_global_zero=True, strategy=SimpleNamespace(barrier=lambda *a: None))
+    writer.setup(trainer, None, "predict")
     for u in units:
         data = run_unit(model, u, sampler=sampler, steps=steps, guidance=guidance)
-        store.write_unit(path, u.setting.name, u.index, u.start, data)
+        writer.write_on_batch_end(trainer, None, (u, data), None, None, 0)
+    writer.on_predict_end(trainer, None)
 
 
 def main():

@@ -4,6 +4,7 @@ prediction writer that puts each unit into the run store (each rank writes only 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -66,21 +67,39 @@ class SpellPredict(L.LightningModule):
 
 
 class StoreWriter(BasePredictionWriter):
-    """Creates the store up front (rank 0, then a barrier) and writes each finished unit by region."""
+    """Creates the store up front (rank 0, then a barrier) and writes each finished unit by region.
+
+    Writes run on one background thread, so compressing and writing a unit overlaps generating the next; each
+    unit still marks itself complete only after its data (store.write_unit), so a crash loses at most the units
+    in flight, which a re-run redoes.
+    """
 
     def __init__(self, path: Path, create_kwargs: dict):
         super().__init__(write_interval="batch")
         self.path, self.create_kwargs, self.written = Path(path), create_kwargs, 0
+        self.pool, self.pending = None, []
 
     def setup(self, trainer, pl_module, stage):
         if trainer.is_global_zero and not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             store.create_store(self.path, **self.create_kwargs)
         trainer.strategy.barrier("spell_lab-store-created")
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spell_lab-store")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         unit, data = prediction
-        store.write_unit(self.path, unit.setting.name, unit.index, unit.start, data)
+        self.pending = [f for f in self.pending if not f.done() or f.result()]  # a failed write raises here
+        self.pending.append(self.pool.submit(store.write_unit, self.path, unit.setting.name, unit.index, unit.start, data))
         self.written += 1
         if os.environ.get(CRASH_AFTER) and self.written >= int(os.environ[CRASH_AFTER]):
-            os._exit(17)  # a crash, not a clean stop: no teardown, no flush beyond what was written
+            self.flush()
+            os._exit(17)  # a crash, not a clean stop: no teardown beyond the units already written
+
+    def flush(self):
+        for f in self.pending:
+            f.result()
+        self.pending = []
+
+    def on_predict_end(self, trainer, pl_module):
+        self.flush()
+        self.pool.shutdown()

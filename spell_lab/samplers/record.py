@@ -1,4 +1,8 @@
-"""Per-step statistics of SPELL (design.md section 2), written into preallocated device tensors: no host sync."""
+"""Per-step statistics of SPELL (design.md section 2), written into preallocated device tensors: no host sync.
+
+Per evaluation the recorder keeps three norms and the per-source shield counts (two stacked writes); the derived
+fields (score_norm, relative_magnitude, active_shields) are computed once, in `result()`.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ class Recorder:
     """Collects, for every denoiser evaluation, the (B,) statistics of each sample; `result()` gives (B, n) tensors."""
 
     def __init__(self, batch: int, evaluations: int, device):
-        self.fields = {f: torch.full((batch, evaluations), math.nan, device=device) for f in FLOAT_FIELDS}
-        self.fields.update({f: torch.zeros((batch, evaluations), dtype=torch.long, device=device) for f in COUNT_FIELDS})
+        self.norms = torch.full((3, batch, evaluations), math.nan, device=device)  # ||delta||, sigma^2 ||s||, nearest
+        self.counts = torch.zeros((len(SOURCE_NAMES), batch, evaluations), dtype=torch.long, device=device)
         self.t: list[float] = []
         self.alpha: list[float] = []
         self.sigma: list[float] = []
@@ -25,24 +29,27 @@ class Recorder:
     def log(self, t: float, alpha: float, sigma: float, x: torch.Tensor, x0: torch.Tensor, spell: SpellStep) -> None:
         i = len(self.t)
         self.t.append(t), self.alpha.append(alpha), self.sigma.append(sigma)
-        f = self.fields
         wd = torch.float64 if x.dtype == torch.float64 else torch.float32  # half inputs: norms in float32
         flat = lambda v: v.reshape(v.shape[0], -1).to(wd)  # noqa: E731
         delta_norm = flat(spell.delta).norm(dim=1)
         model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||
-        f["correction_norm"][:, i] = delta_norm
-        f["score_norm"][:, i] = model_dir / sigma**2
-        # the correction as a score term, alpha/sigma^2 * delta, relative to the score: sigma^2 cancels
-        f["relative_magnitude"][:, i] = alpha * delta_norm / model_dir
-        f["nearest_distance"][:, i] = spell.nearest.float()
-        total = torch.zeros_like(f["active_shields"][:, i])
-        for name in SOURCE_NAMES:
-            f[f"active_{name}"][:, i] = spell.active[name]
-            total += spell.active[name]
-        f["active_shields"][:, i] = total
+        self.norms[:, :, i] = torch.stack([delta_norm, model_dir, spell.nearest.to(wd)]).float()
+        self.counts[:, :, i] = torch.stack([spell.active[n] for n in SOURCE_NAMES])
 
     def result(self) -> dict:
         n = len(self.t)
-        out = {k: v[:, :n] for k, v in self.fields.items()}
+        alpha = torch.tensor(self.alpha, device=self.norms.device)
+        sigma = torch.tensor(self.sigma, device=self.norms.device)
+        delta_norm, model_dir, nearest = self.norms[:, :, :n]
+        counts = self.counts[:, :, :n]
+        out = {
+            "correction_norm": delta_norm,
+            "score_norm": model_dir / sigma**2,
+            # the correction as a score term, alpha/sigma^2 * delta, relative to the score: sigma^2 cancels
+            "relative_magnitude": alpha * delta_norm / model_dir,
+            "nearest_distance": nearest,
+            "active_shields": counts.sum(0),
+        }
+        out.update({f"active_{name}": counts[k] for k, name in enumerate(SOURCE_NAMES)})
         out.update(t=torch.tensor(self.t), alpha=torch.tensor(self.alpha), sigma=torch.tensor(self.sigma))
         return out
