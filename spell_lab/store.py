@@ -128,13 +128,25 @@ def completed_units(path: Path, setting_name: str) -> np.ndarray:
     return zarr.open_group(str(path), mode="r")[setting_name]["unit_complete"][:]
 
 
-def write_unit(path: Path, setting_name: str, unit_index: int, start: int, data: dict) -> None:
-    """Write one work unit's sample region, then mark the unit complete (the mark comes last: crash-safe)."""
-    g = zarr.open_group(str(path), mode="r+")[setting_name]
-    for name, values in data.items():
-        if name in g:
-            g[name][start : start + len(values)] = values
-    g["unit_complete"][unit_index] = True
+def write_units(root: zarr.Group, setting_name: str, units: list[tuple[int, int, dict]]) -> None:
+    """Write finished work units, each (unit index, first sample, fields), then mark them complete (the marks come
+    last: crash-safe). Runs of consecutive units go out as one region per array: fewer, larger writes."""
+    g = root[setting_name]
+    units = sorted(units, key=lambda u: u[0])
+    runs = [[units[0]]] if units else []
+    for u in units[1:]:
+        prev = runs[-1][-1]
+        if u[0] == prev[0] + 1 and u[1] == prev[1] + len(prev[2]["seed"]):
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    for run in runs:
+        start, stop = run[0][1], run[-1][1] + len(run[-1][2]["seed"])
+        for name in run[0][2]:
+            if name in g:
+                g[name][start:stop] = np.concatenate([u[2][name] for u in run])
+    for run in runs:
+        g["unit_complete"][run[0][0] : run[-1][0] + 1] = True
 
 
 def store_path(run: str | Path) -> Path:
