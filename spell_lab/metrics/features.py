@@ -20,7 +20,7 @@ import torch.nn.functional as Fn
 
 def as_features(x, name: str = "features") -> torch.Tensor:
     """A finite (N, D) floating tensor from a numpy array or tensor (no copy for float numpy arrays)."""
-    t = torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.as_tensor(x).detach()
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else torch.as_tensor(x).detach()
     if not t.is_floating_point():
         t = t.double()
     if t.ndim != 2:
