@@ -16,10 +16,13 @@ float32 GEMM each on mean-centred features, the norms folded in ([z, |z|^2, 1] .
 once for both triangles. The GEMM's rounding error has a rigorous bound `e` (Higham: |fl(x.y) - x.y| <= gamma_D
 sum|x_i y_i|). Only the pairs whose screened value lies within the bounds of a radius are recomputed in float64 with
 the package's formula, and only the radii those pairs need are made exact, so float32 speed comes with the package's
-exact decisions. It runs on the CPU: BLAS for the GEMMs, single-threaded numpy for the few candidates around them.
+exact decisions. It runs on the CPU: BLAS for the GEMMs, in a thread that runs one block ahead, and single-threaded
+numpy, overlapping it, for the sifting of each block and the few candidates it leaves.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -152,6 +155,27 @@ class _Workspace:
         return self.flat[name][:n].reshape(shape)
 
 
+def screened_blocks(A: _Screened, B: _Screened, blocks: list, ws: _Workspace):
+    """Yield (I, J, screen of A[I] x B[J]) for the blocks (I, J). The next block's GEMM runs in a thread (BLAS releases
+    the GIL) while the caller sifts the current one with single-threaded numpy, so the two overlap. Two buffers
+    alternate: a yielded block stays valid until the caller asks for the next one."""
+    cols = {}
+
+    def gemm(n, I, J):
+        key = (J.start, J.stop)
+        if key not in cols:  # consecutive blocks share their columns
+            cols.clear()
+            cols[key] = B.cols(J)
+        return screen(A, I, cols[key], ws(f"s{n % 2}", (I.stop - I.start, J.stop - J.start)))
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(gemm, 0, *blocks[0]) if blocks else None
+        for n, (I, J) in enumerate(blocks):
+            s = ahead.result()
+            ahead = pool.submit(gemm, n + 1, *blocks[n + 1]) if n + 1 < len(blocks) else None
+            yield I, J, s
+
+
 def pairs_below(s: np.ndarray, row: np.ndarray, col: np.ndarray, ws: _Workspace):
     """(i, j, s[i, j]) where s[i, j] <= row[i] or s[i, j] <= col[j]."""
     a, b = ws("a", s.shape, bool), ws("b", s.shape, bool)
@@ -230,21 +254,19 @@ def nearest(S: _Screened, L: int, block: int = BLOCK) -> tuple[np.ndarray, np.nd
     n = len(S.x)
     blocks, ws = _blocks(n, block), _Workspace()
     vals, idx = np.full((n, L), np.inf, dtype=np.float32), np.full((n, L), -1, dtype=np.int64)
-    for I in blocks:
-        s = screen(S, I, S.cols(I), ws("s", (I.stop - I.start,) * 2))
+    for I, _, s in screened_blocks(S, S, [(I, I) for I in blocks], ws):
         v, j = torch.from_numpy(s).topk(min(L, s.shape[1]), dim=1, largest=False)  # sorted; faster than argpartition
         vals[I, : v.shape[1]], idx[I, : v.shape[1]] = v.numpy(), j.numpy() + I.start
     tau = vals[:, -1].copy()  # inf where a diagonal block is narrower than L: no pruning for those rows
     pending, size = [], 0
-    for bi, I in enumerate(blocks):
-        for J in blocks[bi + 1 :]:
-            s = screen(S, I, S.cols(J), ws("s", (I.stop - I.start, J.stop - J.start)))
-            i, j, v = pairs_below(s, tau[I], tau[J], ws)
-            pending.append((i + I.start, j + J.start, v))
-            size += len(i)
-            if size >= FLUSH:
-                _merge(vals, idx, tau, pending)
-                tau, pending, size = vals[:, -1].copy(), [], 0
+    upper = [(I, J) for bi, I in enumerate(blocks) for J in blocks[bi + 1 :]]
+    for I, J, s in screened_blocks(S, S, upper, ws):
+        i, j, v = pairs_below(s, tau[I], tau[J], ws)
+        pending.append((i + I.start, j + J.start, v))
+        size += len(i)
+        if size >= FLUSH:
+            _merge(vals, idx, tau, pending)
+            tau, pending, size = vals[:, -1].copy(), [], 0
     if pending:
         _merge(vals, idx, tau, pending)
     return vals, idx
@@ -310,16 +332,14 @@ def _cross(R: _Screened, F: _Screened, r_real: _Radii, r_fake: _Radii, out, bloc
         recalled[i[b]] = True
 
     pending, size, ws = [], 0, _Workspace()
-    for J in _blocks(m, 4 * block):
-        cols = F.cols(J)
-        for I in _blocks(n, block):
-            s = screen(R, I, cols, ws("s", (I.stop - I.start, J.stop - J.start)))
-            i, j, v = pairs_below(s, hiA[I], hiB[J], ws)  # the few pairs near or inside some ball
-            pending.append((i + I.start, j + J.start, v))
-            size += len(v)
-            if size >= FLUSH:
-                decide(*(np.concatenate(t) for t in zip(*pending)))
-                pending, size = [], 0
+    blocks = [(I, J) for J in _blocks(m, 4 * block) for I in _blocks(n, block)]
+    for I, J, s in screened_blocks(R, F, blocks, ws):
+        i, j, v = pairs_below(s, hiA[I], hiB[J], ws)  # the few pairs near or inside some ball
+        pending.append((i + I.start, j + J.start, v))
+        size += len(v)
+        if size >= FLUSH:
+            decide(*(np.concatenate(t) for t in zip(*pending)))
+            pending, size = [], 0
     if pending:
         decide(*(np.concatenate(t) for t in zip(*pending)))
     return count, covered, recalled
