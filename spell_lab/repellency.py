@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
-EXACT_WORK = 2**24  # B*K*D up to which distances come from exact differences
+EXACT_WORK = 2**16  # B*K*D up to which distances come from exact differences (slower per element, no cancellation)
 
 
 @dataclass
