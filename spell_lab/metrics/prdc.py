@@ -65,7 +65,7 @@ def _numpy(t) -> np.ndarray:
 
 
 def _check_k(k, real, fake) -> None:
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer (the neighbour defining each radius); got {k!r}")
     for name, x in (("real", real), ("fake", fake)):
         if len(x) < k + 1:
@@ -81,7 +81,7 @@ def _check_k(k, real, fake) -> None:
 class _Screened:
     """One feature set: the features x, and for the screen the float32 rows a = [z, |z|^2, 1] of the centred z."""
 
-    def __init__(self, x: np.ndarray, mu: np.ndarray, chunk: int = 8192):
+    def __init__(self, x: np.ndarray, mu: np.ndarray, chunk: int = 2048):
         n, d = x.shape
         self.x, self.d = x, d
         self.a = np.empty((n, d + 2), dtype=np.float32)
