@@ -25,7 +25,6 @@ Definitions:
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -546,27 +545,8 @@ def latest_run(root="runs/radius") -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spell_lab.analysis.radius",
-                                description="Recompute the radius table and figures of a run from its store "
-                                            "(no model is run).")
-    p.add_argument("run_dir", type=Path, help="run directory, e.g. runs/radius/<run-name>")
-    p.add_argument("--wandb", choices=("offline", "disabled", "online"), default="offline")
-    p.add_argument("--project", default="spell_lab")
-    p.add_argument("--group", default=None, help="W&B group (default: radius-<run-name>)")
-    p.add_argument("--out", type=Path, default=None, help="figure directory (default: RUN_DIR/figures)")
-    args = p.parse_args(argv)
-    try:
-        datasets = load_run(args.run_dir)
-    except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
-    res = analyse_run(args.run_dir, wandb_mode=args.wandb, project=args.project, group=args.group, out_dir=args.out,
-                      datasets=datasets)
-    print(format_table(res["table"]))
-    print(f"\nreal data: {res['reference']}")
-    print(f"figures: {res['figures_dir']}  ({', '.join(res['figures'])}; PNG and PDF)")
-    for d in res["wandb_dirs"]:
-        print(f"wandb: {d}")
-    return 0
+    return sp.rerender_main(argv, experiment="radius", load_run=load_run, analyse_run=analyse_run,
+                            format_table=format_table, extra_lines=lambda res: [f"\nreal data: {res['reference']}"])
 
 
 if __name__ == "__main__":
