@@ -84,6 +84,15 @@ def print_summary(title: str, lines: list[tuple[str, str]], table=None) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def wandb_line(dirs, mode: str) -> str:
+    """Where the W&B runs landed, in one line."""
+    if not dirs:
+        return f"disabled (--wandb {mode})"
+    where = Path(dirs[0]).parent
+    upload = f"; upload: wandb sync {where}/offline-run-*" if mode == "offline" else ""
+    return f"{len(dirs)} {mode} run(s) in {where}{upload}"
+
+
 def run_cli(main, argv=None) -> int:
     """Run an entry point; a user error prints one clear line (no traceback) and exits 2."""
     from ..store import StoreMismatchError

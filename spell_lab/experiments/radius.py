@@ -19,7 +19,8 @@ from pathlib import Path
 
 from ..run.plan import Setting
 from .calibrate import SIZE_PER_CONDITION, format_grid, pick_conditions, run_calibration
-from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode, size_of
+from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
+                     size_of, wandb_line)
 
 # Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
 PROTOCOLS = {
@@ -135,7 +136,7 @@ def report(result, cfg, seconds, cal, settings) -> int:
         ("generation time", f"{seconds:.1f} s (+ calibration {cal['seconds']:.1f} s, metrics/figures {t.seconds:.1f} s)"),
         ("real data", out["reference"]),
         ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", ", ".join(map(str, out["wandb_dirs"])) or f"disabled (--wandb {cfg.wandb})"),
+        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
     ]
     print_summary("SPELL radius ablation (per-condition metrics, averaged over conditions)", lines,
                   format_table(out["table"]))

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..run.plan import Setting
-from .common import Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode, size_of
+from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
+                     size_of, wandb_line)
 
 # Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
 # intra = repel within the batch; measure_from_round = first round whose trajectories the figures show.
@@ -109,7 +110,7 @@ def report(result, cfg, seconds) -> int:
         ("units", f"{result.units_total} ({result.units_done_before} already done, resumed)" if result.units_done_before else str(result.units_total)),
         ("generation time", f"{seconds:.1f} s"),
         ("figures", str(out["figures_dir"])),
-        ("W&B", ", ".join(map(str, out["wandb_dirs"])) or f"disabled (--wandb {cfg.wandb})"),
+        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
     ]
     print_summary("SPELL sparsity summary (per setup)", lines, format_table(out["table"]))
     return 0
