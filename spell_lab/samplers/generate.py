@@ -51,13 +51,13 @@ def generate(
         raise ValueError(f"got {len(seeds)} seeds for {cond.shape[0]} conditions: give one seed per sample.")
     gens = sample_generators(seeds, device)
     ts = model.schedule.grid(steps)
-    a1, s1 = (float(v) for v in model.schedule.alpha_sigma(ts[0]))
+    s1 = float(model.schedule.alpha_sigma(ts[0])[1])
     x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)  # x_1 ~ N(0, sigma_1^2), alpha_1 x0 neglected
     if spell is not None:
         spell.validate(x)
-    recorder = Recorder(len(seeds), len(eval_times(ts)), device) if record else None
-
     times = eval_times(ts)
+    recorder = Recorder(len(seeds), len(times), device) if record else None
+    spell = spell if spell is not None else (Spell(0.0) if record else None)  # records distances even without SPELL
     a_s = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
     coefs = {t: (float(a), float(s)) for t, a, s in zip(times, *a_s)}  # host floats, computed once
     t_dev = dict(zip(times, torch.tensor(times, dtype=dtype).to(device)))  # one transfer: no per-step copy or sync
@@ -66,9 +66,9 @@ def generate(
         t = float(t)
         alpha, sigma = coefs[t]
         x0 = guided_x0(model, x_t, t_dev[t], cond, guidance)
-        if spell is None and recorder is None:
+        if spell is None:
             return x0
-        step = spell(x0, cond) if spell is not None else Spell(0.0)(x0, cond)
+        step = spell(x0, cond)
         if recorder is not None:
             recorder.log(t, alpha, sigma, x_t, x0, step)
         return step.x0
