@@ -106,6 +106,28 @@ def test_nearest_lists_match_faiss(block, monkeypatch):
     assert (i[:, 0] == np.arange(300)).all() and (v[:, 1:] >= v[:, :-1]).all()  # self first, sorted
 
 
+@pytest.mark.parametrize("spread", [0.01, 10.0])  # alike thresholds (one comparison) and uneven ones (the fallback)
+def test_pairs_below_finds_exactly_the_pairs_under_either_threshold(spread):
+    rng = np.random.default_rng(3)
+    s = rng.random((300, 500), dtype=np.float32) * 100  # about 1% of entries under a threshold near 1
+    row = (1 + spread * rng.random(300)).astype(np.float32)
+    col = (1 + spread * rng.random(500)).astype(np.float32)
+    if spread > 1:
+        col[7] = np.inf  # a column with no bound yet (a narrow diagonal block)
+    i, j, v = P.pairs_below(s, row, col, P._Workspace())
+    want = (s <= row[:, None]) | (s <= col[None, :])
+    assert sorted(zip(i.tolist(), j.tolist())) == sorted(zip(*np.nonzero(want)))
+    assert (v == s[i, j]).all()
+
+
+def test_prdc_leaves_the_blas_thread_setting_as_it_found_it():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = [(x["internal_api"], x["num_threads"]) for x in threadpoolctl.threadpool_info()]
+    real, fake = gaussian_sets(np.float32, n=300, m=300, d=16)
+    prdc(real, fake, k=3, block=64)  # workers run BLAS single-threaded while it lasts
+    assert [(x["internal_api"], x["num_threads"]) for x in threadpoolctl.threadpool_info()] == before
+
+
 def test_prdc_hand_computed():
     # 1-D: real 0..3 (radius 1 each, k=1), fake 0.5 and 4.0 (radius 3.5 each). 4.0 lies exactly on real 3's
     # sphere: outside, as balls are open.

@@ -16,22 +16,28 @@ float32 GEMM each on mean-centred features, the norms folded in ([z, |z|^2, 1] .
 once for both triangles. The GEMM's rounding error has a rigorous bound `e` (Higham: |fl(x.y) - x.y| <= gamma_D
 sum|x_i y_i|). Only the pairs whose screened value lies within the bounds of a radius are recomputed in float64 with
 the package's formula, and only the radii those pairs need are made exact, so float32 speed comes with the package's
-exact decisions. It runs on the CPU: BLAS for the GEMMs, in a thread that runs one block ahead, and single-threaded
-numpy, overlapping it, for the sifting of each block and the few candidates it leaves.
+exact decisions. It runs on the CPU: one worker thread per core computes a block's GEMM with single-threaded BLAS and
+sifts it at once (one comparison per entry), and the main thread merges and decides the few pairs that pass.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from itertools import zip_longest
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .features import as_features, check_same_width
 
-BLOCK = 2048  # rows per block: a screened block is BLOCK x 4 BLOCK float32 (64 MiB) at most
+BLOCK = 2048  # rows per block: a screened block is BLOCK x BLOCK float32 (16 MiB) at most
 EXTRA = 3  # screened neighbours kept beyond k + 1, to certify the k-th neighbour without recomputing a whole row
-FLUSH = 1 << 20  # candidate pairs decided (or merged) together
+FLUSH = 1 << 16  # candidate pairs decided (or merged) together: often, so the main thread works alongside the blocks
+WORKERS = 8  # at most this many block threads (each holds ~30 MB of buffers)
 U32, U64 = 2.0**-24, 2.0**-53  # unit roundoffs
 
 
@@ -49,7 +55,8 @@ def prdc(real, fake, k: int = 5, *, block: int = BLOCK) -> dict[str, float]:
     out = np.float32 if real.dtype == fake.dtype == np.float32 else np.float64  # scikit-learn's rule
     mu = real.mean(0, dtype=np.float64)  # any shift works (distances are shift-invariant); centring tightens e
     R, F = _Screened(real, mu), _Screened(fake, mu)
-    r_real, r_fake = _Radii(R, k, out, block), _Radii(F, k, out, block)
+    lists = nearest_lists([R, F], [min(len(S.x), k + 1 + EXTRA) for S in (R, F)], block)  # both sets in one stream
+    r_real, r_fake = (_Radii(S, k, out, block, li) for S, li in zip((R, F), lists))
     count, covered, recalled = _cross(R, F, r_real, r_fake, out, block)
     return dict(
         precision=float((count > 0).mean()),
@@ -87,14 +94,13 @@ class _Screened:
         self.a = np.empty((n, d + 2), dtype=np.float32)
         for s in range(0, n, chunk):  # chunked: no float64 copy of the whole set
             z = (x[s : s + chunk] - mu).astype(np.float32)  # one rounding of the exact difference
-            z64 = z.astype(np.float64)
-            self.a[s : s + chunk, :d], self.a[s : s + chunk, d] = z, np.einsum("ij,ij->i", z64, z64)
+            self.a[s : s + chunk, :d], self.a[s : s + chunk, d] = z, np.einsum("ij,ij->i", z, z, dtype=np.float64)
         self.a[:, d + 1] = 1
         self.zmax = float(self.a[:, d].max()) ** 0.5 * (1 + U32)  # bounds every ||z||
         self.xmax = self.zmax + float(np.linalg.norm(mu)) * (1 + 1e-6)  # bounds every ||x|| = ||z + mu||
 
-    def cols(self, J: slice) -> np.ndarray:
-        """The (D + 2, |J|) right factor [-2z, 1, |z|^2]^T: a[I] @ cols(J) = |z_i|^2 + |z_j|^2 - 2 z_i.z_j."""
+    def cols(self, J: np.ndarray) -> np.ndarray:
+        """The (D + 2, |J|) right factor [-2z, 1, |z|^2]^T of the rows J: a[I] @ cols(J) = |z_i|^2 + |z_j|^2 - 2 z_i.z_j."""
         d, a = self.d, self.a[J]
         c = np.empty((d + 2, len(a)), dtype=np.float32)
         np.multiply(a[:, :d].T, -2, out=c[:d])
@@ -109,14 +115,15 @@ def screen_error(A: _Screened, B: _Screened) -> float:
     return d * U32 / (1 - d * U32) * (A.zmax + B.zmax) ** 2 + 2 * d * U64 * (A.xmax + B.xmax) ** 2
 
 
-def screen(A: _Screened, I: slice, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
+def screen(A: _Screened, I: np.ndarray, cols: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Screened squared distances of the block A[I] x (the set behind `cols`), float32, into `out`."""
     return np.matmul(A.a[I], cols, out=out)
 
 
-def exact_sq(A: _Screened, ia: np.ndarray, B: _Screened, ib: np.ndarray, chunk: int = 8192) -> np.ndarray:
+def exact_sq(A: _Screened, ia: np.ndarray, B: _Screened, ib: np.ndarray) -> np.ndarray:
     """The package's float64 squared distances (-2 x.y + ||x||^2) + ||y||^2 for the pairs (ia[p], ib[p])."""
     out = np.empty(len(ia))
+    chunk = max(64, (1 << 21) // A.d)  # pairs at a time: float64 rows of 16 MiB per side
     for s in range(0, len(ia), chunk):
         x, y = A.x[ia[s : s + chunk]].astype(np.float64), B.x[ib[s : s + chunk]].astype(np.float64)
         xx, yy = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
@@ -155,38 +162,57 @@ class _Workspace:
         return self.flat[name][:n].reshape(shape)
 
 
-def screened_blocks(A: _Screened, B: _Screened, blocks: list, ws: _Workspace):
-    """Yield (I, J, screen of A[I] x B[J]) for the blocks (I, J). The next block's GEMM runs in a thread (BLAS releases
-    the GIL) while the caller sifts the current one with single-threaded numpy, so the two overlap. Two buffers
-    alternate: a yielded block stays valid until the caller asks for the next one."""
-    cols = {}
+def map_blocks(tasks: list):
+    """Yield fn(I, J, screen of A[I] x B[J], workspace) for the tasks (A, I, B, J, fn), in order; I and J are row
+    indices. Each worker thread computes a block's GEMM with single-threaded BLAS, then sifts it with its own buffers,
+    so every core runs GEMM and sifting back to back (BLAS and numpy release the GIL) and only fn's small result
+    comes back to the caller. Blocks of several sets can share one stream, which keeps all cores busy to the end."""
+    local = threading.local()
 
-    def gemm(n, I, J):
-        key = (J.start, J.stop)
-        if key not in cols:  # consecutive blocks share their columns
-            cols.clear()
-            cols[key] = B.cols(J)
-        return screen(A, I, cols[key], ws(f"s{n % 2}", (I.stop - I.start, J.stop - J.start)))
+    def run(A, I, B, J, fn):
+        if not hasattr(local, "ws"):
+            local.ws, local.cols = _Workspace(), (None, None)
+        if local.cols[0] is not J:  # consecutive blocks share their columns
+            local.cols = (J, B.cols(J))
+        return fn(I, J, screen(A, I, local.cols[1], local.ws("s", (len(I), len(J)))), local.ws)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        ahead = pool.submit(gemm, 0, *blocks[0]) if blocks else None
-        for n, (I, J) in enumerate(blocks):
-            s = ahead.result()
-            ahead = pool.submit(gemm, n + 1, *blocks[n + 1]) if n + 1 < len(blocks) else None
-            yield I, J, s
+    workers = _workers()
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        ahead = deque()  # a few blocks in flight: the caller's updates (tighter thresholds) reach the later ones
+        for task in tasks:
+            ahead.append(pool.submit(run, *task))
+            if len(ahead) > 2 * workers:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def _workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(WORKERS, cpus))
 
 
 def pairs_below(s: np.ndarray, row: np.ndarray, col: np.ndarray, ws: _Workspace):
-    """(i, j, s[i, j]) where s[i, j] <= row[i] or s[i, j] <= col[j]."""
-    a, b = ws("a", s.shape, bool), ws("b", s.shape, bool)
-    np.less_equal(s, row[:, None], out=a)
-    np.logical_or(a, np.less_equal(s, col[None, :], out=b), out=a)
-    i, j = np.nonzero(a)
-    return i, j, s[i, j]
+    """(i, j, s[i, j]) where s[i, j] <= row[i] or s[i, j] <= col[j]. One comparison per entry, against
+    max(row[i], max(col)), sifts the block; the few entries it passes are then tested exactly. Where the columns'
+    thresholds are uneven and that lets many through, the two exact comparisons run on the whole block instead."""
+    mask = ws("mask", s.shape, bool)
+    np.less_equal(s, np.maximum(row, col.max())[:, None], out=mask)
+    if np.count_nonzero(mask) > s.size // 64:
+        np.less_equal(s, row[:, None], out=mask)
+        np.logical_or(mask, np.less_equal(s, col[None, :], out=ws("mask2", s.shape, bool)), out=mask)
+        i, j = np.nonzero(mask)
+        return i, j, s[i, j]
+    f = np.flatnonzero(mask)
+    i, j = np.divmod(f, s.shape[1])
+    v = s.reshape(-1)[f]
+    keep = (v <= row[i]) | (v <= col[j])
+    return i[keep], j[keep], v[keep]
 
 
-def _blocks(n: int, block: int) -> list[slice]:
-    return [slice(a, min(a + block, n)) for a in range(0, n, block)]
+def _blocks(order: np.ndarray, block: int) -> list[np.ndarray]:
+    """Consecutive runs of `order`, `block` rows each: the blocks' row indices."""
+    return [order[a : a + block] for a in range(0, len(order), block)]
 
 
 def _f32_outward(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -202,11 +228,10 @@ class _Radii:
     """k-NN radii of one set. `rough` is the screened (k+1)-th smallest squared distance of each point (self
     included), within `e` of the exact one; `exact(rows)` gives the package's radius, computed only where asked."""
 
-    def __init__(self, S: _Screened, k: int, out, block: int):
-        n = len(S.x)
+    def __init__(self, S: _Screened, k: int, out, block: int, lists: tuple[np.ndarray, np.ndarray]):
+        n, L = lists[0].shape
         self.S, self.k, self.out, self.block = S, k, out, block
-        L = min(n, k + 1 + EXTRA)
-        vals, self.idx = nearest(S, L, block)
+        vals, self.idx = lists  # from `nearest_lists`, L = min(n, k + 1 + EXTRA) per row
         self.vals = vals.astype(np.float64)
         self.rough, self.e = self.vals[:, k], screen_error(S, S)
         # a list is complete when its last entry lies beyond the window kth +- 2e (or it holds the whole set)
@@ -245,31 +270,61 @@ class _Radii:
 
 
 def nearest(S: _Screened, L: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the L smallest screened squared distances within the set (sorted, self included) and their columns.
+    """Per row, the L smallest screened squared distances within the set (sorted, self included) and their rows."""
+    return nearest_lists([S], [L], block)[0]
 
-    Diagonal blocks come first and give every row a provisional L-th smallest value tau, an upper bound of the final
-    one. Each off-diagonal block is then computed once for its rows and its columns, and only values <= tau pass
-    (about L per row and block); they are merged into the lists in batches, and every merge tightens tau.
+
+def nearest_lists(sets: list, Ls: list, block: int = BLOCK) -> list:
+    """`nearest` for several sets, their blocks in one stream.
+
+    The rows are blocked in a fixed random order, and the diagonal blocks come first: each gives its rows a provisional
+    L-th smallest value tau, an upper bound of the final one, and as the block is a random sample of the set, about
+    L entries per row pass it in every other block, whatever order the data came in. Each off-diagonal block is
+    computed once for its rows and its columns; the values <= tau are merged into the lists in batches, and every
+    merge tightens tau.
     """
-    n = len(S.x)
-    blocks, ws = _blocks(n, block), _Workspace()
-    vals, idx = np.full((n, L), np.inf, dtype=np.float32), np.full((n, L), -1, dtype=np.int64)
-    for I, _, s in screened_blocks(S, S, [(I, I) for I in blocks], ws):
-        v, j = torch.from_numpy(s).topk(min(L, s.shape[1]), dim=1, largest=False)  # sorted; faster than argpartition
-        vals[I, : v.shape[1]], idx[I, : v.shape[1]] = v.numpy(), j.numpy() + I.start
-    tau = vals[:, -1].copy()  # inf where a diagonal block is narrower than L: no pruning for those rows
-    pending, size = [], 0
-    upper = [(I, J) for bi, I in enumerate(blocks) for J in blocks[bi + 1 :]]
-    for I, J, s in screened_blocks(S, S, upper, ws):
-        i, j, v = pairs_below(s, tau[I], tau[J], ws)
-        pending.append((i + I.start, j + J.start, v))
-        size += len(i)
-        if size >= FLUSH:
-            _merge(vals, idx, tau, pending)
-            tau, pending, size = vals[:, -1].copy(), [], 0
-    if pending:
-        _merge(vals, idx, tau, pending)
-    return vals, idx
+    lists = [_Lists(S, L, block) for S, L in zip(sets, Ls)]
+    diagonal = [(li.S, I, li.S, I, li.smallest) for li in lists for I in li.blocks]
+    for li, I, v, j in map_blocks(diagonal):
+        li.vals[I, : v.shape[1]], li.idx[I, : v.shape[1]] = v, j
+    for li in lists:
+        li.tau = li.vals[:, -1].copy()  # inf where a diagonal block is narrower than L: no pruning for those rows
+    # column-major within a set (workers reuse their columns), the sets taking turns
+    upper = [[(li.S, I, li.S, J, li.below) for bj, J in enumerate(li.blocks) for I in li.blocks[:bj]] for li in lists]
+    for li, pairs in map_blocks([t for turn in zip_longest(*upper) for t in turn if t]):
+        li.add(pairs)
+    return [li.finish() for li in lists]
+
+
+class _Lists:
+    """The growing lists of one set's L smallest screened values per row, and their thresholds tau."""
+
+    def __init__(self, S: _Screened, L: int, block: int):
+        n = len(S.x)
+        self.S, self.L, self.blocks = S, L, _blocks(np.random.default_rng(0).permutation(n), block)
+        self.vals, self.idx = np.full((n, L), np.inf, dtype=np.float32), np.full((n, L), -1, dtype=np.int64)
+        self.pending, self.size = [], 0
+
+    def smallest(self, I, J, s, ws):
+        v, j = torch.from_numpy(s).topk(min(self.L, s.shape[1]), dim=1, largest=False)  # sorted; beats argpartition
+        return self, I, v.numpy(), J[j.numpy()]
+
+    def below(self, I, J, s, ws):  # tau only ever decreases, so a value read mid-update is still an upper bound
+        i, j, v = pairs_below(s, self.tau[I], self.tau[J], ws)
+        return self, (I[i], J[j], v)
+
+    def add(self, pairs) -> None:
+        self.pending.append(pairs)
+        self.size += len(pairs[0])
+        if self.size >= FLUSH:
+            self.finish()
+            self.tau[:] = self.vals[:, -1]  # in place: the blocks in flight sift with it
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.pending:
+            _merge(self.vals, self.idx, self.tau, self.pending)
+            self.pending, self.size = [], 0
+        return self.vals, self.idx
 
 
 def _merge(vals: np.ndarray, idx: np.ndarray, tau: np.ndarray, pending: list) -> None:
@@ -281,24 +336,33 @@ def _merge(vals: np.ndarray, idx: np.ndarray, tau: np.ndarray, pending: list) ->
     r = np.concatenate([np.repeat(np.arange(n), L), i[ri], j[rj]])
     c = np.concatenate([idx.ravel(), j[ri], i[rj]])
     v = np.concatenate([vals.ravel(), v[ri], v[rj]])
-    o = np.lexsort((v, r))  # by row, then by value
+    o = np.argsort(_row_value_key(r, v), kind="stable")  # by row, then by value; the lists' own entries first on ties
     r, c, v = r[o], c[o], v[o]
     rank = np.arange(len(r)) - np.searchsorted(r, r)  # position within its row (r is sorted)
     first = rank < L
     vals[r[first], rank[first]], idx[r[first], rank[first]] = v[first], c[first]
 
 
+def _row_value_key(r: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One uint64 per (row, float32 value) that sorts as (row, value): the row in the high half, the value's bits made
+    order-preserving in the low half (negative floats reversed, the sign bit set on the others). One key sorts several
+    times faster than lexsort's two."""
+    bits = v.astype(np.float32).view(np.uint32)
+    bits = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(1 << 31))
+    return (r.astype(np.uint64) << np.uint64(32)) | bits
+
+
 def _exact_rows(S: _Screened, rows: np.ndarray, k: int, block: int) -> np.ndarray:
     """Exact (k+1)-th smallest float64 squared distance of a few rows, from their whole rows."""
     n = len(S.x)
     out = np.empty(len(rows))
-    step = max(1, (1 << 24) // n)  # rows at a time: a (step, N) float64 slab of at most 128 MiB
+    step = max(1, (1 << 22) // n)  # rows at a time: a (step, N) float64 slab of at most 32 MiB
     for s in range(0, len(rows), step):
         r = rows[s : s + step]
         x = S.x[r].astype(np.float64)
         xx = np.einsum("ij,ij->i", x, x)[:, None]
         parts = []
-        for J in _blocks(n, block):
+        for J in _blocks(np.arange(n), block):
             y = S.x[J].astype(np.float64)
             parts.append((-2 * (x @ y.T) + xx) + np.einsum("ij,ij->i", y, y))
         d2 = np.concatenate(parts, 1)
@@ -331,11 +395,15 @@ def _cross(R: _Screened, F: _Screened, r_real: _Radii, r_fake: _Radii, out, bloc
         covered[i[a]] = True
         recalled[i[b]] = True
 
-    pending, size, ws = [], 0, _Workspace()
-    blocks = [(I, J) for J in _blocks(m, 4 * block) for I in _blocks(n, block)]
-    for I, J, s in screened_blocks(R, F, blocks, ws):
+    def below(I, J, s, ws):
         i, j, v = pairs_below(s, hiA[I], hiB[J], ws)  # the few pairs near or inside some ball
-        pending.append((i + I.start, j + J.start, v))
+        return I[i], J[j], v
+
+    pending, size = [], 0
+    # rows and columns in order of their thresholds: a block's are alike, which is what makes the sift cheap
+    rows, cols = _blocks(np.argsort(hiA), block), _blocks(np.argsort(hiB), block)
+    for i, j, v in map_blocks([(R, I, F, J, below) for J in cols for I in rows]):
+        pending.append((i, j, v))
         size += len(v)
         if size >= FLUSH:
             decide(*(np.concatenate(t) for t in zip(*pending)))
