@@ -100,7 +100,7 @@ def test_nearest_lists_match_faiss(block, monkeypatch):
     monkeypatch.setattr(P, "FLUSH", 500)  # merge often: each merge tightens the thresholds
     real, _ = gaussian_sets(np.float32, n=300, m=1, d=16)
     S = P._Screened(real, np.zeros(16))
-    v, i = P.nearest(S, 9, block=block)
+    [(v, i)] = P.nearest_lists([S], [9], block=block)
     v_ref, i_ref = faiss.knn(real, real, 9)  # an independent exhaustive search, also float32
     assert np.abs(v - v_ref).max() <= 2 * P.screen_error(S, S) and (i == i_ref).mean() > 0.99
     assert (i[:, 0] == np.arange(300)).all() and (v[:, 1:] >= v[:, :-1]).all()  # self first, sorted

@@ -269,13 +269,9 @@ class _Radii:
         return np.take_along_axis(np.sort(s, 1), rank[:, None], 1)[:, 0]
 
 
-def nearest(S: _Screened, L: int, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the L smallest screened squared distances within the set (sorted, self included) and their rows."""
-    return nearest_lists([S], [L], block)[0]
-
-
 def nearest_lists(sets: list, Ls: list, block: int = BLOCK) -> list:
-    """`nearest` for several sets, their blocks in one stream.
+    """Per set, per row, the L smallest screened squared distances within the set (sorted, self included) and their
+    rows, as (vals, idx); the blocks of all the sets go through one stream.
 
     The rows are blocked in a fixed random order, and the diagonal blocks come first: each gives its rows a provisional
     L-th smallest value tau, an upper bound of the final one, and as the block is a random sample of the set, about
