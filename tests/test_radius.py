@@ -10,6 +10,8 @@ import torch
 import xarray as xr
 from nbclient import NotebookClient
 
+from spell_lab import calibration
+
 from spell_lab.analysis import radius as ra
 from spell_lab.metrics import RawFeatures, frechet_distance, prdc, vendi
 
@@ -23,8 +25,8 @@ def test_calibrate_hand_made():
     # condition 0 at 0, 3, 4 (pairs 3, 4, 1); condition 1 at 10, 20 (pair 10); cross-condition pairs do not count
     x0 = torch.tensor([[0.0, 0], [3, 0], [10, 0], [0, 4], [20, 0]]).reshape(5, 1, 2)
     cond = torch.tensor([0, 0, 1, 0, 1])
-    median, grid = ra.calibrate(x0, cond)
-    d = sorted(ra.pairwise_within(x0, cond))
+    median, grid = calibration.calibrate(x0, cond)
+    d = sorted(calibration.pairwise_within(x0, cond))
     assert d == pytest.approx([3.0, 4.0, 5.0, 10.0])  # (3,0)-(0,4) is 5
     assert median == pytest.approx(4.5)
     assert len(grid) == 16 and grid[0] == 0 and grid[-1] == pytest.approx(9.0)
@@ -33,7 +35,7 @@ def test_calibrate_hand_made():
 
 def test_calibrate_needs_a_pair():
     with pytest.raises(ValueError, match="at least two samples"):
-        ra.calibrate(torch.zeros(2, 3), [0, 1])
+        calibration.calibrate(torch.zeros(2, 3), [0, 1])
 
 
 # ----------------------------------------------------------------------------------------------- metric table

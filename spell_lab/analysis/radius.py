@@ -39,7 +39,6 @@ import xarray as xr
 from . import plots
 from . import sparsity as sp
 
-GRID_SIZE = 16  # Appendix D: "We then test 16 values from 0 to 2 times the median distance."
 BASELINE = "r00"
 GROUP = re.compile(r"^r\d+$")
 QUALITY = ("precision", "recall", "density", "coverage")
@@ -55,34 +54,6 @@ RADIUS_LABEL = "repellency radius r"
 
 def group_name(i: int) -> str:
     return f"r{i:02d}"
-
-
-# ----------------------------------------------------------------------------------------------- calibration
-
-def pairwise_within(x0, cond) -> np.ndarray:
-    """Every within-condition pairwise L2 distance (i < j) of the flattened outputs, float64, as one flat array."""
-    x = torch.as_tensor(x0).detach().cpu().reshape(len(x0), -1).double()
-    cond = np.asarray(torch.as_tensor(cond).cpu())
-    if cond.shape != (len(x),):
-        raise ValueError(f"cond must hold one condition per sample, shape ({len(x)},); got {cond.shape}.")
-    parts = []
-    for c in np.unique(cond):
-        xc = x[torch.from_numpy(cond == c)]
-        if len(xc) > 1:
-            i, j = torch.triu_indices(len(xc), len(xc), offset=1)
-            parts.append((xc[i] - xc[j]).norm(dim=1).numpy())  # difference formula: exact, no cancellation
-    return np.concatenate(parts) if parts else np.array([])
-
-
-def calibrate(x0, cond, n: int = GRID_SIZE) -> tuple[float, np.ndarray]:
-    """(median within-condition pairwise distance, n radii linspace(0, 2 x median)) of outputs made without SPELL."""
-    d = pairwise_within(x0, cond)
-    if d.size == 0:
-        raise ValueError("calibration needs at least two samples of one condition; generate more per condition.")
-    if not np.isfinite(d).all():
-        raise ValueError("calibration outputs contain NaN or inf; the sampler diverged.")
-    median = float(np.median(d))
-    return median, np.linspace(0.0, 2.0 * median, n)
 
 
 # ----------------------------------------------------------------------------------------------- real data

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..analysis.radius import GRID_SIZE, calibrate
+from ..calibration import GRID_SIZE, calibrate
 from .common import Timer, base_parser, load_model_for, print_summary, run_cli, size_of
 
 CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of the sweep
