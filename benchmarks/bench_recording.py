@@ -23,7 +23,8 @@ from spell_lab.models import load_model
 from spell_lab.repellency import Memory, Spell
 from spell_lab.run.launch import evaluation_grid
 from spell_lab.run.lightning import StoreWriter
-from spell_lab.run.plan import Setting, plan
+from spell_lab.methods import spell_method
+from spell_lab.plan import Setting, plan
 from spell_lab.run.unit import run_unit
 from spell_lab.samplers import generate
 
@@ -65,7 +66,8 @@ def main():
     model = load_model(args.model)
     steps, sampler, guidance = args.steps or model.default_steps, model.default_sampler, model.default_guidance
     conditions = tuple(range(max(model.num_classes, 1)))
-    settings = [Setting("mixed", args.radius, intra_batch=True, memory=True, rounds=(2,) * 4, conditions=conditions)]
+    settings = [Setting("mixed", spell_method(args.radius, intra_batch=True, memory=True), rounds=(2,) * 4,
+                        conditions=conditions)]
     units = plan(settings)
     a, b = [], []
     for _ in range(args.repeats):  # interleaved, best of each: load on the machine hits both alike

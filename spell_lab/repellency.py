@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import schema
+
 DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
 EXACT_WORK = 2**16  # B*K*D up to which distances come from exact differences (slower per element, no cancellation)
 
@@ -35,6 +37,25 @@ def check_radius(radius: float, overcomp: float = 1.0) -> None:
         raise ValueError(f"radius must be a finite number >= 0 (got {radius!r}); use 0 to switch SPELL off.")
     if not (isinstance(overcomp, (int, float)) and math.isfinite(overcomp) and overcomp > 0):
         raise ValueError(f"overcomp must be a finite number > 0 (got {overcomp!r}); 1 is the exact correction.")
+
+
+def correction_reference(x0, centers, radius, overcomp=1.0, *, skip_self=False, x_groups=None, center_groups=None):
+    """Eq. 5 (Eq. 8 with skip_self) as written, in float64 with the whole (B, K, D) difference tensor: the readable
+    reference that `correction` (chunked, no B x K x D tensor) is tested against."""
+    x = x0.reshape(x0.shape[0], -1).double()
+    z = centers.reshape(centers.shape[0], -1).double()
+    diff = x[:, None, :] - z[None, :, :]  # x0_b - z_k
+    d = diff.norm(dim=-1)
+    allowed = torch.ones_like(d, dtype=torch.bool)
+    if skip_self:
+        allowed &= ~torch.eye(d.shape[0], d.shape[1], dtype=torch.bool)  # never oneself
+    if x_groups is not None:
+        allowed &= torch.as_tensor(x_groups)[:, None] == torch.as_tensor(center_groups)[None, :]  # same condition
+    inside = allowed & (d < radius) & (d > 0)  # a center at x0 itself has no direction
+    w = torch.where(inside, radius / d - 1, torch.zeros_like(d))  # relu(r / ||x0 - z|| - 1)
+    delta = overcomp * (w[..., None] * diff).sum(1)
+    nearest = torch.where(allowed, d, math.inf).min(1).values if d.shape[1] else torch.full((d.shape[0],), math.inf)
+    return Correction(delta.reshape(x0.shape), inside.sum(1), nearest)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -192,17 +213,28 @@ def _empty(x0: torch.Tensor) -> Correction:
     )
 
 
-SOURCE_NAMES = ("batch", "memory", "protected")
-
-
 @dataclass
 class SpellStep:
-    """What one application of SPELL did: the corrected x0 and the per-source and total statistics."""
+    """What an intervention on x0_hat did at one evaluation: the new x0, its change, the per-source shield counts
+    (names of `schema.SOURCES`; a missing name counts 0) and the distance to the nearest reference (+inf: none)."""
 
     x0: torch.Tensor
     delta: torch.Tensor
-    active: dict  # source name -> (B,) counts, for every name in SOURCE_NAMES
+    active: dict  # source name -> (B,) counts
     nearest: torch.Tensor
+
+    @classmethod
+    def unchanged(cls, x0: torch.Tensor) -> "SpellStep":
+        """No intervention: x0 itself (bit for bit), no change, no shield."""
+        e = _empty(x0)
+        return cls(x0, e.delta, {}, e.nearest)
+
+    def then(self, later: "SpellStep") -> "SpellStep":
+        """This step followed by `later` (applied to this step's x0): changes add, counts add, nearest is the min."""
+        active = dict(self.active)
+        for name, count in later.active.items():
+            active[name] = active[name] + count if name in active else count
+        return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest))
 
 
 class Spell:
@@ -231,9 +263,10 @@ class Spell:
             if items is not None:
                 _check_pair(x0_example[:1], items[:1], False)
 
-    def __call__(self, x0: torch.Tensor, cond: torch.Tensor) -> SpellStep:
+    def __call__(self, x0: torch.Tensor, cond: torch.Tensor, **context) -> SpellStep:
+        """SPELL at one evaluation; `context` (x_t, t, alpha, sigma) is what other interventions need, unused here."""
         total = _empty(x0)
-        active = {n: torch.zeros_like(total.active) for n in SOURCE_NAMES}
+        active = {n: torch.zeros_like(total.active) for n in schema.SOURCES}
         for source in self.sources:  # distances are measured at radius 0 too (the baseline's nearest_distance)
             c = source(x0, self.radius, self.overcomp, cond)
             active[source.name] = c.active

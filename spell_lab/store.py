@@ -18,17 +18,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__
-from .run.plan import Setting
-
-STEP_COORDS = ("step", "t", "sigma", "alpha")
-STEP_FLOATS = ("correction_norm", "score_norm", "relative_magnitude", "nearest_distance")
-STEP_COUNTS = ("active_shields", "active_batch", "active_memory", "active_protected")
-SAMPLE_INTS = ("condition", "seed", "round", "position", "first_active_step", "last_active_step")
-SAMPLE_BOOLS = ("intervened", "inside_shield")
-SAMPLE_FLOATS = ("final_nearest_distance",)
-CONTRACT = STEP_COORDS + STEP_FLOATS + STEP_COUNTS + SAMPLE_INTS + SAMPLE_BOOLS + SAMPLE_FLOATS + ("x0", "image")
-GROUP_ATTRS = ("config", "radius", "overcomp", "model", "sampler", "steps", "guidance", "version", "git_commit", "created")
+from . import __version__, schema
+from .plan import Setting
 
 
 class StoreMismatchError(RuntimeError):
@@ -75,14 +66,16 @@ def create_store(
     )
     n = len(times)
     for s in settings:
+        spell_attrs = {k: s.method[k] for k in schema.SPELL_ATTRS if k in s.method}  # radius, overcomp for SPELL
         g = root.create_group(
             s.name,
             attributes=dict(
                 config=json.dumps(config, default=str), setting=json.dumps(s.to_dict()), setup=s.name,
-                radius=s.radius, overcomp=s.overcomp, model=content["model"], sampler=content["sampler"],
-                steps=content["steps"], guidance=content["guidance"], version=__version__, git_commit=git_commit(),
-                created=now, conditions=list(s.conditions), condition_names=content.get("condition_names"),
-                measure_from_round=s.measure_from_round, rounds=list(s.rounds), note=s.note,
+                method=json.dumps(s.method, sort_keys=True), **spell_attrs, model=content["model"],
+                sampler=content["sampler"], steps=content["steps"], guidance=content["guidance"], version=__version__,
+                git_commit=git_commit(), created=now, conditions=list(s.conditions),
+                condition_names=content.get("condition_names"), measure_from_round=s.measure_from_round,
+                rounds=list(s.rounds), note=s.note,
             ),
         )
         N, U = s.samples, s.unit_size
@@ -92,15 +85,10 @@ def create_store(
         arr("step", (n,), (n,), "int32", -1, ["step"])[:] = np.arange(n, dtype=np.int32)
         for name, values in (("t", times), ("sigma", sigmas), ("alpha", alphas)):
             arr(name, (n,), (n,), "float64", math.nan, ["step"])[:] = np.asarray(values, dtype=np.float64)
-        for name in STEP_FLOATS:
-            arr(name, (N, n), (U, n), "float32", math.nan, ["sample", "step"])
-        for name in STEP_COUNTS:
-            arr(name, (N, n), (U, n), "int32", -1, ["sample", "step"])
-        for name in SAMPLE_INTS:
-            arr(name, (N,), (U,), "int64" if name == "seed" else "int32", -1, ["sample"])
-        for name in SAMPLE_BOOLS:
-            arr(name, (N,), (U,), "bool", False, ["sample"])
-        arr("final_nearest_distance", (N,), (U,), "float32", math.nan, ["sample"])
+        for f in schema.step_fields():
+            arr(f.name, (N, n), (U, n), f.dtype, f.fill, list(f.dims))
+        for f in schema.sample_fields():
+            arr(f.name, (N,), (U,), f.dtype, f.fill, list(f.dims))
         arr("x0", (N, *sample_shape), (U, *sample_shape), "float32", math.nan, ["sample", *x0_dims(sample_shape)])
         if image_shape is not None:
             arr("image", (N, *image_shape), (U, *image_shape), "uint8", 0, ["sample", "height", "width", "rgb"])
@@ -167,12 +155,6 @@ def open_run(run: str | Path) -> dict[str, xr.Dataset]:
         ds = xr.open_zarr(str(path), group=name, zarr_format=3, consolidated=False, mask_and_scale=False)
         out[name] = ds.set_coords([c for c in ("t", "sigma", "alpha") if c in ds])
     return out
-
-
-def measured(ds: xr.Dataset) -> xr.Dataset:
-    """The samples a setting measures: rounds from `measure_from_round` on (earlier ones only fill the memory)."""
-    first = int(ds.attrs.get("measure_from_round", 0))
-    return ds if first == 0 else ds.isel(sample=(ds["round"] >= first).values)
 
 
 def run_attrs(run: str | Path) -> dict:

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from spell_lab.analysis import activity as act
+from spell_lab.analysis import load
 from spell_lab.analysis import sparsity as sp
 
 SOURCES = ("batch", "memory", "protected")
@@ -83,30 +85,30 @@ def four():
 
 
 def test_active_share_per_step(four):
-    np.testing.assert_allclose(sp.active_share(four).values, np.array([3, 3, 2, 2, 1, 2, 1, 1, 1, 1]) / 4)
-    assert sp.active_share(four)["t"].values[0] == 1.0  # t travels with the curve
+    np.testing.assert_allclose(act.active_share(four).values, np.array([3, 3, 2, 2, 1, 2, 1, 1, 1, 1]) / 4)
+    assert act.active_share(four)["t"].values[0] == 1.0  # t travels with the curve
 
 
 def test_active_at_nearest_t(four):
-    assert sp.active_at(four, 0.8) == 0.5  # step 2: s0, s3
-    assert sp.active_at(four, 0.6) == 0.25  # step 4: s3
+    assert act.active_at(four, 0.8) == 0.5  # step 2: s0, s3
+    assert act.active_at(four, 0.6) == 0.25  # step 4: s3
     coarse = make_group({"batch": ACT[:, :5]}, t=[1.0, 0.75, 0.5, 0.25, 0.0])
-    assert sp.nearest_step(coarse, 0.8) == 1 and sp.nearest_step(coarse, 0.6) == 2
+    assert act.nearest_step(coarse, 0.8) == 1 and act.nearest_step(coarse, 0.6) == 2
 
 
 def test_repeated_t_takes_first_step():
     heun = make_group({"batch": pattern([[3], [3], [4], []], N=6)}, t=[1.0, 0.9, 0.9, 0.8, 0.8, 0.7])
-    assert sp.nearest_step(heun, 0.8) == 3
-    assert sp.active_at(heun, 0.8) == 0.5
-    assert sp.last_active_t(heun).values[2] == 0.8
+    assert act.nearest_step(heun, 0.8) == 3
+    assert act.active_at(heun, 0.8) == 0.5
+    assert act.last_active_t(heun).values[2] == 0.8
 
 
 def test_last_active_t_and_stops(four):
-    np.testing.assert_allclose(sp.last_active_t(four).values, [0.7, 0.5, np.nan, 0.1])
-    np.testing.assert_array_equal(sp.last_active_step(four).values, four["last_active_step"].values)
-    np.testing.assert_array_equal(sp.active_runs(four).values, [1, 2, 0, 1])
-    assert sp.stops_for_good(four) == pytest.approx(2 / 3)
-    np.testing.assert_allclose(sp.stopped_share(four).values, [0, 0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(act.last_active_t(four).values, [0.7, 0.5, np.nan, 0.1])
+    np.testing.assert_array_equal(act.last_active_step(four).values, four["last_active_step"].values)
+    np.testing.assert_array_equal(act.active_runs(four).values, [1, 2, 0, 1])
+    assert act.stops_for_good(four) == pytest.approx(2 / 3)
+    np.testing.assert_allclose(act.stopped_share(four).values, [0, 0, 0, 0, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
 
 
 def test_quantiles_active_vs_all(four):
@@ -130,11 +132,11 @@ def test_quantile_is_nan_where_nothing_active():
 
 
 def test_active_by_source(four):
-    mean = sp.active_by_source(four)
+    mean = act.active_by_source(four)
     np.testing.assert_allclose(mean.sel(source="batch").values[0], 0.5)
     np.testing.assert_allclose(mean.sel(source="memory").values[0], 0.75)
     np.testing.assert_allclose(mean.sum("source").values, four["active_shields"].mean("sample").values)
-    share = sp.active_by_source(four, "share")
+    share = act.active_by_source(four, "share")
     np.testing.assert_allclose(share.sel(source="memory").values[:2], [0.5, 0.5])
     assert share.sel(source="protected").values[5] == 0.25
 
@@ -176,18 +178,18 @@ def test_run_level_functions_use_measured_rounds():
     table = sp.summary_table(run)
     assert table.loc["iterative", "n_samples"] == 4 and table.loc["intra", "n_samples"] == 8  # round 0: memory only
     it = run["iterative"].isel(sample=run["iterative"]["round"].values >= 1)
-    assert table.loc["iterative", "active_at_0.8"] == sp.active_at(it, 0.8)
+    assert table.loc["iterative", "active_at_0.8"] == act.active_at(it, 0.8)
 
 
 def test_unwritten_samples_dropped(four):
     ds = four.copy(deep=True)
     ds["relative_magnitude"][1] = np.nan
-    assert sp.drop_unwritten(ds).sizes["sample"] == 3
+    assert load.drop_unwritten(ds).sizes["sample"] == 3
 
 
 def test_check_dataset_names_missing():
     with pytest.raises(ValueError, match="active_memory"):
-        sp.check_dataset(xr.Dataset({"relative_magnitude": (("sample", "step"), np.zeros((1, 2))),
+        load.check_dataset(xr.Dataset({"relative_magnitude": (("sample", "step"), np.zeros((1, 2))),
                                      "active_shields": (("sample", "step"), np.zeros((1, 2)))},
                                     coords={"t": ("step", [1.0, 0.5])}), "bad")
 
@@ -304,7 +306,7 @@ def test_wandb_offline_one_run_per_setup(tmp_path):
 def test_curves_table(four):
     c = sp.curves(four)
     assert len(c) == 10 and c["t"].iloc[0] == 1.0
-    np.testing.assert_allclose(c["active_share"], sp.active_share(four).values)
+    np.testing.assert_allclose(c["active_share"], act.active_share(four).values)
     assert isinstance(c, pd.DataFrame) and np.isnan(c["rel_median_active"]).sum() == 0
 
 

@@ -114,7 +114,7 @@ def test_settings_add_the_baseline_and_order_the_radii():
 
     s = radius_settings([5.0, 1.5], "mixed", 8, None, 1.0, (0, 2), seed=3)
     assert [x.name for x in s] == ["r00", "r01", "r02"] and [x.radius for x in s] == [0.0, 1.5, 5.0]
-    assert all(x.rounds == (2, 2, 2, 2) and x.intra_batch and x.memory and x.seed == 3 for x in s)
+    assert all(x.rounds == (2, 2, 2, 2) and x.method["intra_batch"] and x.method["memory"] and x.seed == 3 for x in s)
     with pytest.raises(ValueError, match="multiple of the batch"):
         radius_settings([1.0], "mixed", 7, None, 1.0, (0,), 0)
 

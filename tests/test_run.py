@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from spell_lab import store
+from spell_lab import schema, store
 from spell_lab.experiments import sparsity
 from spell_lab.run.lightning import CRASH_AFTER
 
@@ -50,16 +50,21 @@ def test_schema(reference_run):
     ds = runs["iterative"]
     for name in ("step", "t", "sigma", "alpha"):
         assert ds[name].dims == ("step",)
-    for name in store.STEP_FLOATS:
+    floats = ["correction_norm", "score_norm", "relative_magnitude", "nearest_distance"]
+    counts = ["active_shields", "active_batch", "active_memory", "active_protected"]
+    assert [f.name for f in schema.step_fields()] == floats + counts  # the declaration the store derives from
+    for name in floats:
         assert ds[name].dims == ("sample", "step") and ds[name].dtype == np.float32
-    for name in store.STEP_COUNTS:
+    for name in counts:
         assert ds[name].dims == ("sample", "step") and ds[name].dtype == np.int32
-    for name in store.SAMPLE_INTS + store.SAMPLE_BOOLS + store.SAMPLE_FLOATS:
-        assert ds[name].dims == ("sample",), name
+    for f in schema.sample_fields():
+        assert ds[f.name].dims == ("sample",) and ds[f.name].dtype == np.dtype(f.dtype), f.name
     assert ds["intervened"].dtype == bool and ds["inside_shield"].dtype == bool
     assert ds["x0"].dims == ("sample", "feature")  # the gmm's diffusion space is a vector
-    for attr in store.GROUP_ATTRS:
+    for attr in schema.GROUP_ATTRS + schema.SPELL_ATTRS:
         assert attr in ds.attrs, attr
+    assert json.loads(ds.attrs["method"]) == {"name": "spell", "radius": 3.0, "overcomp": 1.0, "intra_batch": False,
+                                              "memory": True}
     assert json.loads(ds.attrs["config"])["radius"] == 3.0 and ds.attrs["radius"] == 3.0
     assert runs["main"].attrs["overcomp"] == 1.6 and ds.attrs["overcomp"] == 1.0  # iterative runs at lambda = 1
     assert bool(ds["unit_complete"].all())
@@ -148,7 +153,7 @@ def test_protected_set_from_a_file(tmp_path, gmm_modes_file):
     assert sparsity.main([*ARGS[:-5], "--setups", "intra", "--protected", str(gmm_modes_file), "--out", str(out), "--wandb", "disabled"]) == 0
     ds = store.open_run(out)["intra"].load()
     assert (ds["active_protected"] > 0).any() and (ds["active_batch"] > 0).any()
-    assert json.loads(ds.attrs["setting"])["protected"] == str(gmm_modes_file)
+    assert json.loads(ds.attrs["setting"])["protected"] == {"path": str(gmm_modes_file), "index": "exact"}
 
 
 def test_protected_set_in_the_wrong_space_is_refused_before_anything_is_written(tmp_path):

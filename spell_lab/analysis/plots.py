@@ -11,9 +11,16 @@ from matplotlib.figure import Figure  # no pyplot: figures are plain objects, no
 
 # Canonical order of the paper's setups (Fig. 5, Fig. 9-15): fixes each setup's colour and its place in tables.
 SETUP_ORDER = ("iterative", "intra", "mixed", "previous64", "large_radius", "overcomp", "main")
-SOURCE_COLORS = {"batch": "#1b9e77", "memory": "#7570b3", "protected": "#d95f02"}
+SOURCE_PALETTE = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a", "#66a61e", "#e6ab02")  # by position in schema.SOURCES
 HIGHLIGHT = "#ff8c00"  # the orange outline of Figure 6: SPELL changed this sample
 T_LABEL = "t   (1 = noise  →  0 = data)"
+
+
+def source_color(source: str) -> str:
+    """One colour per shield source, by its place in the schema's declaration."""
+    from .. import schema
+
+    return SOURCE_PALETTE[list(schema.SOURCES).index(source) % len(SOURCE_PALETTE)]
 
 
 def ordered(names) -> list[str]:

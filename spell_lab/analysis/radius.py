@@ -6,18 +6,14 @@ return matplotlib Figures, and the edges: `render_all` (files), `log_to_wandb` (
     python -m spell_lab.analysis.radius RUN_DIR [--wandb offline|disabled|online]
 
 Definitions:
-- *Calibration* (Appendix D): the median over every within-condition pair (i < j, same condition) of the L2 distance
-  between flattened final outputs generated without SPELL; the grid is 16 radii linspace(0, 2 x median).
+- *Calibration* (Appendix D, `spell_lab.calibration`): the median over every within-condition pair of the L2
+  distance between final outputs generated without SPELL; the grid is 16 radii linspace(0, 2 x median).
 - A run has one store group per radius, `r00`, `r01`, ... in increasing radius; `r00` is radius 0: the same seeds
   and protocol without SPELL, the *baseline* every figure draws as a horizontal line.
-- *Per-condition metrics* (the paper's protocol): precision, recall, density, coverage (k = 5 neighbours), Vendi and
-  Fréchet distance are computed within each condition, fakes against that condition's held-out real samples, then
-  averaged over conditions with equal weight. `vendi` is on the metric features (the digits classifier's
-  penultimate layer on digits, the raw vectors on gmm); `vendi_raw` is on the raw diffusion-space outputs x0.
-  `real_vendi`, `real_vendi_raw` (in the per-condition table): the same Vendi scores of that condition's held-out
-  real samples at the generated sample size (mean over 10 seeded subsets; Vendi grows with the number of samples),
-  the reference line of the Vendi panels.
-- *Sparsity* per radius (over all measured trajectories, as `spell_lab.analysis.sparsity`): `mean_active_share` is
+- *Per-condition metrics* (`spell_lab.analysis.quality`): precision, recall, density, coverage, Vendi and Fréchet
+  distance within each condition against its held-out real samples, then averaged over conditions with equal
+  weight; `real_vendi` is the reference line of the Vendi panels.
+- *Sparsity* per radius (over all measured trajectories, `spell_lab.analysis.activity`): `mean_active_share` is
   the share of (trajectory, step) pairs with a non-zero correction, i.e. the active share averaged over t;
   `median_last_active_t` is over trajectories ever active (NaN when none is); `share_changed` the share ever
   active; `active_at_end` the share still active at the final step.
@@ -33,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import xarray as xr
 
 from . import plots
-from . import sparsity as sp
+from .activity import active, active_share, activity_numbers, ever_active, last_active_t
+from .gallery import condition_label, images
+from .load import load_run as _load, measured
+from .quality import condition_metrics, generated, reference_data
 
 BASELINE = "r00"
 GROUP = re.compile(r"^r\d+$")
@@ -54,52 +52,6 @@ RADIUS_LABEL = "repellency radius r"
 
 def group_name(i: int) -> str:
     return f"r{i:02d}"
-
-
-# ----------------------------------------------------------------------------------------------- real data
-
-def reference_data(model: str, conditions, *, per_condition: int = 256, seed: int = 12345):
-    """Held-out real data in the diffusion space for a built-in model: (x, cond, feature extractor, description).
-
-    digits: the digits the shipped classifier was *not* trained on (its seeded stratified 20% split, recomputed with
-    `class_split` and the seed stored in the classifier's weights), encoded into the diffusion space; features are
-    the classifier's penultimate layer. gmm: `per_condition` exact samples of each condition's mixture
-    (mean of a uniformly drawn component + std x noise, seeded); features are the raw vectors."""
-    from ..metrics import DigitsFeatures, RawFeatures
-
-    conditions = [int(c) for c in conditions]
-    if model == "gmm":
-        from ..models import load_model
-
-        gmm = load_model("gmm")
-        g = torch.Generator().manual_seed(seed)
-        xs, cs = [], []
-        for c in conditions:
-            j = torch.randint(gmm.components, (per_condition,), generator=g)
-            noise = torch.randn(per_condition, gmm.means.shape[-1], generator=g)
-            xs.append((gmm.means[c, j] + gmm.std * noise).reshape(per_condition, *gmm.sample_shape))
-            cs.append(torch.full((per_condition,), c))
-        desc = f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
-        return torch.cat(xs), torch.cat(cs).numpy(), RawFeatures(), desc
-    if model == "digits":
-        from ..models.digits import CLASSIFIER_FILE, class_split, load_classifier, load_data, read_weights
-
-        _, meta = read_weights(CLASSIFIER_FILE)
-        holdout = float(meta.get("holdout", 0.2))  # train_classifier's default split
-        v, labels = load_data()
-        _, test = class_split(labels, holdout, int(meta.get("seed", 0)))
-        if "heldout_size" in meta and len(test) != int(meta["heldout_size"]):
-            raise ValueError(f"the recomputed held-out split has {len(test)} digits, the classifier's metadata says "
-                             f"{meta['heldout_size']}; the split no longer matches the shipped classifier.")
-        keep = test[torch.isin(labels[test], torch.tensor(conditions))]
-        clf = load_classifier()
-        with torch.no_grad():
-            x = clf.space.encode(v[keep])
-        desc = (f"{len(keep)} held-out digits (the classifier's {holdout:.0%} split, seed {meta.get('seed', 0)}); "
-                f"features: classifier penultimate layer ({clf.feature_dim}-d)")
-        return x, labels[keep].numpy(), DigitsFeatures(classifier=clf), desc
-    raise ValueError(f"no held-out real data is known for model {model!r}; pass `reference=(x, cond, features)` "
-                     f"to analyse_run / metric tables (built-in: gmm, digits).")
 
 
 # ----------------------------------------------------------------------------------------------- run groups
@@ -124,71 +76,25 @@ def calibration_of(ds: xr.Dataset) -> dict:
     return cfg.get("calibration") or {}
 
 
-def _fake(ds: xr.Dataset) -> tuple[torch.Tensor, np.ndarray]:
-    x0 = ds["x0"].transpose("sample", ...).values
-    return torch.from_numpy(np.ascontiguousarray(x0, dtype=np.float32)), ds["condition"].values
-
-
 # ----------------------------------------------------------------------------------------------- metrics
-
-def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_features=None) -> pd.DataFrame:
-    """One row per condition of the fakes: n, precision, recall, density, coverage, vendi, vendi_raw, fd, real_vendi.
-    `features` maps (N, *shape) tensors to (N, D) features; pass `real_features` to reuse the real ones."""
-    from ..metrics import frechet_distance, per_condition, prdc, vendi
-
-    x0 = torch.as_tensor(x0)
-    cond = np.asarray(cond)
-    counts = pd.Series(cond).value_counts()
-    if (counts < k + 1).any():
-        c = counts.idxmin()
-        raise ValueError(f"condition {c} has {counts[c]} generated samples; per-condition precision/recall need "
-                         f"at least k + 1 = {k + 1}. Generate more samples per condition.")
-    rf = features(real_x) if real_features is None else real_features
-    ff = features(x0)
-    raw = x0.reshape(len(x0), -1)
-    q = per_condition(prdc, rf, ff, real_cond, cond, k=k).per_condition
-    v = per_condition(vendi, None, ff, None, cond).per_condition
-    vr = per_condition(vendi, None, raw, None, cond).per_condition
-    fd = per_condition(frechet_distance, rf, ff, real_cond, cond).per_condition
-    real_cond = np.asarray(real_cond)
-    real_raw = torch.as_tensor(real_x).reshape(len(real_x), -1)
-    rows = []
-    for c in q:
-        rows.append(dict(condition=c, n=int(counts[c]), n_real=int((real_cond == c).sum()), **q[c], vendi=v[c],
-                         vendi_raw=vr[c], fd=fd[c], real_vendi=_real_vendi(rf, real_cond == c, int(counts[c])),
-                         real_vendi_raw=_real_vendi(real_raw, real_cond == c, int(counts[c]))))
-    return pd.DataFrame(rows)
-
-
-def _real_vendi(x, mask, n: int, draws: int = 10) -> float:
-    """Vendi of the real samples of one condition at the fakes' sample size n (Vendi grows with n): the mean over
-    `draws` seeded subsets of n, or all of them when there are at most n."""
-    from ..metrics import vendi
-
-    x = x[torch.from_numpy(mask)]
-    if len(x) <= n:
-        return vendi(x)
-    g = torch.Generator().manual_seed(0)
-    return float(np.mean([vendi(x[torch.randperm(len(x), generator=g)[:n]]) for _ in range(draws)]))
-
 
 def sparsity_row(ds: xr.Dataset) -> dict:
     """The repellency duration numbers of one radius group (definitions in the module docstring)."""
-    s = sp.summary(ds)
-    return {"mean_active_share": float(sp.active(ds).mean()), **{k: s[k] for k in SPARSITY if k in s}}
+    acts = activity_numbers(ds)
+    return {k: acts[k] for k in SPARSITY}
 
 
 def metric_tables(datasets: dict, real_x, real_cond, features, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(table, per_condition): one row per radius group (mean over conditions of each metric, then the sparsity
     numbers), and the long per-(group, condition) table behind the means. Measured samples only."""
-    datasets = {n: _measured(datasets[n]) for n in radius_groups(datasets)}
+    datasets = {n: measured(datasets[n]) for n in radius_groups(datasets)}
     if not datasets:
         raise ValueError("no radius groups (r00, r01, ...) in the run; make one with "
                          "`python -m spell_lab.experiments.radius`.")
     rf = features(real_x)
     long, rows = [], {}
     for name, ds in datasets.items():
-        x0, cond = _fake(ds)
+        x0, cond = generated(ds)
         per = condition_metrics(x0, cond, real_x, real_cond, features, k, real_features=rf)
         per.insert(0, "radius", radius_of(ds))
         per.insert(0, "group", name)
@@ -200,12 +106,6 @@ def metric_tables(datasets: dict, real_x, real_cond, features, k: int = 5) -> tu
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "group"
     return table, pd.concat(long, ignore_index=True)
-
-
-def _measured(ds):
-    from ..store import measured
-
-    return measured(ds)
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -326,7 +226,7 @@ def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
     from matplotlib.cm import ScalarMappable
 
     names = radius_groups(datasets)
-    ds_ = {n: _measured(datasets[n]) for n in names}
+    ds_ = {n: measured(datasets[n]) for n in names}
     radii = np.array([radius_of(ds_[n]) for n in names])
     tab = table if table is not None else pd.DataFrame(
         {"radius": radii, "radius_over_median": np.nan}, index=pd.Index(names, name="group"))
@@ -337,8 +237,8 @@ def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
     q = []
     for n, r in zip(names, radii):
         ds = ds_[n]
-        share.plot(ds["t"].values, 100 * sp.active_share(ds).values, color=cmap(norm(r)), lw=1.6)
-        lat = sp.last_active_t(ds).values
+        share.plot(ds["t"].values, 100 * active_share(ds).values, color=cmap(norm(r)), lw=1.6)
+        lat = last_active_t(ds).values
         lat = lat[np.isfinite(lat)]
         q.append(np.percentile(lat, [25, 50, 75]) if lat.size else [np.nan] * 3)
     plots.t_axis(share, all_t)
@@ -357,9 +257,9 @@ def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
     last.set_ylabel("last active t  (higher = acts longer)")
     last.set_title("When repellency stops (ever-active trajectories)", fontsize=11)
     last.legend(frameon=False, fontsize=9, loc="lower left")
-    ever = [100 * float(sp.ever_active(ds_[n]).mean()) for n in names]
-    end = [100 * float(sp.active(ds_[n]).isel(step=-1).mean()) for n in names]
-    mean_share = [100 * float(sp.active(ds_[n]).mean()) for n in names]
+    ever = [100 * float(ever_active(ds_[n]).mean()) for n in names]
+    end = [100 * float(active(ds_[n]).isel(step=-1).mean()) for n in names]
+    mean_share = [100 * float(active(ds_[n]).mean()) for n in names]
     frac.plot(radii, ever, color="#1b9e77", lw=2, marker="o", ms=4, label="ever active")
     frac.plot(radii, mean_share, color="#7570b3", lw=2, marker="s", ms=4, label="active, averaged over t")
     frac.plot(radii, end, color="#d95f02", lw=2, marker="^", ms=4, label="still active at the last step")
@@ -397,14 +297,14 @@ def plot_samples(datasets: dict, condition=None, rows: int = 6, ncols: int = 8):
     shown = []
     for row, gi in enumerate(pick):
         ds = datasets[names[gi]]
-        imgs, rgb = sp._gray(ds, idx)  # the store's decoded images, or x0 as grayscale
+        imgs, rgb = images(ds, idx)  # the store's decoded images, or x0 as grayscale
         shown.append((imgs, rgb))
     arrays = plots.to_gray01([a for a, rgb in shown if not rgb]) if not all(r for _, r in shown) else []
     it = iter(arrays)
     for row, (gi, (imgs, rgb)) in enumerate(zip(pick, shown)):
         ds = datasets[names[gi]]
         imgs = imgs / 255.0 if rgb else next(it)
-        changed = sp.ever_active(ds)[idx]
+        changed = ever_active(ds)[idx]
         for j in range(ncols):
             ax = axes[row, j]
             ax.set_xticks([]), ax.set_yticks([])
@@ -415,7 +315,7 @@ def plot_samples(datasets: dict, condition=None, rows: int = 6, ncols: int = 8):
                 s.set_visible(bool(changed[j]))
                 s.set_edgecolor(plots.HIGHLIGHT), s.set_linewidth(3)
         axes[row, 0].set_ylabel(f"r = {radius_of(ds):.3g}", fontsize=9)
-    fig.suptitle(f"{sp._cond_label(condition, ds0.attrs.get('condition_names'))}: the same seeds at increasing "
+    fig.suptitle(f"{condition_label(condition, ds0.attrs.get('condition_names'))}: the same seeds at increasing "
                  f"radius (top: no SPELL); orange = SPELL changed it", fontweight="bold", fontsize=10)
     return fig
 
@@ -461,25 +361,9 @@ def log_to_wandb(table: pd.DataFrame, per_condition: pd.DataFrame, figures: dict
 
 
 def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's radius groups as Datasets, checked against the contract, unwritten samples dropped."""
-    run_dir = Path(run_dir)
-    if run_dir.name == "store.zarr":
-        run_dir = run_dir.parent
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass a directory made by "
-                                f"`python -m spell_lab.experiments.radius` (runs/radius/<run-name>).")
-    from ..store import open_run
-
-    datasets = {n: ds for n, ds in open_run(run_dir).items() if GROUP.match(n)}
-    if not datasets:
-        raise ValueError(f"{run_dir} has no radius groups (r00, r01, ...); make one with "
-                         f"`python -m spell_lab.experiments.radius`.")
-    out = {}
-    for name, ds in datasets.items():
-        sp.check_dataset(ds, name)
-        small = {v: ds[v].load() for v in ds.data_vars if v != "image"}  # x0 is needed for the metrics
-        out[name] = sp.drop_unwritten(ds.assign(small))
-    return {n: out[n] for n in radius_groups(out)}
+    """The run's radius groups as checked Datasets (x0 read: the metrics need it), unwritten samples dropped."""
+    return _load(run_dir, experiment="radius", select=radius_groups, keep=("x0",),
+                 none_found="has no radius groups (r00, r01, ...); make one with `python -m spell_lab.experiments.radius`")
 
 
 def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
@@ -512,11 +396,15 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
 
 
 def latest_run(root="runs/radius") -> Path:
-    return sp.latest_run(root)
+    from .load import latest_run as latest
+
+    return latest(root)
 
 
 def main(argv=None) -> int:
-    return sp.rerender_main(argv, experiment="radius", load_run=load_run, analyse_run=analyse_run,
+    from .cli import rerender_main
+
+    return rerender_main(argv, experiment="radius", load_run=load_run, analyse_run=analyse_run,
                             format_table=format_table, extra_lines=lambda res: [f"\nreal data: {res['reference']}"])
 
 

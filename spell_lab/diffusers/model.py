@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..repellency import IntraBatch, Memory, Spell
+from ..methods import Hooks
+from ..repellency import Spell
 from ..samplers.generate import Generation
 from .pipelines import generate_pipeline, load_pipeline
 from .scheduler import evaluation, scheduler_family, scheduler_prediction
@@ -83,14 +84,14 @@ class PipelineModel(nn.Module):
             evs.append(evaluation(sched, family, prediction, ts))
         return [e.t for e in evs], [e.alpha for e in evs], [e.sigma for e in evs]
 
-    def generate(self, cond, seeds, *, sampler=None, steps=None, guidance=None, spell: Spell | None = None, device=None):
-        spell = spell or Spell(0.0)
-        kinds = {type(s) for s in spell.sources}
-        memory = next((s for s in spell.sources if isinstance(s, Memory)), None)
-        protected = next((s for s in spell.sources if s.name == "protected"), None)
-        kwargs = dict(radius=spell.radius, overcomp=spell.overcomp, intra_batch=IntraBatch in kinds, protected=protected)
+    def generate(self, cond, seeds, *, sampler=None, steps=None, guidance=None, spell: Spell | None = None,
+                 method: Hooks | None = None, device=None):
+        """The pipeline's own loop with the method on its scheduler (or an already built `spell`)."""
+        if spell is not None and method is not None:
+            raise ValueError("give either spell= or method=, not both (a method resolves its own SPELL).")
+        hooks = method if method is not None else Hooks.of_spell(spell or Spell(0.0))
         gen = generate_pipeline(self.pipe, self.conditions(cond), seeds, steps=steps or self.default_steps,
-                                guidance=guidance, spell_kwargs=kwargs, memory=memory, groups=cond.cpu(), decode=False)
+                                guidance=guidance, method=hooks, groups=cond.cpu(), decode=False)
         return Generation(gen.x0, gen.records)
 
     @torch.no_grad()

@@ -101,6 +101,7 @@ def generate_pipeline(
     guidance: float | None = None,
     spell_kwargs: dict | None = None,
     memory: Memory | torch.Tensor | None = None,
+    method=None,
     groups=None,
     decode: bool = True,
     **pipeline_kwargs,
@@ -114,6 +115,8 @@ def generate_pipeline(
         still records nearest distances to the references).
     memory: earlier rounds' final latents (a `repellency.Memory` with their group ids, or a tensor for group 0).
         The caller adds each finished batch: memory.add(gen.x0, groups).
+    method: instead of spell_kwargs and memory, a resolved method (`spell_lab.methods.resolve`) whose
+        interventions act on the scheduler's x0_hat (the run layer's path).
     groups: group id per sample (only the same group repels, and memory shields its own group); default: the index
         of each distinct condition in order of first appearance (all one group when conditions is None).
     pipeline_kwargs: passed to the pipeline call (height, width, negative_prompt, prompt_embeds, ...).
@@ -130,7 +133,10 @@ def generate_pipeline(
     # CPU generators: a sample's noise depends on its seed only, not on the device or the batch it is in
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     base = pipe.scheduler.inner if isinstance(pipe.scheduler, SpellScheduler) else pipe.scheduler
-    spell = SpellScheduler(base, memory=memory, **(spell_kwargs or {"radius": 0.0}))
+    if method is not None and (spell_kwargs or memory is not None):
+        raise ValueError("give generate_pipeline either method= or spell_kwargs/memory, not both.")
+    spell = (SpellScheduler(base, method=method) if method is not None
+             else SpellScheduler(base, memory=memory, **(spell_kwargs or {"radius": 0.0})))
     spell.set_groups(_group_ids(conditions, len(seeds)) if groups is None else groups)
     pipe.scheduler = spell
     try:

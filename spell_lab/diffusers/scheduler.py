@@ -30,12 +30,14 @@ Euler's `s_churn > 0` re-noises the sample inside `step` and is refused.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 
 import torch
 
+from ..methods import Hooks
 from ..parameterisation import from_x0, to_x0
-from ..repellency import SOURCE_NAMES, Spell
+from ..repellency import Spell
 from ..samplers.record import Recorder
 
 FAMILIES = {  # scheduler class name -> how its sample relates to x0 (see the module docstring)
@@ -136,25 +138,40 @@ class SpellScheduler:
     intra_batch: the other samples of the batch repel each other (within the same group, `set_groups`).
     memory, protected: reference latents (K, *latent_shape) or the project's shield sources (`repellency.Memory`,
         a protected index); they must live in the scheduler's sample space (latents for latent pipelines).
+    method: instead of the SPELL arguments, a resolved method (`spell_lab.methods.resolve`): its interventions act
+        on x0_hat at every step, as in the built-in samplers.
 
     A batch whose two halves are identical at the first step is taken as DiT's classifier-free-guidance layout
     ([x, x] with the guided output twice): SPELL and the records see each sample once and both halves get the same
     corrected output. `set_groups` states the layout explicitly (n ids for a batch of n or of 2n).
     """
 
-    _OWN = frozenset({"inner", "spell", "family", "prediction", "_groups", "_run"})
+    _OWN = frozenset({"inner", "hooks", "family", "prediction", "_groups", "_run"})
 
-    def __init__(self, scheduler, radius: float, overcomp: float = 1.0, intra_batch: bool = True, memory=None,
-                 protected=None):
+    def __init__(self, scheduler, radius: float | None = None, overcomp: float = 1.0, intra_batch: bool = True,
+                 memory=None, protected=None, *, method: Hooks | None = None):
         if isinstance(scheduler, SpellScheduler):
             raise ValueError("this scheduler is already a SpellScheduler; wrap its `.inner` scheduler instead.")
+        if (radius is None) == (method is None):
+            raise ValueError("give SpellScheduler either a radius (SPELL) or method= (a resolved method), not both.")
+        if method is not None and (method.guidance is not None or method.condition is not None):
+            raise ValueError(f"method {method.params.get('name')!r} changes the guidance weight or the condition, "
+                             "which a scheduler cannot see; use a built-in model or a pipeline callback.")
         family = scheduler_family(scheduler)
         self.inner = scheduler
         self.family = family
         self.prediction = scheduler_prediction(scheduler, family)
-        self.spell = Spell.build(radius, overcomp, intra_batch=intra_batch, memory=memory, protected=protected)
+        if method is None:
+            method = Hooks.of_spell(Spell.build(radius, overcomp, intra_batch=intra_batch, memory=memory,
+                                                protected=protected))
+        self.hooks = method
         self._groups = None
         self._run = None
+
+    @property
+    def spell(self) -> Spell | None:
+        """The method's SPELL (radius, overcompensation, shield sources); None for methods without shields."""
+        return self.hooks.shields
 
     # --- behave like the wrapped scheduler -------------------------------------------------------------------
     # `step` and `set_timesteps` carry the wrapped methods' signatures: pipelines inspect them for "eta",
@@ -191,13 +208,16 @@ class SpellScheduler:
         return type(self.inner)
 
     def __reduce__(self):  # pickle checks obj.__class__, which the property above redirects: rebuild explicitly
-        return (_rebuild, (self.inner, self.spell, self.family, self.prediction, self._groups))
+        return (_rebuild, (self.inner, self.hooks, self.family, self.prediction, self._groups))
 
     def __len__(self):
         return len(self.inner)
 
     def __repr__(self):
-        s, names = self.spell, [x.name for x in self.spell.sources]
+        s = self.spell
+        if s is None:
+            return f"SpellScheduler(method={self.hooks.params}, {self.inner!r})"
+        names = [x.name for x in s.sources]
         return f"SpellScheduler(radius={s.radius}, overcomp={s.overcomp}, sources={names}, {self.inner!r})"
 
     # --- groups, records ----------------------------------------------------------------------------------
@@ -222,8 +242,10 @@ class SpellScheduler:
         r = {k: v.detach().cpu().numpy() for k, v in self.record_tensors().items()}
         coords = {"step": list(range(len(r["t"]))), "t": ("step", r.pop("t")), "alpha": ("step", r.pop("alpha")),
                   "sigma": ("step", r.pop("sigma"))}
-        attrs = {"radius": self.spell.radius, "overcomp": self.spell.overcomp, "scheduler": type(self.inner).__name__,
+        attrs = {"method": json.dumps(self.hooks.params, sort_keys=True), "scheduler": type(self.inner).__name__,
                  "family": self.family, "prediction": self.prediction}
+        if self.spell is not None:
+            attrs.update(radius=self.spell.radius, overcomp=self.spell.overcomp)
         return xr.Dataset({k: (("sample", "step"), v) for k, v in r.items()}, coords=coords, attrs=attrs)
 
     def final_sample(self) -> torch.Tensor:
@@ -247,9 +269,9 @@ class SpellScheduler:
         work = torch.float64 if sample.dtype == torch.float64 else torch.float32  # half precision: float32 math
         x = sample[:n].to(work)
         x0 = ev.to_x0(out.to(work), x)
-        spelled = self.spell(x0, run.groups)
+        spelled = self.hooks.intervene(x0, run.groups, x_t=x, t=ev.t, alpha=ev.alpha, sigma=ev.sigma)
         run.log(ev, x, x0, spelled)
-        if self.spell.radius > 0:  # radius 0: the original output object goes on, bit for bit
+        if spelled.x0 is not x0:  # nothing changed (SPELL at radius 0): the original output goes on, bit for bit
             model_output = self._corrected(model_output, out, ev, x, spelled, n, learned)
         result = self.inner.step(model_output, timestep, sample, *args, **kwargs)
         run.final = (result[0] if isinstance(result, tuple) else result.prev_sample)[:n]
@@ -257,7 +279,8 @@ class SpellScheduler:
 
     def _corrected(self, model_output, out, ev, x, spelled, n, learned):
         """The model output that encodes x0_hat' (x_t fixed); samples without an active shield keep theirs exactly."""
-        moved = sum(spelled.active[name] for name in SOURCE_NAMES) > 0
+        moved = (sum(spelled.active.values(), torch.zeros_like(spelled.nearest, dtype=torch.long)) > 0) | (
+            spelled.delta.flatten(1) != 0).any(1)  # shields active, or an intervention without shields moved it
         new = ev.from_x0(spelled.x0, x).to(out.dtype)
         out = torch.where(moved.reshape(-1, *[1] * (out.ndim - 1)), new, out)
         out = torch.cat([out] * (model_output.shape[0] // n))  # a CFG-duplicated batch gets the same halves again
@@ -277,7 +300,7 @@ class SpellScheduler:
         else:
             n = B // 2 if _halves_equal(sample, model_output) else B
         groups = (self._groups if self._groups is not None else torch.zeros(n, dtype=torch.long)).to(sample.device)
-        self.spell.validate(sample[:n])  # reference set in the wrong (latent) shape: a clear error, at once
+        self.hooks.validate(sample[:n])  # reference set in the wrong (latent) shape: a clear error, at once
         if getattr(self.inner, "timesteps", None) is None:
             raise RuntimeError("call set_timesteps before step, as pipelines do.")
         evaluations = len(self.inner.timesteps)
@@ -292,9 +315,9 @@ def _halves_equal(sample: torch.Tensor, model_output: torch.Tensor) -> bool:
     return torch.equal(sample[:half], sample[half:]) and torch.equal(model_output[:half], model_output[half:])
 
 
-def _rebuild(inner, spell, family, prediction, groups) -> SpellScheduler:
+def _rebuild(inner, hooks, family, prediction, groups) -> SpellScheduler:
     new = object.__new__(SpellScheduler)
-    for name, value in dict(inner=inner, spell=spell, family=family, prediction=prediction, _groups=groups).items():
+    for name, value in dict(inner=inner, hooks=hooks, family=family, prediction=prediction, _groups=groups).items():
         object.__setattr__(new, name, value)
     object.__setattr__(new, "_run", None)
     return new

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..run.plan import Setting
+from ..methods import spell_method
+from ..plan import Setting
 from .calibrate import SIZE_PER_CONDITION, format_grid, pick_conditions, run_calibration
 from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
                      size_of, wandb_line)
@@ -55,8 +56,9 @@ def radius_settings(radii, protocol: str, per_condition: int, batch: int | None,
         raise ValueError(f"--per_condition ({per_condition}) must be a multiple of the batch size ({b}).")
     radii = sorted({0.0} | {float(r) for r in radii})  # 0 added when missing: the baseline on the same seeds
     rounds = (b,) * (per_condition // b)
-    return [Setting(f"r{i:02d}", r, overcomp, rounds=rounds, conditions=tuple(conditions), seed=seed, **spec)
-            for i, r in enumerate(radii)]
+    note = spec.pop("note")
+    return [Setting(f"r{i:02d}", spell_method(r, overcomp, **spec), rounds=rounds, conditions=tuple(conditions),
+                    seed=seed, note=note) for i, r in enumerate(radii)]
 
 
 def parser():

@@ -12,7 +12,9 @@ import math
 import sys
 from pathlib import Path
 
-from ..run.plan import Setting
+from ..methods import spell_method
+from ..plan import Setting
+from ..protect import protected_spec
 from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
                      size_of, wandb_line)
 
@@ -49,11 +51,13 @@ def build_settings(setups, radius, overcomp, size, conditions, all_conditions, s
         r = radius * spec.pop("radius_scale", 1.0)
         lam = overcomp if spec.pop("use_overcomp", False) else 1.0
         conds = all_conditions if spec.pop("all_conditions", False) else conditions
-        settings.append(Setting(name, r, lam, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, protected=protected, **spec))
+        method = spell_method(r, lam, intra_batch=spec.pop("intra_batch", False), memory=spec.pop("memory", False))
+        settings.append(Setting(name, method, protected, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, **spec))
     ref = next((s for s in settings if s.name in ("iterative", "overcomp")), None)
     if ref is not None:
-        settings.append(Setting("baseline", 0.0, 1.0, memory=True, rounds=ref.rounds, conditions=ref.conditions,
-                                seed=seed, measure_from_round=ref.measure_from_round, note="iterative plan without SPELL"))
+        settings.append(Setting("baseline", spell_method(0.0, 1.0, memory=True), rounds=ref.rounds,
+                                conditions=ref.conditions, seed=seed, measure_from_round=ref.measure_from_round,
+                                note="iterative plan without SPELL"))
     return settings
 
 
@@ -79,7 +83,7 @@ def main(argv=None) -> int:
     bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
     if bad:
         raise SystemExit(f"error: conditions {bad} do not exist; the model has conditions {classes[0]}..{classes[-1]}.")
-    protected = str(Path(cfg.protected).resolve()) if cfg.protected else None
+    protected = protected_spec(cfg.protected) if cfg.protected else None
     settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed, protected)
     steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
     sampler = cfg.sampler or model.default_sampler

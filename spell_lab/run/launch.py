@@ -11,9 +11,9 @@ import lightning as L
 import torch
 
 from .. import store
+from ..plan import Setting, plan
 from ..samplers import get_sampler
 from .lightning import SpellPredict, StoreWriter, UnitData
-from .plan import Setting, plan
 from .references import ProtectedLoader, check_references, load_reference_set
 
 warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")  # the writer gets the unit itself
@@ -102,10 +102,10 @@ def run_generation(
     todo = [u for u in units if (u.setting.name, u.index) not in done]
     if not todo:
         return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
-    paths = [s.protected for s in settings if s.protected]
-    for p in set(paths):  # refuse a wrong reference set before anything is created
+    specs = [s.protected for s in settings if s.protected]
+    for p in {spec["path"] for spec in specs}:  # refuse a wrong reference set before anything is created
         check_references(load_reference_set(p), model.sample_shape, p)
-    protected = ProtectedLoader(paths) if paths else None
+    protected = ProtectedLoader(specs) if specs else None
     times, alphas, sigmas = evaluation_grid(model, sampler, steps)
     probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))
     create_kwargs = dict(

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from .. import store
+from ..protect import spec_key
 from .unit import run_unit
 
 CRASH_AFTER = "SPELL_LAB_CRASH_AFTER_UNITS"  # fault injection for the resume test: hard exit after N units
@@ -58,7 +59,8 @@ class SpellPredict(L.LightningModule):
         self.protected = self.protected_loader(self.device) if self.protected_loader else {}
 
     def predict_step(self, unit, batch_idx):
-        protected = self.protected.get(unit.setting.protected) if unit.setting.protected else None
+        spec = unit.setting.protected
+        protected = self.protected[spec_key(spec)] if spec else None
         data = run_unit(
             self.model, unit, sampler=self.sampler, steps=self.steps, guidance=self.guidance,
             protected=protected, device=self.device,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..repellency import ExactProtected
+from ..protect import build_index, spec_key
 
 
 def load_reference_set(path: str | Path) -> torch.Tensor:
@@ -42,10 +42,11 @@ def check_references(items: torch.Tensor, sample_shape, path) -> None:
 
 
 class ProtectedLoader:
-    """Loads each setting's protected set once per process, on that process's device (picklable for DDP)."""
+    """Builds each distinct protected-set spec's index once per process, on that process's device (picklable for
+    DDP); keyed by `protect.spec_key`."""
 
-    def __init__(self, paths):
-        self.paths = sorted(set(paths))
+    def __init__(self, specs):
+        self.specs = {spec_key(s): s for s in specs}
 
     def __call__(self, device) -> dict:
-        return {p: ExactProtected(load_reference_set(p).to(device)) for p in self.paths}
+        return {k: build_index(s, load_reference_set(s["path"]).to(device)) for k, s in self.specs.items()}

@@ -2,9 +2,9 @@
 
 from .generate import Generation, generate, sample_generators, stacked_normal
 from .loops import SAMPLERS, ddim, ddpm, euler, flow_euler, get_sampler, heun
-from .record import COUNT_FIELDS, FLOAT_FIELDS, Recorder
+from .record import Recorder
 
 __all__ = [
-    "SAMPLERS", "Generation", "Recorder", "FLOAT_FIELDS", "COUNT_FIELDS", "generate", "get_sampler",
+    "SAMPLERS", "Generation", "Recorder", "generate", "get_sampler",
     "sample_generators", "stacked_normal", "ddim", "ddpm", "euler", "heun", "flow_euler",
 ]

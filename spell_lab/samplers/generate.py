@@ -1,4 +1,5 @@
-"""Generate a batch with a built-in denoiser: noise from one generator per sample, guidance, SPELL, recording."""
+"""Generate a batch with a built-in denoiser: noise from one generator per sample, a method's hooks (guidance
+schedule, condition transform, interventions such as SPELL), recording."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..methods import Hooks
 from ..models.base import Denoiser, guided_x0
 from ..repellency import Spell
 from .loops import get_sampler
@@ -36,11 +38,16 @@ def generate(
     steps: int | None = None,
     guidance: float | None = None,
     spell: Spell | None = None,
+    method: Hooks | None = None,
     device=None,
     dtype=torch.float32,
     record: bool = True,
 ) -> Generation:
-    """Sample len(seeds) outputs for conditions `cond` (B,), with SPELL applied to x0_hat at every evaluation."""
+    """Sample len(seeds) outputs for conditions `cond` (B,) with a resolved method (`spell_lab.methods.resolve`), or
+    with an already built `spell` (SPELL applied to x0_hat at every evaluation); neither: the plain sampler."""
+    if spell is not None and method is not None:
+        raise ValueError("give either spell= or method=, not both (a method resolves its own SPELL).")
+    hooks = method if method is not None else Hooks.of_spell(spell)
     sampler = sampler or model.default_sampler
     steps = steps or model.default_steps
     guidance = model.default_guidance if guidance is None else guidance
@@ -53,22 +60,23 @@ def generate(
     ts = model.schedule.grid(steps)
     s1 = float(model.schedule.alpha_sigma(ts[0])[1])
     x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)  # x_1 ~ N(0, sigma_1^2), alpha_1 x0 neglected
-    if spell is not None:
-        spell.validate(x)
+    hooks.validate(x)
     times = eval_times(ts)
     recorder = Recorder(len(seeds), len(times), device) if record else None
-    spell = spell if spell is not None else (Spell(0.0) if record else None)  # records distances even without SPELL
+    intervenes = bool(hooks.interventions) or recorder is not None  # records distances even without SPELL
     a_s = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
     coefs = {t: (float(a), float(s)) for t, a, s in zip(times, *a_s)}  # host floats, computed once
     t_dev = dict(zip(times, torch.tensor(times, dtype=dtype).to(device)))  # one transfer: no per-step copy or sync
+    weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t)) for t in times}  # w(t), on the host
 
     def denoise(x_t, t):
         t = float(t)
         alpha, sigma = coefs[t]
-        x0 = guided_x0(model, x_t, t_dev[t], cond, guidance)
-        if spell is None:
+        c = cond if hooks.condition is None else hooks.condition(cond, t, gens)
+        x0 = guided_x0(model, x_t, t_dev[t], c, weight[t])
+        if not intervenes:
             return x0
-        step = spell(x0, cond)
+        step = hooks.intervene(x0, cond, x_t=x_t, t=t, alpha=alpha, sigma=sigma)
         if recorder is not None:
             recorder.log(t, alpha, sigma, x_t, x0, step)
         return step.x0

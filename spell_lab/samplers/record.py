@@ -10,10 +10,8 @@ import math
 
 import torch
 
-from ..repellency import SOURCE_NAMES, SpellStep
-
-FLOAT_FIELDS = ("correction_norm", "score_norm", "relative_magnitude", "nearest_distance")
-COUNT_FIELDS = ("active_shields",) + tuple(f"active_{n}" for n in SOURCE_NAMES)
+from .. import schema
+from ..repellency import SpellStep
 
 
 class Recorder:
@@ -21,7 +19,9 @@ class Recorder:
 
     def __init__(self, batch: int, evaluations: int, device):
         self.norms = torch.full((3, batch, evaluations), math.nan, device=device)  # ||delta||, sigma^2 ||s||, nearest
-        self.counts = torch.zeros((len(SOURCE_NAMES), batch, evaluations), dtype=torch.long, device=device)
+        self.sources = schema.SOURCES  # the store's count fields, one per source
+        self.counts = torch.zeros((len(self.sources), batch, evaluations), dtype=torch.long, device=device)
+        self.none = torch.zeros(batch, dtype=torch.long, device=device)  # a source absent from a step counts 0
         self.t: list[float] = []
         self.alpha: list[float] = []
         self.sigma: list[float] = []
@@ -34,7 +34,7 @@ class Recorder:
         delta_norm = flat(spell.delta).norm(dim=1)
         model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||
         self.norms[:, :, i] = torch.stack([delta_norm, model_dir, spell.nearest.to(wd)]).float()
-        self.counts[:, :, i] = torch.stack([spell.active[n] for n in SOURCE_NAMES])
+        self.counts[:, :, i] = torch.stack([spell.active.get(n, self.none) for n in self.sources])
 
     def result(self) -> dict:
         n = len(self.t)
@@ -50,6 +50,6 @@ class Recorder:
             "nearest_distance": nearest,
             "active_shields": counts.sum(0),
         }
-        out.update({f"active_{name}": counts[k] for k, name in enumerate(SOURCE_NAMES)})
+        out.update({schema.count_name(name): counts[k] for k, name in enumerate(self.sources)})
         out.update(t=torch.tensor(self.t), alpha=torch.tensor(self.alpha), sigma=torch.tensor(self.sigma))
         return out

@@ -1,4 +1,5 @@
 """What a run generates: settings (one store group each) and their work units (all rounds of one condition).
+Plain data only: nothing here imports another layer of the package.
 
 Sample layout inside a group: condition-major, then round, then position in the round's batch. A sample's seed is
 `seed + its index in the group`, so two settings with the same plan (e.g. a setup and its radius-0 baseline) use
@@ -12,19 +13,26 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(frozen=True)
 class Setting:
-    """One generation protocol: SPELL's radius, overcompensation and sources, and the rounds per condition."""
+    """One generation protocol: a method (plain data, resolved by `spell_lab.methods`), an optional protected set,
+    and the rounds per condition."""
 
     name: str
-    radius: float
-    overcomp: float = 1.0
-    intra_batch: bool = False  # repel from the other members of the batch (same condition)
-    memory: bool = False  # repel from the final outputs of earlier rounds of the same condition
-    protected: str | None = None  # path of a protected set (.npy / .pt / .safetensors), searched every step
+    method: dict  # {"name": "spell", "radius": 25.0, ...}: the method and its parameters (spell_lab.methods)
+    protected: dict | None = None  # {"path": ..., "index": "exact", ...}: a protected set every round repels from
     rounds: tuple[int, ...] = (8,)  # batch size of each round, in order
     conditions: tuple[int, ...] = (0,)
     seed: int = 0
     measure_from_round: int = 0  # earlier rounds only build the memory (e.g. the first 8 of `iterative`)
     note: str = ""
+
+    @property
+    def radius(self) -> float:
+        """SPELL's radius (0 for methods without shields): outputs closer than this count as inside a shield."""
+        return float(self.method.get("radius", 0.0))
+
+    @property
+    def overcomp(self) -> float:
+        return float(self.method.get("overcomp", 1.0))
 
     @property
     def unit_size(self) -> int:

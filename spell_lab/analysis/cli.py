@@ -1,0 +1,35 @@
+"""`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: an experiment's figures, table and W&B again from its store,
+without running a model (the command-line edge every analysis module shares)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table, extra_lines=lambda res: []) -> int:
+    """`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: figures, table and W&B again from a store, no model run."""
+    p = argparse.ArgumentParser(prog=f"python -m spell_lab.analysis.{experiment}",
+                                description=f"Re-render the {experiment} figures and table of a run from its store "
+                                            "(no model is run).")
+    p.add_argument("run_dir", type=Path, help=f"run directory, e.g. runs/{experiment}/<run-name>")
+    p.add_argument("--wandb", choices=("offline", "disabled", "online"), default="offline",
+                   help="W&B logging: offline into RUN_DIR/wandb (default), disabled, or online (uploads)")
+    p.add_argument("--project", default="spell_lab", help="W&B project (default: spell_lab)")
+    p.add_argument("--group", default=None, help=f"W&B group (default: {experiment}-<run-name>)")
+    p.add_argument("--out", type=Path, default=None, help="figure directory (default: RUN_DIR/figures)")
+    args = p.parse_args(argv)
+    try:
+        datasets = load_run(args.run_dir)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+    res = analyse_run(args.run_dir, wandb_mode=args.wandb, project=args.project, group=args.group, out_dir=args.out,
+                      datasets=datasets)
+    print(format_table(res["table"]))
+    for line in extra_lines(res):
+        print(line)
+    print(f"\nfigures: {res['figures_dir']}  ({', '.join(res['figures'])}; PNG and PDF)")
+    for d in res["wandb_dirs"]:
+        print(f"wandb: {d}" + ("   (upload: wandb sync DIR)" if args.wandb == "offline" else ""))
+    return 0
+

@@ -1,0 +1,98 @@
+"""Loading a run for analysis: the one `load_run` and the one `measured`, shared by every experiment's analysis.
+
+A store group is checked against the schema (design.md section 5), its small variables are read once, images stay
+lazy, and the samples of work units never written (an interrupted run) are left out and counted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import xarray as xr
+
+from .. import schema
+
+
+def required() -> tuple[str, ...]:
+    return ("relative_magnitude",) + schema.count_names()
+
+
+def check_dataset(ds: xr.Dataset, name: str = "dataset", hint: str = "python -m spell_lab.experiments.sparsity") -> xr.Dataset:
+    """Raise early, naming what is missing, if ds is not a store group of the contract."""
+    missing = [v for v in required() if v not in ds.variables] + [c for c in ("t",) if c not in ds.coords]
+    if missing or "sample" not in ds.dims or "step" not in ds.dims:
+        raise ValueError(
+            f"group {name!r} is not a run-store group (design.md section 5): missing {missing or 'dims sample/step'}; "
+            f"it has {sorted(ds.variables)}. Regenerate it with `{hint}`."
+        )
+    return ds
+
+
+def measured(ds: xr.Dataset) -> xr.Dataset:
+    """The samples a setting measures: rounds from `measure_from_round` on (earlier ones only fill the memory)."""
+    first = int(ds.attrs.get("measure_from_round", 0))
+    return ds if first == 0 else ds.isel(sample=(ds["round"] >= first).values)
+
+
+def measured_all(datasets: dict) -> dict:
+    return {name: measured(ds) for name, ds in datasets.items()}
+
+
+def drop_unwritten(ds: xr.Dataset) -> xr.Dataset:
+    """Samples of an interrupted run that were never written (all-NaN `relative_magnitude`) are left out."""
+    written = ds["relative_magnitude"].notnull().any("step")
+    return ds if bool(written.all()) else ds.isel(sample=np.flatnonzero(written.values))
+
+
+def method_of(ds: xr.Dataset) -> dict:
+    """A group's method as plain data; stores written before the `method` attribute were all SPELL."""
+    raw = ds.attrs.get("method")
+    if raw:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    setting = json.loads(ds.attrs.get("setting", "{}"))
+    return {"name": "spell", "radius": float(ds.attrs.get("radius", 0.0)), "overcomp": float(ds.attrs.get("overcomp", 1.0)),
+            "intra_batch": bool(setting.get("intra_batch", False)), "memory": bool(setting.get("memory", False))}
+
+
+def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], none_found: str,
+             keep: tuple[str, ...] = ()) -> dict[str, xr.Dataset]:
+    """The run's groups that `select(datasets)` names, in its order, checked and loaded (`keep`: large variables to
+    read too, e.g. x0 for metrics); unwritten samples dropped. `none_found`: the caller's message when select finds
+    no group. Clear errors for a missing directory or store."""
+    from ..store import open_run
+
+    run_dir = Path(run_dir)
+    if run_dir.name == "store.zarr":  # the store itself is accepted too
+        run_dir = run_dir.parent
+    hint = f"python -m spell_lab.experiments.{experiment}"
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass a directory made by `{hint}` "
+                                f"(runs/{experiment}/<run-name>).")
+    if not (run_dir / "store.zarr").exists():
+        raise FileNotFoundError(f"{run_dir} holds no store.zarr; is it a run directory? "
+                                f"(found: {sorted(p.name for p in run_dir.iterdir())[:10]})")
+    datasets = open_run(run_dir)
+    names = select(datasets)
+    if not names:
+        raise ValueError(f"{run_dir / 'store.zarr'} {none_found} (found {sorted(datasets)}).")
+    out = {}
+    for name in names:
+        ds = check_dataset(datasets[name], name, hint)
+        small = {v: ds[v].load() for v in ds.data_vars if v not in ("x0", "image") or v in keep}  # read once
+        out[name] = drop_unwritten(ds.assign(small))
+    return out
+
+
+def latest_run(root: str) -> Path:
+    """The most recently modified run directory under root (relative paths also tried from the parent of cwd,
+    so notebooks/ finds ../runs)."""
+    experiment = Path(root).name
+    for base in (Path(root), Path("..") / root):
+        runs = sorted((p for p in base.glob("*") if (p / "store.zarr").exists()), key=lambda p: p.stat().st_mtime)
+        if runs:
+            return runs[-1].resolve()
+    raise FileNotFoundError(f"no run under {root}; run `python -m spell_lab.experiments.{experiment}` first "
+                            f"or set SPELL_RUN_DIR to a run directory.")
