@@ -17,6 +17,7 @@ from spell_lab.metrics import (
     frechet_distance,
     per_condition,
     prdc,
+    prdc_reference,
     vendi,
 )
 from spell_lab.metrics.prdc_engine import BLOCK
@@ -116,9 +117,10 @@ def test_prdc_needs_k_plus_one_samples_not_k_plus_two():
         (np.zeros((10, 3)), np.zeros((10, 3)), 0, "k must be a positive integer"),
     ],
 )
-def test_prdc_bad_input(real, fake, k, match):
+@pytest.mark.parametrize("fn", [prdc, prdc_reference])
+def test_prdc_bad_input(real, fake, k, match, fn):
     with pytest.raises(ValueError, match=match):
-        prdc(real, fake, k=k)
+        fn(real, fake, k=k)
 
 
 # -------------------------------------------------------------------------------------------------- vendi

@@ -83,6 +83,14 @@ def test_describe_of_a_partial_store_counts_and_summarises_complete_units_only(g
     assert "units 3/4 complete" in lines[at] and lines[at + 1].startswith("  24 samples of complete units")
 
 
+def test_describe_shows_the_method_attribute_where_present(gmm_run, tmp_path):
+    copy = shutil.copytree(gmm_run, tmp_path / "with_method")
+    group = zarr.open_group(str(copy / "store.zarr"), mode="r+")["intra"]
+    group.attrs["method"] = '{"name": "spell", "radius": 3.0}'
+    line = next(line for line in describe(copy).splitlines() if line.startswith("intra: "))
+    assert 'overcomp=1.0 method={"name":"spell","radius":3.0} intra_batch=True' in line
+
+
 def test_export_images_writes_every_stored_image_as_png(digits_run, tmp_path):
     paths = export_images(digits_run, tmp_path / "png")
     g = zarr.open_group(str(digits_run / "store.zarr"), mode="r")
