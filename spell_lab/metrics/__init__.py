@@ -1,6 +1,7 @@
 """Sample-quality and diversity metrics on feature arrays (numpy or torch, (N, D)).
 
     prdc(real, fake, k=5)       precision, recall, density, coverage (identical to the `prdc` package)
+    prdc_reference(real, fake)  the same four from their definitions, every distance held (small sets; tests)
     vendi(features, q=1)        Vendi score, cosine kernel (agrees with `vendi-score`)
     frechet_distance(real, fake) Fréchet distance, float64 (FID on Inception features, FD_DINOv2 on DINOv2's)
     per_condition(fn, ...)      a metric within each condition (class/prompt), then averaged, as the paper reports
@@ -17,11 +18,12 @@ import torch
 
 from .features import DigitsFeatures, DINOv2Features, InceptionFeatures, RawFeatures, as_features
 from .frechet import frechet_distance
-from .prdc import prdc
+from .prdc import prdc, prdc_reference
 from .vendi import vendi
 
 __all__ = [
     "prdc",
+    "prdc_reference",
     "vendi",
     "frechet_distance",
     "per_condition",
