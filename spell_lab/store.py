@@ -159,3 +159,11 @@ def open_run(run: str | Path) -> dict[str, xr.Dataset]:
 
 def run_attrs(run: str | Path) -> dict:
     return dict(zarr.open_group(str(store_path(run)), mode="r").attrs)
+
+
+if __name__ == "__main__":  # python -m spell_lab.store RUN [--export-images DIR]: browse a run's store
+    import sys
+
+    from .store_view import main
+
+    sys.exit(main())

@@ -5,24 +5,22 @@ import math
 import pytest
 import torch
 
-from spell_lab.repellency import EXACT_WORK, ExactProtected, IntraBatch, Memory, Spell, correction
+from spell_lab.repellency import EXACT_WORK, ExactProtected, IntraBatch, Memory, Spell, correction, correction_reference
 
 
 def reference(x0, centers, radius, overcomp=1.0, skip_self=False, xg=None, cg=None):
-    """Independent float64 computation with the full (B, K, D) difference tensor and a Python-level mask."""
-    x = x0.reshape(x0.shape[0], -1).double()
-    z = centers.reshape(centers.shape[0], -1).double()
-    diff = x[:, None, :] - z[None, :, :]
-    d = diff.norm(dim=-1)
-    allowed = torch.ones_like(d, dtype=torch.bool)
-    for b in range(d.shape[0]):
-        for k in range(d.shape[1]):
-            if (skip_self and b == k) or (xg is not None and xg[b] != cg[k]):
-                allowed[b, k] = False
-    w = torch.where(allowed & (d < radius), radius / d - 1, torch.zeros_like(d))
-    delta = overcomp * (w[..., None] * diff).sum(1)
-    nearest = torch.where(allowed, d, torch.full_like(d, math.inf)).min(1).values if d.shape[1] else torch.full((d.shape[0],), math.inf)
-    return delta.reshape(x0.shape), (allowed & (d < radius)).sum(1), nearest
+    """The package's literal Eq. 5/8 (float64, whole difference tensor) as (delta, active, nearest)."""
+    c = correction_reference(x0, centers, radius, overcomp, skip_self=skip_self, x_groups=xg, center_groups=cg)
+    return c.delta, c.active, c.nearest
+
+
+def test_reference_is_the_equation_on_a_hand_case():
+    # x at the origin; z1 at distance 1 (weight 2/1 - 1 = 1), z2 at 0.5 (weight 3), z3 outside, z4 = x itself (skipped)
+    x = torch.zeros(1, 2, dtype=torch.float64)
+    z = torch.tensor([[0.0, 1.0], [0.0, -0.5], [3.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    c = correction_reference(x, z, 2.0, 1.5)
+    assert torch.allclose(c.delta, 1.5 * torch.tensor([[0.0, -1.0 + 1.5]], dtype=torch.float64))
+    assert c.active.tolist() == [2] and c.nearest.tolist() == [0.0]
 
 
 def test_hand_computed_single_shield():

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import torch
 
 from .. import store
+from ..methods import method_params
 from ..plan import Setting, plan
 from ..samplers import get_sampler
 from .lightning import SpellPredict, StoreWriter, UnitData
@@ -87,6 +88,8 @@ def run_generation(
     condition_names=None,
     progress: bool = True,
 ) -> RunResult:
+    # every method checked and its defaults filled in before anything exists: the store records what ran
+    settings = [replace(s, method=method_params(s.method)) for s in settings]
     content = dict(
         experiment=experiment, model=model_spec, sampler=sampler, steps=steps, guidance=guidance,
         settings=[s.to_dict() for s in settings], condition_names=condition_names,
