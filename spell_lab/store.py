@@ -71,7 +71,7 @@ def create_store(
             s.name,
             attributes=dict(
                 config=json.dumps(config, default=str), setting=json.dumps(s.to_dict()), setup=s.name,
-                method=json.dumps(s.method, sort_keys=True), **spell_attrs, model=content["model"],
+                method=json.dumps(s.method), **spell_attrs, model=content["model"],
                 sampler=content["sampler"], steps=content["steps"], guidance=content["guidance"], version=__version__,
                 git_commit=git_commit(), created=now, conditions=list(s.conditions),
                 condition_names=content.get("condition_names"), measure_from_round=s.measure_from_round,

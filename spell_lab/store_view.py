@@ -20,7 +20,8 @@ from PIL import Image
 
 from .store import open_run, run_attrs, store_path
 
-SETTING_KEYS = ("intra_batch", "memory", "rounds", "conditions")  # what a group's `setting` attribute adds to a line
+SETTING_KEYS = ("intra_batch", "memory", "rounds", "conditions")  # what a group's `setting` attribute adds (the first
+# two only in stores made before the `method` attribute)
 
 
 class StoreViewError(ValueError):
@@ -51,9 +52,12 @@ def describe(run, groups: list[str] | None = None) -> str:
 
 def group_line(name: str, ds: xr.Dataset) -> str:
     done = ds["unit_complete"].values
-    keys = [f"radius={ds.attrs.get('radius')}", f"overcomp={ds.attrs.get('overcomp')}"]
-    if "method" in ds.attrs:
-        keys.append(f"method={json.dumps(json.loads(ds.attrs['method']), separators=(',', ':'))}")
+    keys = []
+    if "method" in ds.attrs:  # name(parameters); stores made before the attribute show radius and overcomp
+        method = json.loads(ds.attrs["method"])
+        keys.append(f"{method.pop('name')}(" + ", ".join(f"{k}={v}" for k, v in method.items()) + ")")
+    else:
+        keys += [f"radius={ds.attrs.get('radius')}", f"overcomp={ds.attrs.get('overcomp')}"]
     setting = json.loads(ds.attrs.get("setting", "{}"))
     keys += [f"{k}={setting[k]}" for k in SETTING_KEYS if k in setting]
     return (

@@ -142,9 +142,9 @@ def test_two_processes_equal_one(reference_run, tmp_path):
 
 
 def test_bad_setup_and_radius():
-    with pytest.raises(SystemExit, match="unknown setup"):
+    with pytest.raises(ValueError, match="unknown setup"):
         sparsity.main([*ARGS[:-5], "--setups", "iterative,nope", "--wandb", "disabled"])
-    with pytest.raises(SystemExit, match="--radius must be > 0"):
+    with pytest.raises(ValueError, match="--radius must be > 0"):
         sparsity.main(["--model", "gmm", "--radius", "0", "--quick", "--wandb", "disabled"])
 
 

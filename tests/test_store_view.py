@@ -1,5 +1,6 @@
 """spell_lab.store_view on real stores written by the sparsity command (gmm: no images; digits: images)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def expected_lines(run) -> dict[str, tuple[str, str]]:
         final = g["final_nearest_distance"][:][keep]
         final = final[np.isfinite(final)]
         head = f"{name}: {g['seed'].shape[0]} samples, {g['step'].shape[0]} steps, units {done.sum()}/{len(done)} complete, "
-        head += f"radius={g.attrs['radius']} overcomp={g.attrs['overcomp']} "
+        head += f"spell(radius={g.attrs['radius']}, overcomp={g.attrs['overcomp']}, "
         out[name] = (
             head,
             f"  {keep.sum()} samples of complete units: intervened {g['intervened'][:][keep].mean():.1%}, "
@@ -71,7 +72,8 @@ def test_describe_gives_each_group_its_counts_attributes_and_summary(gmm_run):
     text = describe(gmm_run)
     check_description(text, gmm_run)
     main_line = next(line for line in text.splitlines() if line.startswith("main: "))
-    assert "units 4/4 complete" in main_line and "intra_batch=True memory=True rounds=[4, 4]" in main_line
+    assert "units 4/4 complete" in main_line
+    assert "spell(radius=3.0, overcomp=1.6, intra_batch=True, memory=True) rounds=[4, 4]" in main_line
     assert describe(gmm_run / "store.zarr") == text  # the store itself names the run too
 
 
@@ -83,12 +85,13 @@ def test_describe_of_a_partial_store_counts_and_summarises_complete_units_only(g
     assert "units 3/4 complete" in lines[at] and lines[at + 1].startswith("  24 samples of complete units")
 
 
-def test_describe_shows_the_method_attribute_where_present(gmm_run, tmp_path):
-    copy = shutil.copytree(gmm_run, tmp_path / "with_method")
+def test_describe_reads_stores_made_before_the_method_attribute(gmm_run, tmp_path):
+    copy = shutil.copytree(gmm_run, tmp_path / "old_style")
     group = zarr.open_group(str(copy / "store.zarr"), mode="r+")["intra"]
-    group.attrs["method"] = '{"name": "spell", "radius": 3.0}'
+    del group.attrs["method"]
+    group.attrs["setting"] = json.dumps({"intra_batch": True, "memory": False, "rounds": [4]})  # the old layout
     line = next(line for line in describe(copy).splitlines() if line.startswith("intra: "))
-    assert 'overcomp=1.0 method={"name":"spell","radius":3.0} intra_batch=True' in line
+    assert "radius=3.0 overcomp=1.0 intra_batch=True memory=False rounds=[4]" in line
 
 
 def test_export_images_writes_every_stored_image_as_png(digits_run, tmp_path):

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
@@ -13,35 +14,81 @@ from jsonargparse import ActionConfigFile, ArgumentParser
 SIZES = ("quick", "default", "full")
 
 
-def base_parser(experiment: str, description: str) -> ArgumentParser:
+QUICK_STEPS = 12  # sampler steps of the smoke-test size
+
+# The flags the entry points share, by name; each command takes only those it uses (an unused flag is refused by
+# the parser, never silently dropped).
+FLAGS = {
+    "model": (("--model",), dict(type=str, default="digits", help="gmm, digits, or a diffusers hub id / local directory")),
+    "sampler": (("--sampler",), dict(type=str | None, default=None, help="ddim, ddpm, euler, heun, flow_euler (default: the model's)")),
+    "steps": (("--steps",), dict(type=int | None, default=None, help="sampling steps (default: the model's)")),
+    "guidance": (("--guidance",), dict(type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")),
+    "classes": (("--classes",), dict(type=list[int] | None, default=None, help="conditions to generate (default: by size)")),
+    "prompts": (("--prompts",), dict(type=str | None, default=None, help="a text file of prompts, one a line (diffusers models)")),
+    "protected": (("--protected",), dict(type=str | None, default=None, help="a protected set (.npy/.pt/.safetensors) every SPELL setting also repels from")),
+    "seed": (("--seed",), dict(type=int, default=0, help="seed of the first sample; sample i uses seed + i")),
+    "out": (("--out",), dict(type=str | None, default=None, help="run directory (default runs/EXPERIMENT/<run-name>)")),
+    "run_name": (("--run_name",), dict(type=str | None, default=None, help="name of the run directory under runs/")),
+    "fresh": (("--fresh",), dict(action="store_true", help="start a new run beside an existing one instead of resuming")),
+    "quick": (("--quick",), dict(action="store_true", help="smoke-test size (about a minute on a CPU)")),
+    "full": (("--full",), dict(action="store_true", help="paper size")),
+    "devices": (("--devices",), dict(type=int, default=1, help="processes/devices (Lightning DDP shards work units)")),
+    "accelerator": (("--accelerator",), dict(type=str, default="auto", help="cpu, gpu, auto (Lightning)")),
+    "num_nodes": (("--num_nodes",), dict(type=int, default=1, help="nodes (Lightning)")),
+    "wandb": (("--wandb",), dict(type=str, default="offline", choices=["offline", "online", "disabled"], help="W&B logging")),
+    "wandb_project": (("--wandb_project",), dict(type=str, default="spell_lab", help="W&B project")),
+    "no_progress": (("--no_progress",), dict(action="store_true", help="hide the progress bar")),
+}
+GENERATION = tuple(FLAGS)  # a command that generates into a run store takes every shared flag
+
+
+def base_parser(experiment: str, description: str, flags=GENERATION) -> ArgumentParser:
+    """The parser with `--config` and the shared `flags` this command uses (names of FLAGS)."""
     p = ArgumentParser(prog=f"python -m spell_lab.experiments.{experiment}", description=description, env_prefix="SPELL_LAB")
     p.add_argument("--config", action=ActionConfigFile, help=f"a YAML config, e.g. experiments/{experiment}.yaml")
-    p.add_argument("--model", type=str, default="digits", help="gmm, digits, or a diffusers hub id / local directory")
-    p.add_argument("--sampler", type=str | None, default=None, help="ddim, ddpm, euler, heun, flow_euler (default: the model's)")
-    p.add_argument("--steps", type=int | None, default=None, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")
-    p.add_argument("--classes", type=list[int] | None, default=None, help="conditions to generate (default: by size)")
-    p.add_argument("--prompts", type=str | None, default=None, help="a text file of prompts, one a line (diffusers models)")
-    p.add_argument("--protected", type=str | None, default=None, help="a protected set (.npy/.pt/.safetensors) every SPELL setting also repels from")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
-    p.add_argument("--out", type=str | None, default=None, help=f"run directory (default runs/{experiment}/<run-name>)")
-    p.add_argument("--run_name", type=str | None, default=None, help="name of the run directory under runs/")
-    p.add_argument("--fresh", action="store_true", help="start a new run beside an existing one instead of resuming")
-    p.add_argument("--quick", action="store_true", help="smoke-test size (about a minute on a CPU)")
-    p.add_argument("--full", action="store_true", help="paper size")
-    p.add_argument("--devices", type=int, default=1, help="processes/devices (Lightning DDP shards work units)")
-    p.add_argument("--accelerator", type=str, default="auto", help="cpu, gpu, auto (Lightning)")
-    p.add_argument("--num_nodes", type=int, default=1)
-    p.add_argument("--wandb", type=str, default="offline", choices=["offline", "online", "disabled"])
-    p.add_argument("--wandb_project", type=str, default="spell_lab")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    for name in flags:
+        args, kwargs = FLAGS[name]
+        if name == "out":
+            kwargs = dict(kwargs, help=kwargs["help"].replace("EXPERIMENT", experiment))
+        p.add_argument(*args, **kwargs)
     return p
 
 
 def size_of(cfg) -> str:
-    if cfg.quick and cfg.full:
-        raise SystemExit("error: --quick and --full exclude each other; pick one.")
-    return "quick" if cfg.quick else "full" if cfg.full else "default"
+    if getattr(cfg, "quick", False) and getattr(cfg, "full", False):
+        raise ValueError("--quick and --full exclude each other; pick one.")
+    return "quick" if getattr(cfg, "quick", False) else "full" if getattr(cfg, "full", False) else "default"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    sampler: str
+    steps: int
+    guidance: float
+
+
+def sampling_for(cfg, model, size: str) -> Sampling:
+    """The flags' sampler, steps and guidance, else the model's defaults (quick: at most QUICK_STEPS steps)."""
+    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1 (got {steps}).")
+    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+    return Sampling(cfg.sampler or model.default_sampler, int(steps), guidance)
+
+
+def conditions_for(model, n: int | None, classes=None, *, spaced: bool = True) -> list[int]:
+    """The conditions to generate: `classes` as given (checked against the model), else n of the model's
+    conditions, evenly spaced (spaced=False: the first n); n None: every one."""
+    everything = list(range(model.num_classes)) or [0]
+    if classes:
+        bad = sorted({int(c) for c in classes} - set(everything))
+        if bad:
+            raise ValueError(f"conditions {bad} do not exist; the model has conditions "
+                             f"{everything[0]}..{everything[-1]}.")
+        return [int(c) for c in classes]
+    if n is None:
+        return everything
+    return everything[:: max(1, len(everything) // n)][:n] if spaced else everything[:n]
 
 
 def set_wandb_mode(mode: str) -> None:
@@ -93,8 +140,43 @@ def wandb_line(dirs, mode: str) -> str:
     return f"{len(dirs)} {mode} run(s) in {where}{upload}"
 
 
+def launch(experiment: str, cfg, *, settings, model, spec: dict, sampling: Sampling, name: str, config: dict,
+           condition_names=None):
+    """Generate `settings` into the run directory the flags name (resume, --fresh, devices, progress):
+    (RunResult, seconds of generation)."""
+    from ..run.launch import run_generation
+
+    with Timer() as timer:
+        result = run_generation(
+            experiment=experiment, settings=settings, model=model, model_spec=spec, sampler=sampling.sampler,
+            steps=sampling.steps, guidance=sampling.guidance, out=run_dir_for(experiment, cfg, name), config=config,
+            fresh=cfg.fresh, devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes,
+            progress=not cfg.no_progress, condition_names=condition_names,
+        )
+    return result, timer.seconds
+
+
+def reports(result) -> bool:
+    """Only rank 0 of a distributed run analyses, logs and prints the summary."""
+    from ..run.launch import is_child_rank
+
+    return result.is_global_zero and not is_child_rank()
+
+
+def run_lines(result, seconds: float) -> list[tuple[str, str]]:
+    """The summary lines every generating command starts with."""
+    done = result.units_done_before
+    return [
+        ("run directory", str(result.run_dir)),
+        ("store", str(result.store)),
+        ("units", f"{result.units_total} ({done} already done, resumed)" if done else str(result.units_total)),
+        ("generation time", f"{seconds:.1f} s"),
+    ]
+
+
 def run_cli(main, argv=None) -> int:
-    """Run an entry point; a user error prints one clear line (no traceback) and exits 2."""
+    """Run an entry point; a user error (ValueError, a missing file, a store of another configuration) prints one
+    clear line, no traceback, and exits 2."""
     from ..store import StoreMismatchError
 
     try:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from ..methods import spell_method
 from ..plan import Setting
-from .calibrate import SIZE_PER_CONDITION, format_grid, pick_conditions, run_calibration
-from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
-                     size_of, wandb_line)
+from .calibrate import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid, run_calibration
+from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
+                     reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
 
 # Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
 PROTOCOLS = {
@@ -30,7 +30,6 @@ PROTOCOLS = {
     "memory": dict(intra_batch=False, memory=True, batch=2, note="2 at a time, repelled from earlier rounds only"),
 }
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
-QUICK_STEPS = 12
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
 REFERENCE_MODELS = ("gmm", "digits")  # models with held-out real data (spell_lab.analysis.radius.reference_data)
 CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
@@ -62,7 +61,8 @@ def radius_settings(radii, protocol: str, per_condition: int, batch: int | None,
 
 
 def parser():
-    p = base_parser("radius", __doc__.split("\n\n")[0])
+    flags = [f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
+    p = base_parser("radius", __doc__.split("\n\n")[0], flags)
     p.add_argument("--radii", type=list[float] | None, default=None,
                    help='radii to sweep, e.g. "[0,10,20]" (default: the calibrated grid; 0 is always added)')
     p.add_argument("--protocol", type=str, default="mixed", choices=list(PROTOCOLS),
@@ -91,12 +91,10 @@ def main(argv=None) -> int:
                          f"models {', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}); use "
                          f"spell_lab.analysis.radius.metric_tables with your own real data for other models.")
     model, spec = load_model_for(cfg)
-    conditions = pick_conditions(model, size, cfg.classes)
-    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
-    sampler = cfg.sampler or model.default_sampler
-    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+    conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
+    sampling = sampling_for(cfg, model, size)
 
-    from ..run.launch import is_child_rank, run_generation
+    from ..run.launch import is_child_rank
 
     if is_child_rank() and os.environ.get(CALIBRATION_ENV):
         cal = json.loads(os.environ[CALIBRATION_ENV])  # the same grid as rank 0, bit for bit, and no extra batch
@@ -110,16 +108,9 @@ def main(argv=None) -> int:
     settings = radius_settings(radii, cfg.protocol, per_condition, cfg.batch, cfg.overcomp, conditions, cfg.seed)
     name = f"{Path(cfg.model).name}-{cfg.protocol}-{len(settings)}radii-{size}"
     config = config_dict(cfg) | {"calibration": cal, "size": size}
-
-    with Timer() as timer:
-        result = run_generation(
-            experiment="radius", settings=settings, model=model, model_spec=spec, sampler=sampler, steps=steps,
-            guidance=guidance, out=run_dir_for("radius", cfg, name), config=config, fresh=cfg.fresh,
-            devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes, progress=not cfg.no_progress,
-        )
-    if not result.is_global_zero or is_child_rank():
-        return 0  # rank 0 computes the metrics, renders, logs and reports
-    return report(result, cfg, timer.seconds, cal, settings)
+    result, seconds = launch("radius", cfg, settings=settings, model=model, spec=spec, sampling=sampling, name=name,
+                             config=config)
+    return report(result, cfg, seconds, cal, settings) if reports(result) else 0
 
 
 def report(result, cfg, seconds, cal, settings) -> int:
@@ -128,14 +119,11 @@ def report(result, cfg, seconds, cal, settings) -> int:
     with Timer() as t:
         out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
     s = settings[0]
-    lines = [
-        ("run directory", str(result.run_dir)),
-        ("store", f"{result.store}  (groups r00..r{len(settings) - 1:02d}, r00 = radius 0)"),
+    lines = run_lines(result, seconds) + [
+        ("groups", f"r00..r{len(settings) - 1:02d}, r00 = radius 0"),
         ("protocol", f"{cfg.protocol}: rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}"),
-        ("calibration", f"median {cal['median']:.4g}; grid {format_grid(cal['grid'])}"),
-        ("units", f"{result.units_total} ({result.units_done_before} already done, resumed)"
-                  if result.units_done_before else str(result.units_total)),
-        ("generation time", f"{seconds:.1f} s (+ calibration {cal['seconds']:.1f} s, metrics/figures {t.seconds:.1f} s)"),
+        ("calibration", f"median {cal['median']:.4g}; grid {format_grid(cal['grid'])} ({cal['seconds']:.1f} s)"),
+        ("metrics/figures", f"{t.seconds:.1f} s"),
         ("real data", out["reference"]),
         ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
         ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),

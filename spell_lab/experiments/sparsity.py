@@ -15,8 +15,8 @@ from pathlib import Path
 from ..methods import spell_method
 from ..plan import Setting
 from ..protect import protected_spec
-from .common import (Timer, base_parser, config_dict, load_model_for, print_summary, run_cli, run_dir_for, set_wandb_mode,
-                     size_of, wandb_line)
+from .common import (base_parser, conditions_for, config_dict, launch, load_model_for, print_summary, reports, run_cli,
+                     run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
 
 # Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
 # intra = repel within the batch; measure_from_round = first round whose trajectories the figures show.
@@ -31,18 +31,20 @@ SETUPS = {
 }
 QUICK_ROUNDS = {"iterative": (4, 4), "intra": (4,), "mixed": (2,) * 4, "previous64": (64, 4), "large_radius": (4, 4), "overcomp": (4, 4), "main": (4, 4)}
 FULL_ROUNDS = {"main": (8,) * 4}  # Figure 5 used 452 trajectories over 50 prompts
-SIZE_CONDITIONS = {"quick": 2, "default": None, "full": None}  # None: every condition (the first 50 for pipelines)
-QUICK_STEPS = 12
+SIZE_CONDITIONS = {"quick": 2, "default": 50, "full": 50}  # at most 50, evenly spaced (every digit)
+MAIN_CONDITIONS = {"quick": 4, "default": 50, "full": 50}  # `main` (Fig. 5) uses every condition, up to 50
 
 
 def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed, protected=None) -> list[Setting]:
     unknown = [s for s in setups if s not in SETUPS]
+    if not setups:
+        raise ValueError(f"--setups names no setup; choose from {', '.join(SETUPS)}.")
     if unknown:
-        raise SystemExit(f"error: unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}.")
+        raise ValueError(f"unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}.")
     if not (math.isfinite(radius) and radius > 0):
-        raise SystemExit(f"error: --radius must be > 0 for the sparsity setups (got {radius}); they measure SPELL acting.")
+        raise ValueError(f"--radius must be > 0 for the sparsity setups (got {radius}); they measure SPELL acting.")
     if not (math.isfinite(overcomp) and overcomp > 0):
-        raise SystemExit(f"error: --overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
     settings = []
     for name in setups:
         spec = dict(SETUPS[name])
@@ -74,48 +76,25 @@ def main(argv=None) -> int:
     set_wandb_mode(cfg.wandb)
     size = size_of(cfg)
     setups = [s.strip() for s in cfg.setups.split(",") if s.strip()]
+    build_settings(setups, cfg.radius, cfg.overcomp, size, [0], [0], cfg.seed)  # flags checked before the model loads
     model, spec = load_model_for(cfg)
-    classes = list(range(model.num_classes)) or [0]
-    n = SIZE_CONDITIONS[size]
-    n = 50 if n is None else n
-    conditions = cfg.classes or classes[:: max(1, len(classes) // n)][:n]
-    all_conditions = cfg.classes or (classes[:4] if size == "quick" else classes[:: max(1, len(classes) // 50)][:50])
-    bad = [c for c in set(conditions) | set(all_conditions) if c not in classes]
-    if bad:
-        raise SystemExit(f"error: conditions {bad} do not exist; the model has conditions {classes[0]}..{classes[-1]}.")
+    conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
+    all_conditions = conditions_for(model, MAIN_CONDITIONS[size], cfg.classes, spaced=size != "quick")
     protected = protected_spec(cfg.protected) if cfg.protected else None
     settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed, protected)
-    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
-    sampler = cfg.sampler or model.default_sampler
-    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
     name = f"{Path(cfg.model).name}-r{cfg.radius:g}-l{cfg.overcomp:g}-{size}"
-
-    from ..run.launch import is_child_rank, run_generation
-
-    with Timer() as timer:
-        result = run_generation(
-            experiment="sparsity", settings=settings, model=model, model_spec=spec, sampler=sampler, steps=steps,
-            guidance=guidance, out=run_dir_for("sparsity", cfg, name), config=config_dict(cfg), fresh=cfg.fresh,
-            devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes, progress=not cfg.no_progress,
-            condition_names=getattr(model, "condition_names", None),
-        )
-    if not result.is_global_zero or is_child_rank():
-        return 0  # rank 0 renders, logs and reports
-    return report(result, cfg, timer.seconds)
+    result, seconds = launch("sparsity", cfg, settings=settings, model=model, spec=spec,
+                             sampling=sampling_for(cfg, model, size), name=name, config=config_dict(cfg),
+                             condition_names=getattr(model, "condition_names", None))
+    return report(result, cfg, seconds) if reports(result) else 0
 
 
 def report(result, cfg, seconds) -> int:
     from ..analysis.sparsity import analyse_run, format_table
 
     out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
-    lines = [
-        ("run directory", str(result.run_dir)),
-        ("store", str(result.store)),
-        ("units", f"{result.units_total} ({result.units_done_before} already done, resumed)" if result.units_done_before else str(result.units_total)),
-        ("generation time", f"{seconds:.1f} s"),
-        ("figures", str(out["figures_dir"])),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
+    lines = run_lines(result, seconds) + [("figures", str(out["figures_dir"])),
+                                          ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb))]
     print_summary("SPELL sparsity summary (per setup)", lines, format_table(out["table"]))
     return 0
 
