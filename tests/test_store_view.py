@@ -26,7 +26,7 @@ def gmm_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):  # two conditions: two work units per group, 8 images each
-    args = ["--model", "digits", "--steps", "2", "--setups", "iterative", "--classes", "[3, 5]"]
+    args = ["--model", "digits", "--steps", "2", "--setups", "iterative", "--classes", "3", "5"]
     return make_run(tmp_path_factory.mktemp("digits") / "run", *args)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .load import missing_line
+
 
 def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table, extra_lines=lambda res: []) -> int:
     """`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: figures, table and W&B again from a store, no model run."""
@@ -31,5 +33,8 @@ def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table,
     print(f"\nfigures: {res['figures_dir']}  ({', '.join(res['figures'])}; PNG and PDF)")
     for d in res["wandb_dirs"]:
         print(f"wandb: {d}" + ("   (upload: wandb sync DIR)" if args.wandb == "offline" else ""))
+    partial = missing_line(datasets)
+    if partial:
+        print(f"\n{partial}")
     return 0
 

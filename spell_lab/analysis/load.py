@@ -42,9 +42,24 @@ def measured_all(datasets: dict) -> dict:
 
 
 def drop_unwritten(ds: xr.Dataset) -> xr.Dataset:
-    """Samples of an interrupted run that were never written (all-NaN `relative_magnitude`) are left out."""
-    written = ds["relative_magnitude"].notnull().any("step")
-    return ds if bool(written.all()) else ds.isel(sample=np.flatnonzero(written.values))
+    """Only the samples of complete work units (`unit_complete`); without it, the samples ever written (not all-NaN
+    `relative_magnitude`). The group's attrs say how many units are missing (`units_missing` of `units_total`)."""
+    if "unit_complete" in ds:
+        done = ds["unit_complete"].values.astype(bool)
+        keep = np.repeat(done, ds.sizes["sample"] // max(len(done), 1))
+        ds = ds.assign_attrs(units_missing=int((~done).sum()), units_total=len(done))
+    else:
+        keep = ds["relative_magnitude"].notnull().any("step").values
+    return ds if bool(keep.all()) else ds.isel(sample=np.flatnonzero(keep))
+
+
+def missing_line(datasets: dict) -> str | None:
+    """One line on an interrupted run's missing units (from `load_run`), or None when every unit is there."""
+    missing, total = getattr(datasets, "units_missing", 0), getattr(datasets, "units_total", 0)
+    if not missing:
+        return None
+    return (f"partial run: {missing} of {total} work units are missing (an interrupted run); the figures and tables use "
+            f"the {total - missing} complete ones. Re-run the experiment's command to finish it.")
 
 
 def method_of(ds: xr.Dataset) -> dict:
@@ -78,12 +93,26 @@ def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], n
     names = select(datasets)
     if not names:
         raise ValueError(f"{run_dir / 'store.zarr'} {none_found} (found {sorted(datasets)}).")
-    out = {}
+    out, missing, total = Groups(), 0, 0
     for name in names:
         ds = check_dataset(datasets[name], name, hint)
         small = {v: ds[v].load() for v in ds.data_vars if v not in ("x0", "image") or v in keep}  # read once
-        out[name] = drop_unwritten(ds.assign(small))
+        ds = drop_unwritten(ds.assign(small))
+        missing, total = missing + ds.attrs.get("units_missing", 0), total + ds.attrs.get("units_total", 0)
+        if ds.sizes["sample"]:
+            out[name] = ds  # a group with no complete unit yet has nothing to analyse
+    if not out:
+        raise ValueError(f"{run_dir / 'store.zarr'} has no complete work unit yet; run `{hint}` (the same command) "
+                         "to generate, then analyse.")
+    out.units_missing, out.units_total = int(missing), int(total)
     return out
+
+
+class Groups(dict):
+    """A run's loaded groups by name, with how many work units are missing (an interrupted run) of how many."""
+
+    units_missing = 0
+    units_total = 0
 
 
 def latest_run(root: str) -> Path:

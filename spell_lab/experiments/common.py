@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ FLAGS = {
     "sampler": (("--sampler",), dict(type=str | None, default=None, help="ddim, ddpm, euler, heun, flow_euler (default: the model's)")),
     "steps": (("--steps",), dict(type=int | None, default=None, help="sampling steps (default: the model's)")),
     "guidance": (("--guidance",), dict(type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")),
-    "classes": (("--classes",), dict(type=list[int] | None, default=None, help="conditions to generate (default: by size)")),
+    "classes": (("--classes",), dict(type=int, nargs="+", default=None, help="conditions to generate, e.g. --classes 3 5 (default: by size)")),
     "prompts": (("--prompts",), dict(type=str | None, default=None, help="a text file of prompts, one a line (diffusers models)")),
     "protected": (("--protected",), dict(type=str | None, default=None, help="a protected set (.npy/.pt/.safetensors) every SPELL setting also repels from")),
     "seed": (("--seed",), dict(type=int, default=0, help="seed of the first sample; sample i uses seed + i")),
@@ -35,7 +37,7 @@ FLAGS = {
     "devices": (("--devices",), dict(type=int, default=1, help="processes/devices (Lightning DDP shards work units)")),
     "accelerator": (("--accelerator",), dict(type=str, default="auto", help="cpu, gpu, auto (Lightning)")),
     "num_nodes": (("--num_nodes",), dict(type=int, default=1, help="nodes (Lightning)")),
-    "wandb": (("--wandb",), dict(type=str, default="offline", choices=["offline", "online", "disabled"], help="W&B logging")),
+    "wandb": (("--wandb",), dict(default="offline", choices=["offline", "online", "disabled"], help="W&B logging: offline into the run directory, online (uploads), disabled")),
     "wandb_project": (("--wandb_project",), dict(type=str, default="spell_lab", help="W&B project")),
     "no_progress": (("--no_progress",), dict(action="store_true", help="hide the progress bar")),
 }
@@ -44,8 +46,11 @@ GENERATION = tuple(FLAGS)  # a command that generates into a run store takes eve
 
 def base_parser(experiment: str, description: str, flags=GENERATION) -> ArgumentParser:
     """The parser with `--config` and the shared `flags` this command uses (names of FLAGS)."""
-    p = ArgumentParser(prog=f"python -m spell_lab.experiments.{experiment}", description=description, env_prefix="SPELL_LAB")
-    p.add_argument("--config", action=ActionConfigFile, help=f"a YAML config, e.g. experiments/{experiment}.yaml")
+    p = ArgumentParser(prog=f"python -m spell_lab.experiments.{experiment}", description=description, env_prefix="SPELL_LAB",
+                       exit_on_error=False)  # run_cli turns a bad flag into one line and exit code 2
+    preset = Path(__file__).resolve().parents[2] / "experiments" / f"{experiment}.yaml"
+    p.add_argument("--config", action=ActionConfigFile,
+                   help=f"a YAML file of these flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
     for name in flags:
         args, kwargs = FLAGS[name]
         if name == "out":
@@ -69,7 +74,8 @@ class Sampling:
 
 def sampling_for(cfg, model, size: str) -> Sampling:
     """The flags' sampler, steps and guidance, else the model's defaults (quick: at most QUICK_STEPS steps)."""
-    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    steps = cfg.steps if cfg.steps is not None else (
+        min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
     if steps < 1:
         raise ValueError(f"--steps must be >= 1 (got {steps}).")
     guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
@@ -177,13 +183,22 @@ def run_lines(result, seconds: float) -> list[tuple[str, str]]:
 def run_cli(main, argv=None) -> int:
     """Run an entry point; a user error (ValueError, a missing file, a store of another configuration) prints one
     clear line, no traceback, and exits 2."""
+    from ..run.launch import RunInterrupted
     from ..store import StoreMismatchError
 
     try:
         return main(argv)
+    except argparse.ArgumentError as e:  # a flag the parser refused: its message on one line
+        print(f"error: {' '.join(line.strip() for line in str(e).splitlines())} (see --help)", file=sys.stderr)
+        return 2
     except (StoreMismatchError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        args = sys.argv[1:] if argv is None else list(argv)
+        again = " ".join(["python", "-m", f"spell_lab.experiments.{stop.experiment}", *map(shlex.quote, args)])
+        print(f"\n{stop}. Run the same command again to resume where it stopped:\n    {again}", file=sys.stderr)
+        return 130
 
 
 class Timer:

@@ -63,9 +63,9 @@ def radius_settings(radii, protocol: str, per_condition: int, batch: int | None,
 def parser():
     flags = [f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
     p = base_parser("radius", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--radii", type=list[float] | None, default=None,
-                   help='radii to sweep, e.g. "[0,10,20]" (default: the calibrated grid; 0 is always added)')
-    p.add_argument("--protocol", type=str, default="mixed", choices=list(PROTOCOLS),
+    p.add_argument("--radii", type=float, nargs="+", default=None,
+                   help="radii to sweep, e.g. --radii 0 10 20 (default: the calibrated grid; 0 is always added)")
+    p.add_argument("--protocol", default="mixed", choices=list(PROTOCOLS),
                    help="shield sources and batching of every radius")
     p.add_argument("--per_condition", type=int | None, default=None,
                    help="samples per condition and radius (default by size: quick 8, default 16, full 32)")

@@ -82,9 +82,10 @@ def main(argv=None) -> int:
     all_conditions = conditions_for(model, MAIN_CONDITIONS[size], cfg.classes, spaced=size != "quick")
     protected = protected_spec(cfg.protected) if cfg.protected else None
     settings = build_settings(setups, cfg.radius, cfg.overcomp, size, conditions, all_conditions, cfg.seed, protected)
+    sampling = sampling_for(cfg, model, size)
     name = f"{Path(cfg.model).name}-r{cfg.radius:g}-l{cfg.overcomp:g}-{size}"
     result, seconds = launch("sparsity", cfg, settings=settings, model=model, spec=spec,
-                             sampling=sampling_for(cfg, model, size), name=name, config=config_dict(cfg),
+                             sampling=sampling, name=name, config=config_dict(cfg),
                              condition_names=getattr(model, "condition_names", None))
     return report(result, cfg, seconds) if reports(result) else 0
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,8 +23,25 @@ from .references import ProtectedLoader, check_references, load_reference_set
 warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")  # the writer gets the unit itself
 warnings.filterwarnings("ignore", message=".*treespec.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no GPU/TPU/tip banners
 
 RUN_DIR_ENV = "SPELL_LAB_RUN_DIR"  # rank 0 resolves the run directory; the other ranks inherit it
+
+
+class RunInterrupted(Exception):
+    """The run stopped early (Ctrl-C, SIGTERM); its finished units are in the store and a re-run resumes."""
+
+    def __init__(self, experiment: str, store: Path, done: int, total: int, reason: str):
+        self.experiment, self.store, self.done, self.total, self.reason = experiment, store, done, total, reason
+        super().__init__(f"{reason}: {done} of {total} work units are saved in {store}")
+
+
+class _Terminated(Exception):
+    """SIGTERM, raised in the main thread so that Lightning stops the loop and the writer keeps finished units."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 @dataclass
@@ -126,5 +146,17 @@ def run_generation(
         callbacks=[StoreWriter(path, create_kwargs)],
     )
     module = SpellPredict(model, sampler=sampler, steps=steps, guidance=guidance, protected=protected)
-    trainer.predict(module, datamodule=UnitData(todo), return_predictions=False)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        trainer.predict(module, datamodule=UnitData(todo), return_predictions=False)
+    except (SystemExit, _Terminated) as stop:  # Lightning answers Ctrl-C with sys.exit(1) after the writer flushed
+        if isinstance(stop, SystemExit) and trainer.state.status.value != "interrupted":
+            raise
+        finished = sum(int(store.completed_units(path, s.name).sum()) for s in settings) if path.exists() else 0
+        reason = "interrupted (SIGTERM)" if isinstance(stop, _Terminated) else "interrupted (Ctrl-C)"
+        raise RunInterrupted(experiment, path, finished, len(units), reason) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return RunResult(run_dir, path, len(units), len(done), trainer.is_global_zero)

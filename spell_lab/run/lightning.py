@@ -4,6 +4,7 @@ prediction writer that puts each unit into the run store (each rank writes only 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from ..protect import spec_key
 from .unit import run_unit
 
 CRASH_AFTER = "SPELL_LAB_CRASH_AFTER_UNITS"  # fault injection for the resume test: hard exit after N units
+INTERRUPT_AFTER = "SPELL_LAB_INTERRUPT_AFTER_UNITS"  # fault injection: a Ctrl-C (SIGINT to itself) after N units
 
 
 class Units(Dataset):
@@ -72,14 +74,15 @@ class StoreWriter(BasePredictionWriter):
     """Creates the store up front (rank 0, then a barrier) and writes finished units by region.
 
     Units are buffered and written `flush_units` at a time (consecutive units as one region per array: writing
-    one unit at a time cost about 6% of generating it); each unit is marked complete only after its data, so a
-    crash loses at most the buffered units, which a re-run redoes.
+    one unit at a time cost about 6% of generating it); each unit is marked complete only after its data. On Ctrl-C,
+    SIGTERM or an error the buffer is written before the run stops (`on_exception`), so every finished unit is kept;
+    only a hard crash loses the buffered units, which a re-run redoes.
     """
 
     def __init__(self, path: Path, create_kwargs: dict, flush_units: int = 8):
         super().__init__(write_interval="batch")
         self.path, self.create_kwargs, self.flush_units = Path(path), create_kwargs, flush_units
-        self.root, self.buffer, self.written = None, [], 0
+        self.root, self.buffer, self.written, self.seen = None, [], 0, 0
 
     def setup(self, trainer, pl_module, stage):
         if trainer.is_global_zero and not self.path.exists():
@@ -91,10 +94,13 @@ class StoreWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
         unit, data = prediction
         self.buffer.append((unit, data))
+        self.seen += 1
         if len(self.buffer) >= self.flush_units or os.environ.get(CRASH_AFTER):
             self.flush()
         if os.environ.get(CRASH_AFTER) and self.written >= int(os.environ[CRASH_AFTER]):
             os._exit(17)  # a crash, not a clean stop: no teardown beyond the units already written
+        if os.environ.get(INTERRUPT_AFTER) and self.seen == int(os.environ[INTERRUPT_AFTER]):
+            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C, with units still in the buffer
 
     def flush(self):
         by_setting = {}
@@ -107,3 +113,7 @@ class StoreWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module):
         self.flush()
+
+    def on_exception(self, trainer, pl_module, exception):
+        if self.root is not None and self.buffer:
+            self.flush()  # Ctrl-C, SIGTERM or an error: the finished units are written and marked complete
