@@ -18,7 +18,7 @@ from ..methods import method_params
 from ..plan import Setting, plan
 from ..samplers import get_sampler
 from .lightning import SpellPredict, StoreWriter, UnitData
-from .references import ProtectedLoader, check_references, load_reference_set
+from .references import ProtectedLoader, check_references, file_digest, load_reference_set
 
 warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")  # the writer gets the unit itself
 warnings.filterwarnings("ignore", message=".*treespec.*deprecated.*")
@@ -61,6 +61,8 @@ def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
     """Same content: resume into `out`. Other content: error, or with fresh=True a new directory beside it."""
     if os.environ.get(RUN_DIR_ENV) and is_child_rank():
         return Path(os.environ[RUN_DIR_ENV])
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
     candidate, n = Path(out), 1
     while (candidate / "store.zarr").exists():
         try:
@@ -108,12 +110,21 @@ def run_generation(
     condition_names=None,
     progress: bool = True,
 ) -> RunResult:
+    if devices < 1 or num_nodes < 1:
+        raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
     # every method checked and its defaults filled in before anything exists: the store records what ran
     settings = [replace(s, method=method_params(s.method)) for s in settings]
+    specs = [s.protected for s in settings if s.protected]
+    inputs = {}
+    for p in sorted({spec["path"] for spec in specs}):  # refuse a wrong reference set before anything is created
+        check_references(load_reference_set(p), model.sample_shape, p)
+        inputs[p] = file_digest(p)  # the contents, not only the path, guard a resume
     content = dict(
         experiment=experiment, model=model_spec, sampler=sampler, steps=steps, guidance=guidance,
         settings=[s.to_dict() for s in settings], condition_names=condition_names,
     )
+    if inputs:
+        content["inputs"] = inputs
     run_dir = resolve_run_dir(out, content, fresh=fresh)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     path = run_dir / "store.zarr"
@@ -125,9 +136,6 @@ def run_generation(
     todo = [u for u in units if (u.setting.name, u.index) not in done]
     if not todo:
         return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
-    specs = [s.protected for s in settings if s.protected]
-    for p in {spec["path"] for spec in specs}:  # refuse a wrong reference set before anything is created
-        check_references(load_reference_set(p), model.sample_shape, p)
     protected = ProtectedLoader(specs) if specs else None
     times, alphas, sigmas = evaluation_grid(model, sampler, steps)
     probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))

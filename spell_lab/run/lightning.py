@@ -17,7 +17,8 @@ from ..protect import spec_key
 from .unit import run_unit
 
 CRASH_AFTER = "SPELL_LAB_CRASH_AFTER_UNITS"  # fault injection for the resume test: hard exit after N units
-INTERRUPT_AFTER = "SPELL_LAB_INTERRUPT_AFTER_UNITS"  # fault injection: a Ctrl-C (SIGINT to itself) after N units
+INTERRUPT_AFTER = "SPELL_LAB_INTERRUPT_AFTER_UNITS"  # fault injection: a signal to itself after N units,
+INTERRUPT_SIGNAL = "SPELL_LAB_INTERRUPT_SIGNAL"  # SIGINT (Ctrl-C, the default) or SIGTERM
 
 
 class Units(Dataset):
@@ -100,7 +101,8 @@ class StoreWriter(BasePredictionWriter):
         if os.environ.get(CRASH_AFTER) and self.written >= int(os.environ[CRASH_AFTER]):
             os._exit(17)  # a crash, not a clean stop: no teardown beyond the units already written
         if os.environ.get(INTERRUPT_AFTER) and self.seen == int(os.environ[INTERRUPT_AFTER]):
-            os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C, with units still in the buffer
+            sig = getattr(signal, os.environ.get(INTERRUPT_SIGNAL, "SIGINT"))
+            os.kill(os.getpid(), sig)  # as if the user pressed Ctrl-C (or the job was stopped), units still buffered
 
     def flush(self):
         by_setting = {}

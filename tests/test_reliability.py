@@ -1,0 +1,129 @@
+"""Nothing lost, every bad input a clear error before anything exists: Ctrl-C and SIGTERM keep finished units and
+say how to resume; a table of bad inputs per entry point (exit 2, one line, no traceback, no file touched); a
+protected set whose contents changed is a mismatch, not a silent resume."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from spell_lab import store
+from spell_lab.experiments import radius, sparsity
+from spell_lab.experiments.common import run_cli
+from spell_lab.models.gmm import GaussianMixture
+from spell_lab.run.lightning import INTERRUPT_AFTER
+
+QUICK = ["--model", "gmm", "--radius", "3", "--quick", "--wandb", "disabled", "--no_progress"]
+
+
+def command(module, *args, env=None):
+    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    env.pop("SPELL_LAB_RUN_DIR", None)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
+
+
+def tree_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        h.update(str(f.relative_to(root)).encode() + (f.read_bytes() if f.is_file() else b"/"))
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole") / "run"
+    assert sparsity.main([*QUICK, "--out", str(out)]) == 0
+    return store.open_run(out)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_keeps_its_finished_units_and_resumes_exactly(tmp_path, uninterrupted, signal_name):
+    out = tmp_path / "run"
+    env = {INTERRUPT_AFTER: "5", "SPELL_LAB_INTERRUPT_SIGNAL": signal_name}
+    res = command("spell_lab.experiments.sparsity", *QUICK, "--out", str(out), env=env)
+    assert res.returncode == 130, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr and "5 of 18 work units are saved" in res.stderr
+    assert f"python -m spell_lab.experiments.sparsity {' '.join(QUICK)} --out {out}" in res.stderr  # how to resume
+    done = sum(int(ds["unit_complete"].sum()) for ds in store.open_run(out).values())
+    assert done == 5  # every finished unit, although the writer buffers 8 at a time
+    partial = command("spell_lab.analysis.sparsity", str(out), "--wandb", "disabled")
+    assert partial.returncode == 0 and "13 of 18 work units are missing" in partial.stdout, partial.stderr[-2000:]
+    again = command("spell_lab.experiments.sparsity", *QUICK, "--out", str(out))
+    assert again.returncode == 0 and "5 already done, resumed" in again.stdout, again.stderr[-2000:]
+    resumed = store.open_run(out)
+    for name, ds in uninterrupted.items():
+        xr.testing.assert_equal(resumed[name].drop_attrs().load(), ds.drop_attrs().load())
+
+
+def test_a_changed_protected_set_is_a_mismatch_not_a_resume(tmp_path):
+    path = tmp_path / "modes.npy"
+    modes = GaussianMixture().modes().numpy()
+    np.save(path, modes)
+    out = tmp_path / "run"
+    args = [*QUICK, "--setups", "intra", "--protected", str(path), "--out", str(out)]
+    assert run_cli(sparsity.main, args) == 0
+    before = tree_digest(out)
+    np.save(path, modes + 1.0)  # same path, other contents
+    assert run_cli(sparsity.main, args) == 2
+    assert tree_digest(out) == before
+
+
+def bad_files(tmp):
+    np.save(tmp / "nan.npy", np.full((3, 16), np.nan, np.float32))
+    np.save(tmp / "shape.npy", np.zeros((3, 5), np.float32))
+    np.save(tmp / "empty.npy", np.zeros((0, 16), np.float32))
+    (tmp / "garbage.npy").write_bytes(b"not a numpy file at all")
+    (tmp / "a_file").write_text("I am a file")
+
+
+SPARSITY_CASES = [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "-3"], "--steps must be >= 1"),
+    (["--classes", "99"], "conditions [99] do not exist"),
+    (["--classes", "x"], "Expected a <class 'int'>"),
+    (["--out", "{tmp}/a_file"], "is a file; give a directory"),
+    (["--protected", "{tmp}/nan.npy"], "contains NaN or inf"),
+    (["--protected", "{tmp}/shape.npy"], "diffusion space is"),
+    (["--protected", "{tmp}/empty.npy"], "is empty"),
+    (["--protected", "{tmp}/garbage.npy"], "garbage.npy is not a readable .npy file"),
+    (["--protected", "{tmp}/missing.npy"], "missing.npy does not exist"),
+    (["--radius", "-1"], "--radius must be > 0"),
+    (["--overcomp", "0"], "--overcomp must be > 0"),
+    (["--setups", "nope"], "unknown setup(s) ['nope']"),
+    (["--setups", ","], "--setups names no setup"),
+    (["--full"], "--quick and --full exclude each other"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--devices", "0"], "--devices and --num_nodes must be >= 1"),
+    (["--wandb", "loud"], "invalid choice: 'loud'"),
+    (["--nope"], "unrecognized arguments: --nope"),
+]
+RADIUS_CASES = [
+    (["--protected", "{tmp}/nan.npy"], "unrecognized arguments: --protected"),
+    (["--radii", "-1", "2"], "--radii must be finite and >= 0"),
+    (["--per_condition", "3"], "--per_condition must be >= 6"),
+    (["--grid_size", "1"], "--grid_size must be >= 2"),
+    (["--protocol", "nope"], "invalid choice: 'nope'"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--classes", "99"], "conditions [99] do not exist"),
+]
+
+
+@pytest.mark.parametrize("main, base, args, message", [
+    *[(sparsity.main, QUICK, a, m) for a, m in SPARSITY_CASES],
+    *[(radius.main, ["--model", "gmm", "--quick", "--wandb", "disabled", "--no_progress"], a, m) for a, m in RADIUS_CASES],
+])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, monkeypatch, main, base, args, message):
+    bad_files(tmp_path)
+    monkeypatch.chdir(tmp_path)  # a default run directory would appear here
+    before = tree_digest(tmp_path)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert run_cli(main, [*base, *args, "--out" if "--out" not in args else "--seed",
+                          str(tmp_path / "run") if "--out" not in args else "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err and "Traceback" not in err, err
+    assert tree_digest(tmp_path) == before
