@@ -141,6 +141,19 @@ def test_two_processes_equal_one(reference_run, tmp_path):
         xr.testing.assert_equal(data_only(two[k]), data_only(one[k]))
 
 
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the default is one process")
+def test_the_default_uses_every_core_and_writes_the_same_store(tmp_path):
+    args = ["--model", "gmm", "--radius", "3", "--setups", "iterative", "--steps", "400", "--wandb", "disabled",
+            "--no_progress"]  # 64 samples x 400 steps: enough work for every core
+    auto = cli(*args, "--out", str(tmp_path / "auto"))
+    assert auto.returncode == 0 and f"({os.cpu_count()} processes)" in auto.stdout, auto.stderr[-3000:]
+    one = cli(*args, "--out", str(tmp_path / "one"), "--devices", "1")
+    assert one.returncode == 0 and "(1 process)" in one.stdout
+    a, b = store.open_run(tmp_path / "auto"), store.open_run(tmp_path / "one")
+    for k in b:
+        xr.testing.assert_equal(data_only(a[k]), data_only(b[k]))
+
+
 def test_bad_setup_and_radius():
     with pytest.raises(ValueError, match="unknown setup"):
         sparsity.main([*ARGS[:-5], "--setups", "iterative,nope", "--wandb", "disabled"])

@@ -34,7 +34,7 @@ FLAGS = {
     "fresh": (("--fresh",), dict(action="store_true", help="start a new run beside an existing one instead of resuming")),
     "quick": (("--quick",), dict(action="store_true", help="smoke-test size (about a minute on a CPU)")),
     "full": (("--full",), dict(action="store_true", help="paper size")),
-    "devices": (("--devices",), dict(type=int, default=1, help="processes/devices (Lightning DDP shards work units)")),
+    "devices": (("--devices",), dict(type=int | None, default=None, help="processes/devices; Lightning DDP shards the work units (default: every CPU core on a machine without GPU, every GPU otherwise)")),
     "accelerator": (("--accelerator",), dict(type=str, default="auto", help="cpu, gpu, auto (Lightning)")),
     "num_nodes": (("--num_nodes",), dict(type=int, default=1, help="nodes (Lightning)")),
     "wandb": (("--wandb",), dict(default="offline", choices=["offline", "online", "disabled"], help="W&B logging: offline into the run directory, online (uploads), disabled")),
@@ -176,7 +176,7 @@ def run_lines(result, seconds: float) -> list[tuple[str, str]]:
         ("run directory", str(result.run_dir)),
         ("store", str(result.store)),
         ("units", f"{result.units_total} ({done} already done, resumed)" if done else str(result.units_total)),
-        ("generation time", f"{seconds:.1f} s"),
+        ("generation time", f"{seconds:.1f} s ({result.processes} process{'es' if result.processes > 1 else ''})"),
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import warnings
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ warnings.filterwarnings("ignore", message=".*litlogger.*")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no GPU/TPU/tip banners
 
 RUN_DIR_ENV = "SPELL_LAB_RUN_DIR"  # rank 0 resolves the run directory; the other ranks inherit it
+DEVICES_ENV = "SPELL_LAB_DDP_DEVICES"  # and the number of processes
 
 
 class RunInterrupted(Exception):
@@ -51,6 +53,7 @@ class RunResult:
     units_total: int
     units_done_before: int
     is_global_zero: bool
+    processes: int = 1
 
 
 def is_child_rank() -> bool:
@@ -75,6 +78,27 @@ def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
         n += 1
         candidate = Path(f"{out}-{n}")
     return candidate
+
+
+PER_PROCESS_WORK = 10_000  # sample-steps a CPU process must have to be worth DDP's start-up (seconds)
+
+
+def resolve_devices(devices: int | None, on_cpu: bool, units: int, work: int):
+    """--devices as given; by default on a CPU-only machine one process per core (work units across processes, the
+    same store as one process) when there are two units and PER_PROCESS_WORK sample-steps per core, else one. Lightning's DDP launcher runs
+    the command line again for each rank, so more than one process only when this process is an experiment's
+    command (never inside a notebook or a test runner). The ranks it launches inherit rank 0's choice."""
+    if devices is not None:
+        return devices
+    if is_child_rank() and os.environ.get(DEVICES_ENV):
+        return int(os.environ[DEVICES_ENV])
+    if not on_cpu:
+        return "auto"  # Lightning: every visible GPU
+    cores = os.cpu_count() or 1
+    entry = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "experiments"
+    chosen = cores if entry and cores > 1 and units >= 2 * cores and work >= PER_PROCESS_WORK * cores else 1
+    os.environ[DEVICES_ENV] = str(chosen)
+    return chosen
 
 
 def evaluation_grid(model, sampler: str, steps: int):
@@ -103,14 +127,14 @@ def run_generation(
     out: Path,
     config: dict,
     fresh: bool = False,
-    devices: int = 1,
+    devices: int | None = None,
     accelerator: str = "auto",
     strategy: str = "auto",
     num_nodes: int = 1,
     condition_names=None,
     progress: bool = True,
 ) -> RunResult:
-    if devices < 1 or num_nodes < 1:
+    if (devices is not None and devices < 1) or num_nodes < 1:
         raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
     # every method checked and its defaults filled in before anything exists: the store records what ran
     settings = [replace(s, method=method_params(s.method)) for s in settings]
@@ -144,9 +168,11 @@ def run_generation(
         sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
         content=content, config=config,
     )
-    if accelerator in ("auto", "cpu") and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # small batches: 1 thread per process beat 2 by 1.5-6x here; scale with --devices
-    if strategy == "auto" and devices > 1:
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # small batches: 1 thread per process beat 2 by 1.5-6x here; scale with processes
+    devices = resolve_devices(devices, on_cpu, len(todo), steps * sum(u.setting.unit_size for u in todo))
+    if strategy == "auto" and devices not in (1, "auto"):
         strategy = "ddp"
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, logger=False,
@@ -167,4 +193,4 @@ def run_generation(
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    return RunResult(run_dir, path, len(units), len(done), trainer.is_global_zero)
+    return RunResult(run_dir, path, len(units), len(done), trainer.is_global_zero, trainer.world_size)
