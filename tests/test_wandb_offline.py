@@ -34,6 +34,16 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     media = list((out / "wandb").rglob("*.png"))
     assert media, "the figures are logged as images"
     assert "W&B" in res.stdout and str(out) in res.stdout  # the summary says where everything landed
+    ids = {r.name.rsplit("-", 1)[1] for r in runs}
+    log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline log holds the config
+    assert all(k in log for k in (b"intra_batch", b"method_name", b"overcomp", b"sparsity"))  # unpacked; tag
+    tables = list((out / "wandb").rglob("samples_*.table.json"))
+    assert len(tables) == 3 and '"intervened"' in tables[0].read_text()  # one per-sample table per W&B run
+    again = subprocess.run([*no_network_prefix(), sys.executable, "-m", "spell_lab.analysis.sparsity", str(out)],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(rerun) == 3 and {r.name.rsplit("-", 1)[1] for r in rerun} == ids  # the same runs, updated
 
 
 def test_disabled_writes_no_wandb(tmp_path):

@@ -348,12 +348,12 @@ def log_to_wandb(table: pd.DataFrame, per_condition: pd.DataFrame, figures: dict
     """One W&B run for the whole ablation, with one logged row per radius (x axis: radius), so W&B draws each
     metric against the radius directly; the tables and the figures beside them; the baseline row as summary.
     Offline by default, written under run_dir; mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs
+    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
 
     curves = table.reset_index(drop=True).select_dtypes("number")
     summary = {f"baseline/{k}": v for k, v in table.loc[BASELINE].items()} if BASELINE in table.index else {}
     summary["n_radii"] = len(table)
-    run = RunLog(name=name, config=config_from_attrs(attrs), summary=summary,
+    run = RunLog(name=name, config=config_from_attrs(attrs), summary=summary, tags=("radius", model_name(attrs)),
                  tables={"radius": table, "per_condition": per_condition},
                  images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()},
                  curves=curves, x="radius", series=SERIES)

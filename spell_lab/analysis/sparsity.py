@@ -382,15 +382,18 @@ def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, projec
     group's attrs as config, its summary row as run summary, the whole summary table, every figure (PNG path,
     {"png": path} or Figure) and the per-t curves (measured samples). Offline by default, written under run_dir;
     mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs
+    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name, sample_rows
 
     images = {k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()}
+    every = datasets
     datasets = measured(datasets)
     names = setups(datasets) + [n for n in datasets if n == REFERENCE]
     runs = [
         RunLog(
             name=name,
             config={"setup": name, **config_from_attrs(datasets[name].attrs)},
+            samples=sample_rows(every[name]),
+            tags=("sparsity", model_name(datasets[name].attrs)),
             summary=summary.loc[name].to_dict() if name in summary.index else _summary(datasets[name]),
             tables={"summary": summary},
             images=images,
