@@ -12,6 +12,11 @@ from dataclasses import dataclass
 import torch
 
 
+def uniform_grid(steps: int) -> torch.Tensor:
+    """steps + 1 times from 1 (noise) to 0 (data), evenly spaced: the schedule shapes the sigmas."""
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class VPLinear:
     """Variance preserving, DDPM's linear betas in continuous time: abar(t) = exp(-(b0 t + (b1 - b0) t^2 / 2))."""
@@ -26,7 +31,7 @@ class VPLinear:
         return torch.exp(0.5 * log_abar), torch.sqrt(-torch.expm1(log_abar))
 
     def grid(self, steps: int) -> torch.Tensor:
-        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        return uniform_grid(steps)
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class EDM:
         return torch.ones_like(t), torch.where(t > 0, sigma, torch.zeros_like(sigma))  # exactly 0 at t = 0
 
     def grid(self, steps: int) -> torch.Tensor:
-        return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+        return uniform_grid(steps)
 
 
 @dataclass(frozen=True)

@@ -65,12 +65,9 @@ def heun(denoise, x, ts, schedule, noise=None):
 
 
 def flow_euler(denoise, x, ts, schedule, noise=None):
-    """Rectified-flow Euler (SD3's FlowMatchEulerDiscrete): v = (x - x0_hat) / sigma, x += (sigma' - sigma) v."""
-    _, s = _coefs(schedule, ts)
-    for i in range(len(ts) - 1):
-        v = (x - denoise(x, ts[i])) / s[i]
-        x = x + (s[i + 1] - s[i]) * v
-    return x
+    """Rectified-flow Euler (SD3's FlowMatchEulerDiscrete): v = (x - x0_hat) / sigma, x += (sigma' - sigma) v.
+    With x_t = (1 - sigma) x0 + sigma eps that is Karras's Euler step in sigma, line for line: one update serves both."""
+    return euler(denoise, x, ts, schedule, noise)
 
 
 def one_per_step(ts):
