@@ -1,5 +1,6 @@
-"""The gallery (paper Figure 6): images in generation order, each under the same seed without SPELL, with the
-images SPELL changed outlined; and the image helpers other figures share (`images`, `condition_label`)."""
+"""The gallery (paper Figure 6): images in generation order, each under the same seed without SPELL, the images SPELL
+acted on outlined with how far they moved (`moved_from_baseline`) and for how long (`active_steps`); and the image
+helpers other figures share (`images`, `condition_label`)."""
 
 from __future__ import annotations
 

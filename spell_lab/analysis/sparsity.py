@@ -14,7 +14,8 @@ share) are `spell_lab.analysis.activity`'s; this module adds
 
 Which samples: functions of one Dataset use every sample they are given. Functions of a run (a dict of groups:
 `summary_table`, the curve figures, `log_to_wandb`) first keep each group's measured samples (`measured`: rounds
-from its `measure_from_round` on; the rounds before only fill the memory). The gallery shows every round.
+from its `measure_from_round` on; the rounds before only fill the memory). The gallery shows every round
+(memory-only ones once).
 The group `baseline` (the `iterative` plan at radius 0) is a reference: it is left out of curves and tables and
 serves the gallery as "the same seeds without SPELL".
 """
