@@ -244,14 +244,16 @@ def write_store(datasets: dict, run_dir):
 def test_gallery_fallbacks():
     run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
     fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
-    assert "no 'baseline' group" in fig._suptitle.get_text()
+    assert "no 'baseline' group" in fig._supxlabel.get_text()
     assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
     assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
     base_run = synthetic_run(("iterative",), steps=6)
     with_base = sp.plot_gallery(base_run)
-    assert len([a for a in with_base.axes if a.images]) == 64  # each SPELL image under its baseline
-    orange = [a for a in with_base.axes if a.spines["top"].get_visible()]
-    assert len(orange) == int(base_run["iterative"]["intervened"].sum()) > 0
+    assert len([a for a in with_base.axes if a.images]) == 48  # round 1 under its baseline; round 0 (memory) once
+    assert "drawn once" in with_base._supxlabel.get_text()
+    outlined = [a for a in with_base.axes if a.spines["top"].get_visible()]
+    assert len(outlined) == int(base_run["iterative"]["intervened"].sum()) > 0
+    assert all(a.get_xlabel().startswith("Δ ") for a in outlined)  # each says how far it moved
     flat = synthetic_run(("iterative",), image=False, baseline=False, steps=6)["iterative"]
     flat = flat.assign(x0=(("sample", "dim"), flat["x0"].values.reshape(flat.sizes["sample"], -1)[:, :64]))
     assert sp.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible

@@ -4,13 +4,17 @@ without running a model (the command-line edge every analysis module shares)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .load import missing_line
 
 
-def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table, extra_lines=lambda res: []) -> int:
-    """`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: figures, table and W&B again from a store, no model run."""
+def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table, extra_lines=lambda res: [],
+                  add_arguments=None, options=None) -> int:
+    """`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: figures, table and W&B again from a store, no model run.
+    An analysis's own flags: `add_arguments(parser)` declares them, `options(args, datasets)` turns them into extra
+    keyword arguments of analyse_run, checked before anything is written (a ValueError: one line, exit code 2)."""
     p = argparse.ArgumentParser(prog=f"python -m spell_lab.analysis.{experiment}",
                                 description=f"Re-render the {experiment} figures and table of a run from its store "
                                             "(no model is run).")
@@ -20,13 +24,20 @@ def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table,
     p.add_argument("--project", default="spell_lab", help="W&B project (default: spell_lab)")
     p.add_argument("--group", default=None, help=f"W&B group (default: {experiment}-<run-name>)")
     p.add_argument("--out", type=Path, default=None, help="figure directory (default: RUN_DIR/figures)")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(argv)
     try:
         datasets = load_run(args.run_dir)
     except (FileNotFoundError, ValueError) as e:
         p.error(str(e))
+    try:
+        extra = options(args, datasets) if options is not None else {}
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     res = analyse_run(args.run_dir, wandb_mode=args.wandb, project=args.project, group=args.group, out_dir=args.out,
-                      datasets=datasets)
+                      datasets=datasets, **extra)
     print(format_table(res["table"]))
     for line in extra_lines(res):
         print(line)

@@ -36,6 +36,21 @@ def setup_colors(names) -> dict[str, tuple]:
     return {n: palette[SETUP_ORDER.index(n)] if n in SETUP_ORDER else next(extra) for n in ordered(names)}
 
 
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 1)))  # by SETUP_ORDER position
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def setup_styles(names) -> dict[str, dict]:
+    """A stable line style and marker per setup (plot keywords ls, marker), beside its colour, so overlapping
+    lines stay apart in grayscale print and for colour-blind readers."""
+    known = len(SETUP_ORDER)
+    out = {}
+    for i, n in enumerate(ordered(names)):
+        k = SETUP_ORDER.index(n) if n in SETUP_ORDER else known + i
+        out[n] = {"ls": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)]}
+    return out
+
+
 def styled(fn):
     """Draw inside a local seaborn theme, so figure functions leave the caller's rcParams alone."""
 

@@ -3,7 +3,7 @@
 Pure functions over the run store's Datasets (design.md section 5), figure functions that return matplotlib
 Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `main` (the command line)
 
-    python -m spell_lab.analysis.sparsity RUN_DIR [--wandb offline|disabled|online]
+    python -m spell_lab.analysis.sparsity RUN_DIR [--wandb offline|disabled|online] [--gallery SETUP] [--classes 3 5]
 
 Definitions: the activity ones (active, active share, share active at t, last active t, stops for good, stopped
 share) are `spell_lab.analysis.activity`'s; this module adds
@@ -14,7 +14,8 @@ share) are `spell_lab.analysis.activity`'s; this module adds
 
 Which samples: functions of one Dataset use every sample they are given. Functions of a run (a dict of groups:
 `summary_table`, the curve figures, `log_to_wandb`) first keep each group's measured samples (`measured`: rounds
-from its `measure_from_round` on; the rounds before only fill the memory). The gallery shows every round.
+from its `measure_from_round` on; the rounds before only fill the memory). The gallery shows every round
+(memory-only ones once).
 The group `baseline` (the `iterative` plan at radius 0) is a reference: it is left out of curves and tables and
 serves the gallery as "the same seeds without SPELL".
 """
@@ -33,7 +34,7 @@ from .. import schema
 from . import plots
 from .activity import (_active_np, active, active_by_source, active_share, activity_numbers, last_active_t,
                        stopped_share)
-from .gallery import plot_gallery
+from .gallery import gallery_selection, plot_gallery
 from .load import load_run as _load, measured_all as measured
 
 REFERENCE = "baseline"
@@ -222,18 +223,22 @@ def plot_active_share(datasets: dict):
     """Fig. 5b: share of trajectories with a non-zero correction at each t, one line per setup."""
     datasets = measured(datasets)
     names = setups(datasets)
-    colors = plots.setup_colors(names)
-    fig = plots.Figure(figsize=(7.5, 4.2), layout="constrained")
+    colors, styles = plots.setup_colors(names), plots.setup_styles(names)
+    fig = plots.Figure(figsize=(9, 4.2), layout="constrained")
     ax = fig.subplots()
-    for name in names:
+    for i, name in enumerate(names):
         ds = datasets[name]
-        ax.plot(ds["t"].values, 100 * active_share(ds).values, color=colors[name], lw=2, label=name)
+        n = ds.sizes["step"]
+        every = max(1, n // 8)  # a few markers per line, staggered so coinciding lines show each marker
+        ax.plot(ds["t"].values, 100 * active_share(ds).values, color=colors[name], lw=1.8, label=name, ms=5.5,
+                markevery=(i * every // len(names), every), **styles[name])
     plots.t_marks(ax)
     plots.t_axis(ax, np.concatenate([datasets[n]["t"].values for n in names]) if names else None)
     ax.set_ylim(-2, 102)
     ax.set_ylabel("trajectories with SPELL active (%)")
     ax.set_title("How many trajectories SPELL still corrects", fontweight="bold")
-    ax.legend(frameon=False, loc="upper right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", frameon=False, title="setup",
+               handlelength=3.2)  # beside the axes: it covers no line
     return fig
 
 
@@ -358,22 +363,22 @@ FIGURES = {  # file stem -> figure function; the issue's figures 1-6
 }
 
 
-def make_figures(datasets: dict) -> dict:
+def make_figures(datasets: dict, gallery: dict | None = None) -> dict:
     """Every figure that the run's groups allow (overcompensation needs `iterative` and `overcomp`; the gallery
-    needs `image` or `x0`), as {name: Figure}."""
+    needs `image` or `x0`), as {name: Figure}. gallery: plot_gallery's keywords (setup, conditions)."""
     figs = {}
     for name, fn in FIGURES.items():
         if name == "overcompensation" and not {"iterative", "overcomp"} <= set(datasets):
             continue
         if name == "gallery" and not any("image" in datasets[n] or "x0" in datasets[n] for n in setups(datasets)):
             continue
-        figs[name] = fn(datasets)
+        figs[name] = fn(datasets, **(gallery or {})) if name == "gallery" else fn(datasets)
     return figs
 
 
-def render_all(datasets: dict, out_dir) -> dict[str, dict[str, Path]]:
+def render_all(datasets: dict, out_dir, gallery: dict | None = None) -> dict[str, dict[str, Path]]:
     """Write each figure as PNG and PDF into out_dir; returns {name: {"png": path, "pdf": path}}."""
-    return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets).items()}
+    return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, gallery).items()}
 
 
 def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, project: str = "spell_lab",
@@ -422,13 +427,14 @@ def latest_run(root="runs/sparsity") -> Path:
 
 
 def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None) -> dict:
+                out_dir=None, datasets: dict | None = None, gallery: dict | None = None) -> dict:
     """Render the figures into RUN_DIR/figures, build the summary table and log to W&B; no model runs.
-    Returns {"table", "figures", "wandb_dirs", "figures_dir"}. The experiment command calls this after sampling."""
+    Returns {"table", "figures", "wandb_dirs", "figures_dir"}. The experiment command calls this after sampling.
+    gallery: the gallery's setup and conditions (plot_gallery keywords; default: iterative, the first two)."""
     run_dir = Path(run_dir)
     datasets = load_run(run_dir) if datasets is None else datasets
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    figures = render_all(datasets, out_dir)
+    figures = render_all(datasets, out_dir, gallery)
     table = summary_table(datasets)
     table.to_csv(out_dir / "summary.csv")
     wandb_dirs = log_to_wandb(datasets, figures, table, project=project, group=group or f"sparsity-{run_dir.name}",
@@ -436,11 +442,26 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
     return {"table": table, "figures": figures, "wandb_dirs": wandb_dirs, "figures_dir": out_dir}
 
 
+def _gallery_flags(p) -> None:
+    g = p.add_argument_group("gallery (Fig. 6)")
+    g.add_argument("--gallery", metavar="SETUP", default=None,
+                   help="the setup the gallery draws (default: iterative where present, else the first)")
+    g.add_argument("--classes", metavar="C", nargs="+", default=None,
+                   help="the conditions it shows, by value or name, e.g. --classes 3 5 (default: the first two)")
+
+
+def _gallery_options(args, datasets) -> dict:
+    """--gallery/--classes as analyse_run's `gallery` keywords; an unknown setup or class fails here, early."""
+    gallery = {"setup": args.gallery, "conditions": args.classes}
+    gallery_selection(datasets, **gallery, baseline=REFERENCE)
+    return {"gallery": gallery}
+
+
 def main(argv=None) -> int:
     from .cli import rerender_main
 
     return rerender_main(argv, experiment="sparsity", load_run=load_run, analyse_run=analyse_run,
-                         format_table=format_table)
+                         format_table=format_table, add_arguments=_gallery_flags, options=_gallery_options)
 
 
 if __name__ == "__main__":
