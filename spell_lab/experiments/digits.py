@@ -1,6 +1,6 @@
 """The built-in `digits` model's own analysis entry: classifier accuracy on generated digits, distances, grids.
 
-    python -m spell_lab.experiments.digits [--guidance 1,3] [--per-class 100] [--steps N] [--out analysis/digits]
+    python -m spell_lab.experiments.digits [--guidance 1,1.5,2,3] [--per-class 100] [--steps N] [--out analysis/digits]
 
 Per CFG weight: one sample per entry of 100 per class (seeds 0..999), no SPELL; the classifier's accuracy on them,
 the within-class median distance (`spell_lab.calibration.median_within`: every within-class pair, classes pooled,
@@ -140,7 +140,7 @@ def evaluate(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     e = argparse.ArgumentParser(prog="python -m spell_lab.experiments.digits", description=__doc__.split("\n")[0])
     e.add_argument("--per-class", type=int, default=100)
-    e.add_argument("--guidance", default="1,3", help="comma-separated CFG weights (1 = no guidance)")
+    e.add_argument("--guidance", default="1,1.5,2,3", help="comma-separated CFG weights (1 = no guidance)")
     e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     e.add_argument("--out", default="analysis/digits")
     e.add_argument("--threads", type=int, default=2)
