@@ -3,11 +3,15 @@
 - *Calibration*: the median over every within-condition pair (i < j, same condition) of the L2 distance between
   flattened final outputs generated without SPELL, all conditions pooled (the paper's reading); the grid is
   `GRID_SIZE` radii linspace(0, 2 x median).
+- *Selection*: the paper tunes the CFG weight by the F-score of precision and coverage, F = 2PC / (P + C), without
+  SPELL, then picks the grid radius with the highest F at that weight. A table here is any DataFrame with
+  `precision` and `coverage` columns (means over conditions) and one row per candidate; ties go to the first row.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 GRID_SIZE = 16  # Appendix D: "We then test 16 values from 0 to 2 times the median distance."
@@ -49,3 +53,58 @@ def calibrate(x0, cond, n: int = GRID_SIZE) -> tuple[float, np.ndarray]:
     """(median within-condition pairwise distance, n radii linspace(0, 2 x median)) of outputs made without SPELL."""
     median = median_within(x0, cond)
     return median, radius_grid(median, n)
+
+
+def f_score(precision, coverage):
+    """F = 2PC / (P + C), the harmonic mean of precision and coverage (0 where both are 0); scalars or arrays."""
+    p, c = np.asarray(precision, dtype=float), np.asarray(coverage, dtype=float)
+    if ((p < 0) | (p > 1) | (c < 0)).any():
+        raise ValueError(f"precision must lie in [0, 1] and coverage be >= 0 (got {p}, {c}).")
+    total = p + c
+    f = np.divide(2 * p * c, total, out=np.zeros_like(total), where=total > 0)
+    return float(f) if f.ndim == 0 else f
+
+
+def with_f(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with an `f` column: F(precision, coverage) of every row."""
+    missing = {"precision", "coverage"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the table needs columns precision and coverage (missing: {', '.join(sorted(missing))}).")
+    return table.assign(f=f_score(table["precision"].to_numpy(), table["coverage"].to_numpy()))
+
+
+def best_row(table: pd.DataFrame, key: str) -> tuple[float, float]:
+    """(table[key], F) of the row with the highest F(precision, coverage); ties go to the first row."""
+    if key not in table.columns or not len(table):
+        raise ValueError(f"selection needs a non-empty table with a {key!r} column.")
+    f = with_f(table)["f"].to_numpy()
+    if not np.isfinite(f).any():
+        raise ValueError("no row has a finite F(precision, coverage); the metrics are missing.")
+    i = int(np.nanargmax(f))
+    return float(table[key].iloc[i]), float(f[i])
+
+
+def best_guidance(table: pd.DataFrame) -> tuple[float, float]:
+    """The CFG tuning (Appendix D): (guidance weight, F) of the F-best row of a table with a `guidance` column."""
+    return best_row(table, "guidance")
+
+
+def best_radius(table: pd.DataFrame) -> tuple[float, float]:
+    """The radius selection (Appendix D): (radius, F) of the F-best row of a table with a `radius` column."""
+    return best_row(table, "radius")
+
+
+def grid_steps(grid, radius: float, target: float) -> float:
+    """How many grid steps `radius` lies from `target` (the grid's spacing: linspace, so one step)."""
+    grid = np.asarray(grid, dtype=float)
+    if len(grid) < 2:
+        raise ValueError(f"a grid needs >= 2 radii (got {len(grid)}).")
+    return abs(float(radius) - float(target)) / float(grid[1] - grid[0])
+
+
+def rescale_for(selected: float, target: float) -> float:
+    """The factor on a space's global scale that moves a selected radius to `target`: distances, the calibrated
+    median and (to first order) the selection scale with the space, so the factor is target / selected."""
+    if not (selected > 0 and target > 0):
+        raise ValueError(f"rescaling needs a selected radius > 0 and a target > 0 (got {selected}, {target}).")
+    return float(target) / float(selected)

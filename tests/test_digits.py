@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from spell_lab.models import digits
+from spell_lab.calibration import median_within
+from spell_lab.models import digits, digits_train
 from spell_lab.models.digits import (
     CLASSIFIER_FILE, MODEL_FILE, TRAIN_COMMAND, DigitsConfig, WeightsError, load_classifier, load_data, load_digits,
 )
@@ -43,16 +44,34 @@ def test_shipped_weights_are_small_and_load(model, classifier):
     assert classifier(x).shape == (4, 10) and classifier.features(x).shape == (4, classifier.feature_dim)
 
 
-def test_space_has_unit_variance_and_is_isometric(model):
+def test_space_is_the_scaled_standardised_data_and_isometric(model):
     v, _ = load_data()
     x = model.space.encode(v)
-    assert abs(float(x.mean())) < 1e-3 and abs(float(x.var()) - 1) < 1e-3  # unit variance per dimension (average)
+    assert model.cfg.scale == model.space.scale and model.cfg.scale > 1  # read from the weights' metadata
+    # variance per dimension (average) = scale^2: unit variance before the global scale
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.var()) / model.cfg.scale**2 - 1) < 1e-3
     w = model.space.to_w(x)
     assert torch.allclose(torch.cdist(x[:50].flatten(1), x[50:100].flatten(1)),
                           torch.cdist(w[:50].flatten(1), w[50:100].flatten(1)), atol=1e-3)
-    # the image the classifier sees is the standardised 8x8 digit
+    # the image the classifier sees is the standardised 8x8 digit, whatever the scale
     u = (v[:10] - model.space.mean) / model.space.std
     assert torch.allclose(model.space.to_u(x[:10])[:, 0], u, atol=1e-4)
+
+
+def test_scale_multiplies_distances_and_leaves_the_classifier_input_unchanged(model):
+    v, _ = load_data()
+    plain = digits.DigitsSpace(48, model.space.mean, model.space.std, 1.0)
+    scaled = digits.DigitsSpace(48, model.space.mean, model.space.std, 2.5)
+    x1, x2 = plain.encode(v[:20]), scaled.encode(v[:20])
+    assert torch.allclose(torch.cdist(x2.flatten(1), x2.flatten(1)), 2.5 * torch.cdist(x1.flatten(1), x1.flatten(1)),
+                          atol=1e-3)
+    assert torch.allclose(scaled.to_u(x2), plain.to_u(x1), atol=1e-5)
+    assert (scaled.to_images(x2).int() - plain.to_images(x1).int()).abs().max() <= 1  # float rounding only
+
+
+def test_classifier_space_matches_the_model_space(model, classifier):
+    assert (classifier.space.scale, classifier.space.mean, classifier.space.std) == \
+        (model.space.scale, model.space.mean, model.space.std)
 
 
 def test_denoiser_at_t0_returns_the_projection_of_clean_data(model):
@@ -72,7 +91,7 @@ def test_generated_digits_are_recognised_and_cfg_narrows_classes(model, classifi
         accuracy = (classifier(guided).argmax(1) == cond).float().mean()
     assert accuracy >= 0.85
     plain = generate(model, cond, seeds, guidance=1.0).x0
-    assert digits.within_class_median(guided, cond)[0] < digits.within_class_median(plain, cond)[0]
+    assert median_within(guided, cond) < median_within(plain, cond)
 
 
 def test_classifier_is_accurate_on_held_out_digits(model, classifier):
@@ -85,17 +104,33 @@ def test_classifier_is_accurate_on_held_out_digits(model, classifier):
 
 def test_training_a_few_steps_decreases_the_loss(one_thread):
     cfg = DigitsConfig(channels=(16, 16, 16), emb_dim=32)
-    _, ema, report = digits.train_denoiser(cfg, steps=60, batch=32, lr=3e-3, seed=0, log_every=20, log=lambda s: None)
+    _, ema, report = digits_train.train_denoiser(cfg, steps=60, batch=32, lr=3e-3, seed=0, log_every=20, log=lambda s: None)
     assert len(report.losses) == 3 and report.losses[-1] < 0.9 * report.losses[0]
     assert ema.cfg.sigma_data > 1  # filled in from the data
 
 
 def test_train_command_writes_loadable_weights(tmp_path, one_thread):
-    digits.main(["train", "--steps", "2", "--batch", "8", "--classifier-steps", "2", "--threads", "1",
-                 "--out", str(tmp_path)])
+    digits_train.main(["--steps", "2", "--batch", "8", "--classifier-steps", "2", "--threads", "1", "--scale", "1.7",
+                       "--out", str(tmp_path)])
     m = load_digits(path=tmp_path / MODEL_FILE.name)
-    assert m.cfg.resolution == 48 and m.cfg.std > 0
-    assert load_classifier(path=tmp_path / CLASSIFIER_FILE.name).space.resolution == 48
+    assert m.cfg.resolution == 48 and m.cfg.std > 0 and m.cfg.scale == 1.7
+    clf = load_classifier(path=tmp_path / CLASSIFIER_FILE.name)
+    assert clf.space.resolution == 48 and clf.space.scale == 1.7
+
+
+def test_train_command_refuses_a_bad_scale(tmp_path):
+    with pytest.raises(ValueError, match="--scale"):
+        digits_train.main(["--scale", "0", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+
+
+def test_model_module_does_not_sample():
+    import subprocess
+    import sys
+
+    code = "import sys, spell_lab.models.digits; print('spell_lab.samplers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
 
 
 def _assert_names_file_and_command(err, path):

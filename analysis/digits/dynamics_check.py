@@ -10,7 +10,8 @@ run with the same weights.
 
 import torch
 
-from spell_lab.models.digits import load_digits, within_class_median
+from spell_lab.calibration import median_within
+from spell_lab.models.digits import load_digits
 from spell_lab.repellency import Memory, Spell
 from spell_lab.samplers import generate
 from spell_lab.schedules import VPLinear
@@ -21,7 +22,7 @@ cond = torch.arange(10).repeat_interleave(8)
 for schedule in (VPLinear(0.1, 20.0), VPLinear(0.1, 12.0)):
     model.schedule = schedule
     first = generate(model, cond, list(range(80))).x0
-    print(f"{schedule}: within-class median of the first 8 per class {within_class_median(first, cond)[0]:.1f}")
+    print(f"{schedule}: within-class median of the first 8 per class {median_within(first, cond):.1f}")
     radii = (25.0, 18.75, 14.0) if schedule == VPLinear() else (25.0,)
     for radius in radii:
         for overcomp in (1.0, 1.6):

@@ -1,10 +1,15 @@
 """Radius calibration (paper Appendix D): the scale of a model's diffusion space, and the radius grid to sweep.
 
     python -m spell_lab.experiments.calibrate --model digits
+    python -m spell_lab.experiments.calibrate --select [--quick]    # the selection: CFG weight, then radius, by F
+
 
 Generates one batch without SPELL (`per_condition` samples of each condition), takes the median L2 distance between final outputs of the same
 condition (every pair, all conditions pooled) and prints the paper's 16-radius grid from 0 to 2x that median.
 The calibration seeds are a range of their own (seed + 1,000,000 + i), apart from the seeds the radius sweep uses.
+With --select it runs the paper's whole Appendix D procedure (spell_lab/experiments/select.py): the CFG weight
+tuned by F(precision, coverage) without SPELL, then the radius grid calibrated and swept at that weight with the
+`mixed` protocol, and prints the F of every weight and radius and the selected ones.
 """
 
 from __future__ import annotations
@@ -49,10 +54,15 @@ def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampl
     return out.x0.cpu(), cond
 
 
+def steps_for(model, cfg, size: str) -> int:
+    """Sampler steps: --steps, else the model's (at most QUICK_STEPS at quick size)."""
+    return cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+
+
 def run_calibration(model, cfg, size: str, conditions, per_condition: int | None = None, grid_size: int = GRID_SIZE):
     """Generate the calibration batch and return a JSON-ready dict: median, grid, and how they were made."""
     per_condition = per_condition or SIZE_PER_CONDITION[size]
-    steps = cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
+    steps = steps_for(model, cfg, size)
     sampler = cfg.sampler or model.default_sampler
     guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
     with Timer() as timer:
@@ -72,18 +82,29 @@ def parser():
     p = base_parser("calibrate", __doc__.split("\n\n")[0])
     p.add_argument("--per_condition", type=int | None, default=None,
                    help="samples per condition in the batch (default by size: quick 8, default 16, full 32)")
-    p.add_argument("--grid_size", type=int, default=GRID_SIZE, help="radii in the grid (the paper: 16)")
+    p.add_argument("--grid_size", type=int | None, default=None,
+                   help=f"radii in the grid (default: the paper's {GRID_SIZE}; --select --quick: 4)")
+    p.add_argument("--select", action="store_true",
+                   help="the Appendix D selection: tune CFG by F(P, C), then sweep the grid at that weight (mixed)")
+    p.add_argument("--guidance_grid", type=list[float] | None, default=None,
+                   help='with --select: CFG weights to tune over, e.g. "[1,2,3]" (default by size)')
     return p
 
 
 def main(argv=None) -> int:
     cfg = parser().parse_args(argv)
     size = size_of(cfg)
-    if cfg.grid_size < 2:
+    if cfg.grid_size is not None and cfg.grid_size < 2:
         raise ValueError(f"--grid_size must be >= 2 (got {cfg.grid_size}).")
-    model, _ = load_model_for(cfg)
+    if cfg.guidance_grid is not None and not cfg.select:
+        raise ValueError("--guidance_grid is for --select (the CFG tuning); add --select or drop it.")
+    model, spec = load_model_for(cfg)
     conditions = pick_conditions(model, size, cfg.classes)
-    cal = run_calibration(model, cfg, size, conditions, cfg.per_condition, cfg.grid_size)
+    if cfg.select:
+        from .select import run_select
+
+        return run_select(cfg, model, spec, size, conditions, cfg.per_condition or SIZE_PER_CONDITION[size])
+    cal = run_calibration(model, cfg, size, conditions, cfg.per_condition, cfg.grid_size or GRID_SIZE)
     lines = [
         ("model", f"{cfg.model} ({cal['sampler']}, {cal['steps']} steps, guidance {cal['guidance']:g})"),
         ("samples", f"{cal['per_condition']} per condition x conditions {cal['conditions']}, seeds from "

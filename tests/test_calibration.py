@@ -1,0 +1,98 @@
+"""The Appendix D selection: F(P, C), the selection on hand-made tables, and `calibrate --select` end to end."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spell_lab import calibration as cal
+
+
+def test_f_score_is_the_harmonic_mean_of_precision_and_coverage():
+    assert cal.f_score(1.0, 0.5) == pytest.approx(2 / 3)
+    assert cal.f_score(0.8, 0.8) == pytest.approx(0.8)
+    assert cal.f_score(0.0, 0.0) == 0.0 and cal.f_score(0.0, 0.7) == 0.0
+    f = cal.f_score([0.9, 0.5], [0.3, 1.0])
+    assert isinstance(f, np.ndarray) and f == pytest.approx([2 * 0.27 / 1.2, 1.0 / 1.5])
+
+
+@pytest.mark.parametrize("p, c", [(1.2, 0.5), (-0.1, 0.5), (0.5, -1.0)])
+def test_f_score_refuses_impossible_values(p, c):
+    with pytest.raises(ValueError, match="precision"):
+        cal.f_score(p, c)
+
+
+def test_best_guidance_trades_precision_against_coverage():
+    # guidance raises precision and lowers coverage: F = 0.667, 0.800, 0.750, 0.581
+    table = pd.DataFrame({"guidance": [1.0, 2.0, 3.0, 5.0], "precision": [0.5, 0.8, 0.9, 1.0],
+                          "coverage": [1.0, 0.8, 0.643, 0.41], "recall": [1.0, 0.9, 0.6, 0.3]})
+    w, f = cal.best_guidance(table)
+    assert w == 2.0 and f == pytest.approx(0.8)
+    assert cal.with_f(table)["f"].to_numpy() == pytest.approx([2 / 3, 0.8, 2 * 0.9 * 0.643 / 1.543, 0.82 / 1.41])
+
+
+def test_best_radius_ties_go_to_the_smaller_radius_and_nan_rows_are_skipped():
+    table = pd.DataFrame({"radius": [0.0, 5.0, 10.0, 15.0], "precision": [0.9, 0.9, 0.9, np.nan],
+                          "coverage": [0.6, 0.7, 0.7, np.nan]})
+    r, f = cal.best_radius(table)
+    assert r == 5.0 and f == pytest.approx(2 * 0.63 / 1.6)
+
+
+def test_selection_needs_precision_coverage_and_the_key():
+    with pytest.raises(ValueError, match="coverage"):
+        cal.with_f(pd.DataFrame({"radius": [0.0], "precision": [1.0]}))
+    with pytest.raises(ValueError, match="'guidance'"):
+        cal.best_guidance(pd.DataFrame({"radius": [0.0], "precision": [1.0], "coverage": [1.0]}))
+
+
+def test_grid_steps_and_the_rescaling_rule():
+    grid = cal.radius_grid(15.0)  # step 2
+    assert cal.grid_steps(grid, 24.0, 25.0) == pytest.approx(0.5)
+    assert cal.grid_steps(grid, 20.0, 25.0) == pytest.approx(2.5)
+    assert cal.rescale_for(17.36, 25.0) == pytest.approx(1.4401, abs=1e-4)
+    with pytest.raises(ValueError, match="selected radius > 0"):
+        cal.rescale_for(0.0, 25.0)  # radius 0 selected: no scale moves it
+
+
+@pytest.fixture(scope="module")
+def quick_select(tmp_path_factory):
+    from spell_lab.experiments import calibrate
+
+    out = tmp_path_factory.mktemp("select") / "quick"
+    assert calibrate.main(["--select", "--quick", "--model", "gmm", "--guidance_grid", "[1,2,4]", "--out", str(out),
+                           "--no_progress", "--wandb", "disabled"]) == 0
+    return out
+
+
+def test_select_quick_end_to_end(quick_select, capsys):
+    sel = json.loads((quick_select / "selection.json").read_text())
+    cfg_t, r_t = pd.DataFrame(sel["cfg_table"]), pd.DataFrame(sel["radius_table"])
+    assert list(cfg_t["guidance"]) == [1.0, 2.0, 4.0] and len(r_t) == 4  # quick: a 4-radius grid
+    # the printed selection is the table's F-best, and F is recomputable from P and C
+    assert sel["selected_guidance"] == cfg_t["guidance"][cfg_t["f"].idxmax()]
+    assert sel["selected_radius"] == r_t["radius"][r_t["f"].idxmax()]
+    assert r_t["f"].to_numpy() == pytest.approx(cal.f_score(r_t["precision"], r_t["coverage"]))
+    grid = sel["calibration"]["grid"]
+    assert sel["calibration"]["guidance"] == sel["selected_guidance"]  # calibrated at the tuned weight
+    assert r_t["radius"].to_numpy() == pytest.approx(grid, rel=1e-3) and grid[-1] == pytest.approx(
+        2 * sel["calibration"]["median"])
+    # radius 0 of the sweep is the tuning's run at the same weight: same seeds, no SPELL
+    base = r_t.iloc[0]
+    tuned = cfg_t[cfg_t["guidance"] == sel["selected_guidance"]].iloc[0]
+    assert base["radius"] == 0 and base["precision"] == pytest.approx(tuned["precision"])
+    assert base["coverage"] == pytest.approx(tuned["coverage"])
+    for name in ("f_vs_guidance", "f_vs_radius"):
+        assert (quick_select / f"{name}.png").stat().st_size > 10_000
+    assert (quick_select / "radius" / "store.zarr").is_dir()
+
+
+def test_select_refuses_a_fixed_guidance(tmp_path, capsys):
+    from spell_lab.experiments import calibrate
+    from spell_lab.experiments.common import run_cli
+
+    out = tmp_path / "run"
+    assert run_cli(calibrate.main, ["--select", "--quick", "--model", "gmm", "--guidance", "3", "--out", str(out)]) == 2
+    assert "--guidance_grid" in capsys.readouterr().err and not out.exists()
+    assert run_cli(calibrate.main, ["--quick", "--model", "gmm", "--guidance_grid", "[1,2]"]) == 2
+    assert "add --select" in capsys.readouterr().err
