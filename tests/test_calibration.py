@@ -60,7 +60,7 @@ def quick_select(tmp_path_factory):
     from spell_lab.experiments import calibrate
 
     out = tmp_path_factory.mktemp("select") / "quick"
-    assert calibrate.main(["--select", "--quick", "--model", "gmm", "--guidance_grid", "[1,2,4]", "--out", str(out),
+    assert calibrate.main(["--select", "--quick", "--model", "gmm", "--guidance_grid", "1", "2", "4", "--out", str(out),
                            "--no_progress", "--wandb", "disabled"]) == 0
     return out
 
@@ -94,5 +94,5 @@ def test_select_refuses_a_fixed_guidance(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(calibrate.main, ["--select", "--quick", "--model", "gmm", "--guidance", "3", "--out", str(out)]) == 2
     assert "--guidance_grid" in capsys.readouterr().err and not out.exists()
-    assert run_cli(calibrate.main, ["--quick", "--model", "gmm", "--guidance_grid", "[1,2]"]) == 2
+    assert run_cli(calibrate.main, ["--quick", "--model", "gmm", "--guidance_grid", "1", "2"]) == 2
     assert "add --select" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import spell_lab
 from spell_lab import methods, protect, schema, store
 from spell_lab.analysis import activity, load, plots
 from spell_lab.analysis import sparsity as sp
-from spell_lab.methods import Hooks, register, spell_method
+from spell_lab.methods import Hooks, spell_method
 from spell_lab.models import load_model
 from spell_lab.plan import Setting
 from spell_lab.repellency import Correction, Spell, SpellStep

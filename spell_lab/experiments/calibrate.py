@@ -16,30 +16,18 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import torch
 
 from ..calibration import GRID_SIZE, calibrate
-from .common import Timer, base_parser, load_model_for, print_summary, run_cli, size_of
+from .common import (GENERATION, Timer, base_parser, conditions_for, load_model_for, print_summary, run_cli,
+                     sampling_for, size_of)
 
 CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of the sweep
 SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # None: every condition
 SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}
-QUICK_STEPS = 12
-
-
-def pick_conditions(model, size: str, classes=None) -> list[int]:
-    """The conditions a size uses: evenly spaced over the model's classes (digits default: 0 2 4 6 8)."""
-    all_classes = list(range(model.num_classes)) or [0]
-    if classes:
-        bad = [c for c in classes if c not in all_classes]
-        if bad:
-            raise ValueError(f"conditions {bad} do not exist; the model has conditions "
-                             f"{all_classes[0]}..{all_classes[-1]}.")
-        return list(classes)
-    n = SIZE_CONDITIONS[size]
-    return all_classes if n is None else all_classes[:: max(1, len(all_classes) // n)][:n]
 
 
 def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampler, steps, guidance):
@@ -54,17 +42,10 @@ def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampl
     return out.x0.cpu(), cond
 
 
-def steps_for(model, cfg, size: str) -> int:
-    """Sampler steps: --steps, else the model's (at most QUICK_STEPS at quick size)."""
-    return cfg.steps or (min(QUICK_STEPS, model.default_steps) if size == "quick" else model.default_steps)
-
-
 def run_calibration(model, cfg, size: str, conditions, per_condition: int | None = None, grid_size: int = GRID_SIZE):
     """Generate the calibration batch and return a JSON-ready dict: median, grid, and how they were made."""
     per_condition = per_condition or SIZE_PER_CONDITION[size]
-    steps = steps_for(model, cfg, size)
-    sampler = cfg.sampler or model.default_sampler
-    guidance = model.default_guidance if cfg.guidance is None else cfg.guidance
+    sampler, steps, guidance = astuple(sampling_for(cfg, model, size))
     with Timer() as timer:
         x0, cond = calibration_batch(model, conditions, per_condition, seed=cfg.seed, sampler=sampler, steps=steps,
                                      guidance=guidance)
@@ -79,15 +60,15 @@ def format_grid(grid) -> str:
 
 
 def parser():
-    p = base_parser("calibrate", __doc__.split("\n\n")[0])
+    p = base_parser("calibrate", __doc__.split("\n\n")[0], [f for f in GENERATION if f != "protected"])
     p.add_argument("--per_condition", type=int | None, default=None,
                    help="samples per condition in the batch (default by size: quick 8, default 16, full 32)")
     p.add_argument("--grid_size", type=int | None, default=None,
                    help=f"radii in the grid (default: the paper's {GRID_SIZE}; --select --quick: 4)")
     p.add_argument("--select", action="store_true",
                    help="the Appendix D selection: tune CFG by F(P, C), then sweep the grid at that weight (mixed)")
-    p.add_argument("--guidance_grid", type=list[float] | None, default=None,
-                   help='with --select: CFG weights to tune over, e.g. "[1,2,3]" (default by size)')
+    p.add_argument("--guidance_grid", type=float, nargs="+", default=None,
+                   help="with --select: CFG weights to tune over, e.g. --guidance_grid 1 2 3 (default by size)")
     return p
 
 
@@ -99,7 +80,7 @@ def main(argv=None) -> int:
     if cfg.guidance_grid is not None and not cfg.select:
         raise ValueError("--guidance_grid is for --select (the CFG tuning); add --select or drop it.")
     model, spec = load_model_for(cfg)
-    conditions = pick_conditions(model, size, cfg.classes)
+    conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     if cfg.select:
         from .select import run_select
 

@@ -50,7 +50,7 @@ def base_parser(experiment: str, description: str, flags=GENERATION) -> Argument
                        exit_on_error=False)  # run_cli turns a bad flag into one line and exit code 2
     preset = Path(__file__).resolve().parents[2] / "experiments" / f"{experiment}.yaml"
     p.add_argument("--config", action=ActionConfigFile,
-                   help=f"a YAML file of these flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
+                   help="a YAML file of these flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
     for name in flags:
         args, kwargs = FLAGS[name]
         if name == "out":

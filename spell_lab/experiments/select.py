@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..calibration import best_guidance, best_radius, grid_steps, with_f
-from .calibrate import run_calibration, steps_for
-from .common import Timer, config_dict, print_summary, run_dir_for, set_wandb_mode
+from .calibrate import run_calibration
+from .common import Timer, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
 from .radius import REFERENCE_MODELS, SIZE_GRID, radius_settings
 
 GUIDANCE_GRID = {"quick": (1.0, 3.0), "default": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
@@ -36,7 +36,7 @@ REFERENCE_RADIUS = 25.0  # the paper's Latent Diffusion radius (Appendix D), dra
 def check_weights(weights) -> list[float]:
     weights = [float(w) for w in weights]
     if not weights or not all(math.isfinite(w) and w >= 0 for w in weights):
-        raise ValueError(f"--guidance_grid needs finite weights >= 0, e.g. \"[1,2,3]\" (got {weights}).")
+        raise ValueError(f"--guidance_grid needs finite weights >= 0, e.g. --guidance_grid 1 2 3 (got {weights}).")
     return sorted(set(weights))
 
 
@@ -73,7 +73,7 @@ def sweep_radius(gen, cal, guidance, conditions, per_condition, seed, reference,
 def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> int:
     """Both stages, the figures and selection.json in the run directory, and the summary screen."""
     from ..analysis import selection as fig
-    from ..analysis.radius import reference_data
+    from ..analysis.quality import reference_data
     from ..run.launch import run_generation
 
     set_wandb_mode(cfg.wandb)
@@ -83,11 +83,12 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     if cfg.guidance is not None:
         raise ValueError("--select tunes the guidance itself; give the weights to try with --guidance_grid, "
                          "not --guidance.")
-    if cfg.devices != 1 or cfg.num_nodes != 1:
+    if cfg.devices not in (None, 1) or cfg.num_nodes != 1:
         raise ValueError("--select runs in one process; drop --devices / --num_nodes.")
     weights = check_weights(cfg.guidance_grid or GUIDANCE_GRID[size])
     grid_size = cfg.grid_size or SIZE_GRID[size]
-    sampler, steps = cfg.sampler or model.default_sampler, steps_for(model, cfg, size)
+    sampling = sampling_for(cfg, model, size)
+    sampler, steps = sampling.sampler, sampling.steps
     root = run_dir_for("calibrate", cfg, f"{Path(cfg.model).name}-select-{size}")
     *reference, reference_desc = reference_data(cfg.model, conditions)
     config = config_dict(cfg) | {"size": size}
@@ -95,7 +96,7 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     def gen(settings, guidance, out, extra):
         return run_generation(experiment="calibrate", settings=settings, model=model, model_spec=spec,
                               sampler=sampler, steps=steps, guidance=guidance, out=out, config=config | extra,
-                              fresh=cfg.fresh, progress=not cfg.no_progress)
+                              fresh=cfg.fresh, devices=1, progress=not cfg.no_progress)
 
     with Timer() as t_cfg:
         cfg_table = tune_guidance(gen, weights, conditions, per_condition, cfg.seed, reference, root)
