@@ -87,7 +87,12 @@ class DigitsFeatures(FeatureExtractor):
         self.net = classifier.eval()
 
     def extract(self, x):
-        return self.net.features(x.float())
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one thread: the same features (to the bit) whatever the caller's thread count
+        try:
+            return self.net.features(x.float())
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _require_path(path, what: str, how: str) -> Path:

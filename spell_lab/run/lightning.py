@@ -115,6 +115,7 @@ class StoreWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module):
         self.flush()
+        trainer.strategy.barrier("spell_lab-units-written")  # rank 0 analyses only once every rank has written
 
     def on_exception(self, trainer, pl_module, exception):
         if self.root is not None and self.buffer:
