@@ -279,17 +279,19 @@ def test_cli_renders_and_prints(tmp_path, capsys):
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        sp.main([str(tmp_path / "nope"), "--wandb", "disabled"])
-    assert "does not exist" in capsys.readouterr().err
+    def one_line(argv, fragment):
+        assert sp.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and fragment in err and "\n" not in err, err
+
+    one_line([str(tmp_path / "nope"), "--wandb", "disabled"], "does not exist")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit):
-        sp.main([str(tmp_path / "empty"), "--wandb", "disabled"])
-    assert "no store.zarr" in capsys.readouterr().err
+    one_line([str(tmp_path / "empty"), "--wandb", "disabled"], "no store.zarr")
     only_base = write_store({"baseline": synthetic_run(("iterative",), steps=4)["baseline"]}, tmp_path / "b")
-    with pytest.raises(SystemExit):
-        sp.main([str(only_base), "--wandb", "disabled"])
-    assert "no sparsity setup groups" in capsys.readouterr().err
+    one_line([str(only_base), "--wandb", "disabled"], "no sparsity setup groups")
+    with pytest.raises(SystemExit) as stop:
+        sp.main([str(only_base), "--wandb", "loud"])
+    assert stop.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
 
 
 def test_wandb_offline_one_run_per_setup(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from spell_lab import store
-from spell_lab.experiments import radius, sparsity
+from spell_lab.experiments import calibrate, radius, sparsity
 from spell_lab.experiments.common import run_cli
 from spell_lab.models.gmm import GaussianMixture
 from spell_lab.run.lightning import INTERRUPT_AFTER
@@ -112,10 +112,20 @@ RADIUS_CASES = [
     (["--classes", "99"], "conditions [99] do not exist"),
 ]
 
+CALIBRATE_CASES = [
+    (["--protected", "{tmp}/nan.npy"], "unrecognized arguments: --protected"),
+    (["--grid_size", "1"], "--grid_size must be >= 2"),
+    (["--per_condition", "1"], "needs >= 2 samples per condition"),
+    (["--guidance_grid", "1", "2"], "--guidance_grid is for --select"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--select", "--guidance", "2"], "--select tunes the guidance itself"),
+]
+
 
 @pytest.mark.parametrize("main, base, args, message", [
     *[(sparsity.main, QUICK, a, m) for a, m in SPARSITY_CASES],
     *[(radius.main, ["--model", "gmm", "--quick", "--wandb", "disabled", "--no_progress"], a, m) for a, m in RADIUS_CASES],
+    *[(calibrate.main, ["--model", "gmm", "--quick", "--no_progress"], a, m) for a, m in CALIBRATE_CASES],
 ])
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(tmp_path, capsys, monkeypatch, main, base, args, message):
     bad_files(tmp_path)

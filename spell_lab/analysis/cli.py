@@ -10,12 +10,20 @@ from pathlib import Path
 from .load import missing_line
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line (and exit code 2) instead of the usage block."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table, extra_lines=lambda res: [],
                   add_arguments=None, options=None) -> int:
     """`python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: figures, table and W&B again from a store, no model run.
     An analysis's own flags: `add_arguments(parser)` declares them, `options(args, datasets)` turns them into extra
     keyword arguments of analyse_run, checked before anything is written (a ValueError: one line, exit code 2)."""
-    p = argparse.ArgumentParser(prog=f"python -m spell_lab.analysis.{experiment}",
+    p = OneLineParser(prog=f"python -m spell_lab.analysis.{experiment}",
                                 description=f"Re-render the {experiment} figures and table of a run from its store "
                                             "(no model is run).")
     p.add_argument("run_dir", type=Path, help=f"run directory, e.g. runs/{experiment}/<run-name>")
@@ -30,7 +38,8 @@ def rerender_main(argv, *, experiment: str, load_run, analyse_run, format_table,
     try:
         datasets = load_run(args.run_dir)
     except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         extra = options(args, datasets) if options is not None else {}
     except ValueError as e:
