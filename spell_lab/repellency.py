@@ -73,12 +73,17 @@ def correction(
     center_groups: torch.Tensor | None = None,
     chunk: int = DEFAULT_CHUNK,
     check: bool = True,
+    refine: int = 0,
 ) -> Correction:
     """The SPELL correction of x0 (B, ...) against centers (K, ...) in the same space; K may be 0.
 
     skip_self: centers are the batch itself (intra-batch, Eq. 8) and a sample never repels itself.
     x_groups (B,) / center_groups (K,): a pair interacts only when the groups are equal (e.g. the same prompt).
     check: validate inputs (NaN, shapes); the sampler turns it off after validating once, to avoid host syncs.
+    refine: where distances come from the matmul expansion, recompute the `refine` nearest centers of each sample
+        (per chunk) from exact differences, and their pushes too: the expansion cancels for near-duplicates
+        (a query 0.08 from a center 240 from the origin read as distance 0 in float32, and was not pushed at all).
+        Fixed-size (B, refine) gathers: no host sync.
     """
     if check:
         check_radius(radius, overcomp)
@@ -94,24 +99,40 @@ def correction(
     active = torch.zeros(B, dtype=torch.long, device=x0.device)
     nearest = torch.full((B,), math.inf, dtype=wd, device=x0.device)
     for start in range(0, K, chunk):
-        zc = z[start : start + chunk].to(wd) - origin
+        zk = z[start : start + chunk].to(wd)
+        zc = zk - origin
         d = _distances(xc, xc_sq, zc)  # (B, k)
         mask = _pair_mask(B, zc.shape[0], start, skip_self, x_groups, center_groups, centers.device)
         if mask is not None:
             d = d.masked_fill(~mask, math.inf)
+        near = None
+        if refine and _expanded(xc, zc):  # the nearest few from exact differences (near-duplicates cancel)
+            idx = d.topk(min(refine, d.shape[1]), dim=1, largest=False).indices  # (B, m)
+            diff = x[:, None, :] - zk[idx]  # (B, m, D): x0_b - z_k, exact
+            exact = diff.norm(dim=-1)
+            d = d.scatter(1, idx, torch.where(d.gather(1, idx).isinf(), math.inf, exact))  # masked pairs stay out
+            near = (idx, diff)
         nearest = torch.minimum(nearest, d.min(dim=1).values)
         inside = (d < radius) & (d > 0)  # a center at x0 itself gives no direction: no push, not counted
         active += inside.sum(dim=1)
         w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # the ReLU
+        if near is not None:
+            idx, diff = near
+            delta += (w.gather(1, idx)[..., None] * diff).sum(1)  # the refined pushes from exact differences
+            w = w.scatter(1, idx, 0.0)
         delta += w.sum(dim=1, keepdim=True) * xc - w @ zc  # sum_k w_k (x - z_k) without a (B, k, D) tensor
     delta = (overcomp * delta).reshape(x0.shape).to(x0.dtype)
     return Correction(delta, active, nearest)
 
 
+def _expanded(xc: torch.Tensor, zc: torch.Tensor) -> bool:
+    return xc.shape[0] * zc.shape[0] * xc.shape[1] > EXACT_WORK
+
+
 def _distances(xc: torch.Tensor, xc_sq: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
     """Pairwise L2 distances. Small problems use exact differences (the guarantee's sphere is hit to float
     rounding); large ones the matmul expansion |x|^2 + |z|^2 - 2 x.z, which is many times faster."""
-    if xc.shape[0] * zc.shape[0] * xc.shape[1] <= EXACT_WORK:
+    if not _expanded(xc, zc):
         return torch.cdist(xc, zc, compute_mode="donot_use_mm_for_euclid_dist")
     d2 = torch.addmm(xc_sq + (zc * zc).sum(dim=1)[None, :], xc, zc.T, alpha=-2.0)
     return d2.clamp_min(0.0).sqrt()
@@ -190,8 +211,13 @@ class Memory:
         )
 
 
+PROTECTED_REFINE = 64  # per sample and chunk, the nearest protected items get exact distances and pushes
+
+
 class ExactProtected:
-    """A static protected set searched exhaustively (any condition); the faiss index implements the same call."""
+    """A static protected set searched exhaustively (any condition); the faiss index implements the same call.
+    The nearest PROTECTED_REFINE items of each sample get exact distances: memorised near-copies are what protection
+    exists for, and the matmul expansion cancels exactly for them."""
 
     name = "protected"
 
@@ -201,7 +227,8 @@ class ExactProtected:
         self.items, self.chunk = items, chunk
 
     def __call__(self, x0, radius, overcomp, cond):
-        return correction(x0, self.items, radius, overcomp=overcomp, chunk=self.chunk, check=False)
+        return correction(x0, self.items, radius, overcomp=overcomp, chunk=self.chunk, check=False,
+                          refine=PROTECTED_REFINE)
 
 
 def _empty(x0: torch.Tensor) -> Correction:

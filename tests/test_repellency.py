@@ -107,7 +107,10 @@ def test_chunked_and_expansion_paths_agree_with_reference():
     g = torch.Generator().manual_seed(4)
     x = torch.randn(8, 512, generator=g)
     z = torch.cat([x + 0.9 * torch.randn(8, 512, generator=g), torch.randn(9000, 512, generator=g)])
-    radius = 30.0
+    d = torch.cdist(x.double(), z.double()).flatten().sort().values
+    d = d[(d > 29.5) & (d < 30.5)]
+    gap = int((d[1:] - d[:-1]).argmax())
+    radius = float((d[gap] + d[gap + 1]) / 2)  # about 30, in the widest gap: float32 rounding cannot flip a pair
     assert 8 * z.shape[0] * 512 > EXACT_WORK  # large enough for the matmul expansion
     c_big = correction(x, z, radius, chunk=1000)
     c_one = correction(x, z, radius, chunk=z.shape[0])
@@ -162,3 +165,21 @@ def test_bad_tensors():
         ExactProtected(torch.full((2, 3), math.nan))
     with pytest.raises(ValueError, match="does not match the sample shape"):
         Spell.build(1.0, memory=torch.ones(3, 7)).validate(x)
+
+
+def test_protected_near_duplicates_get_exact_distances_and_pushes():
+    # 10,000 clustered items far from the origin, queries planted 0.08 from an item: the matmul expansion alone
+    # read those distances as 0 in float32 and did not push at all; the refined nearest items are exact
+    g = torch.Generator().manual_seed(0)
+    centers = 30 * torch.randn(20, 64, generator=g)
+    items = centers[torch.randint(20, (10000,), generator=g)] + 0.5 * torch.randn(10000, 64, generator=g)
+    q = items[:8] + 0.08 * torch.nn.functional.normalize(torch.randn(8, 64, generator=g), dim=1)
+    true = (q[:, None].double() - items[None].double()).norm(dim=-1)
+    plain = correction(q, items, 1.0, check=False)
+    assert (plain.nearest < 0.5 * true.min(1).values).any()  # the expansion alone fails here (the test can fail)
+    c = ExactProtected(items)(q, 1.0, 1.0, torch.zeros(8, dtype=torch.long))
+    assert torch.allclose(c.nearest.double(), true.min(1).values, rtol=1e-5)
+    ref = correction_reference(q.double(), items.double(), 1.0)
+    assert torch.equal(c.active, ref.active) and torch.allclose(c.delta.double(), ref.delta, atol=1e-4)
+    moved = (q + c.delta)[:, None].double() - items[None].double()
+    assert float(moved.norm(dim=-1).min()) >= 1.0 * (1 - 1e-5)  # every output leaves its shield
