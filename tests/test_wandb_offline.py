@@ -37,6 +37,8 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     ids = {r.name.rsplit("-", 1)[1] for r in runs}
     log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline log holds the config
     assert all(k in log for k in (b"intra_batch", b"method_name", b"overcomp", b"sparsity"))  # unpacked; tag
+    own = [r for r in runs if list(r.rglob("setup/active_share_*.png"))]
+    assert len(own) == 2  # each setup's run has its own figures; the baseline reference has none
     tables = list((out / "wandb").rglob("samples_*.table.json"))
     assert len(tables) == 3 and '"intervened"' in tables[0].read_text()  # one per-sample table per W&B run
     again = subprocess.run([*no_network_prefix(), sys.executable, "-m", "spell_lab.analysis.sparsity", str(out)],

@@ -381,11 +381,24 @@ def render_all(datasets: dict, out_dir, gallery: dict | None = None) -> dict[str
     return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, gallery).items()}
 
 
+def own_figures(datasets: dict, name: str) -> dict:
+    """The figures of one setup alone, for its own W&B run: relative magnitude, active share, and its gallery
+    where the store has images and the baseline (the reference run gets none)."""
+    if name == REFERENCE:
+        return {}
+    one = {name: datasets[name]}
+    figs = {"setup/relative_magnitude": plot_relative_magnitude(one), "setup/active_share": plot_active_share(one)}
+    if REFERENCE in datasets and ("image" in datasets[name] or "x0" in datasets[name]):
+        figs["setup/gallery"] = plot_gallery({**one, REFERENCE: datasets[REFERENCE]}, name)
+    return figs
+
+
 def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, project: str = "spell_lab",
                  group: str, run_dir, mode: str = "offline") -> list[Path]:
     """One W&B run per store group (each setup, and the radius-0 `baseline` as a reference), all in `group`: the
     group's attrs as config, its summary row as run summary, the whole summary table, every figure (PNG path,
-    {"png": path} or Figure) and the per-t curves (measured samples). Offline by default, written under run_dir;
+    {"png": path} or Figure) beside the setup's own (`own_figures`), a per-sample table and the per-t curves
+    (measured samples). Offline by default, written under run_dir;
     mode="disabled" logs nothing. Returns the W&B run directories."""
     from .wandb_log import RunLog, config_from_attrs, log_runs, model_name, sample_rows
 
@@ -401,7 +414,7 @@ def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, projec
             tags=("sparsity", model_name(datasets[name].attrs)),
             summary=summary.loc[name].to_dict() if name in summary.index else _summary(datasets[name]),
             tables={"summary": summary},
-            images=images,
+            images={**images, **own_figures(every, name)},
             curves=curves(datasets[name]),
             x="t",
             series={"relative magnitude (active)": ["rel_q10_active", "rel_median_active", "rel_q90_active",
