@@ -3,7 +3,7 @@ resolved here into the hooks the sampler calls at every denoiser evaluation:
 
 - interventions on x0_hat: callables `(x0, cond, *, x_t, t, alpha, sigma) -> SpellStep`, applied in order, each
   returning its statistics for the recorder (SPELL's shield sources are one such intervention);
-- a guidance schedule w(t) (None: the run's constant weight);
+- a guidance schedule w(t, alpha, sigma, w_run) (None: the run's constant weight w_run);
 - a condition transform `(cond, t, generators) -> cond'` (None: the condition as given).
 
 Adding a method is one `@register` entry and its function; the run layer, the store and the analyses take any.
@@ -26,7 +26,7 @@ class Hooks:
 
     params: dict = field(default_factory=dict)  # the plain data it was resolved from, defaults filled in
     interventions: tuple = ()
-    guidance: Callable[[float], float] | None = None  # t -> w
+    guidance: Callable | None = None  # (t, alpha, sigma, run's weight) -> w at that evaluation
     condition: Callable | None = None  # (cond, t, generators) -> cond'
     shields: Spell | None = None  # the references outputs are judged against (final_nearest_distance)
     memory: Memory | None = None  # earlier rounds' outputs, filled by `end_round`
@@ -119,6 +119,35 @@ def spell(params: dict, protected=None) -> Hooks:
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
                     protected=protected)
     return Hooks(params, interventions=(s,), shields=s, memory=memory)
+
+
+@register("cfg", weight=None)
+def cfg(params: dict, protected=None) -> Hooks:
+    """Classifier-free guidance at a fixed weight (the CFG sweep); None: the run's weight (the neutral point)."""
+    _no_shields("cfg", protected)
+    w = params["weight"]
+    return Hooks(params, guidance=None if w is None else (lambda t, alpha, sigma, run: float(w)))
+
+
+@register("interval", weight=None, sigma_lo=0.0, sigma_hi=math.inf)
+def interval(params: dict, protected=None) -> Hooks:
+    """Interval guidance (Kynkaanniemi et al. 2024): the weight inside sigma_t/alpha_t in (sigma_lo, sigma_hi], the
+    conditional model alone (w = 1) outside; weight None: the run's. Covering every step is the neutral point."""
+    _no_shields("interval", protected)
+    lo, hi, w = float(params["sigma_lo"]), float(params["sigma_hi"]), params["weight"]
+    if not lo <= hi:
+        raise ValueError(f"interval guidance needs sigma_lo <= sigma_hi (got {lo}, {hi}).")
+
+    def schedule(t, alpha, sigma, run):
+        level = sigma / alpha if alpha > 0 else math.inf  # the VP/EDM noise level
+        return (run if w is None else float(w)) if lo < level <= hi else 1.0
+
+    return Hooks(params, guidance=schedule)
+
+
+def _no_shields(name: str, protected) -> None:
+    if protected is not None:
+        raise ValueError(f"method {name!r} has no shields to repel from a protected set; use method 'spell'.")
 
 
 def spell_method(radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False) -> dict:

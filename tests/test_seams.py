@@ -133,7 +133,7 @@ class Shift:
 
 def test_a_fake_method_runs_end_to_end(tmp_path, monkeypatch):
     def shift(params, protected=None):
-        return Hooks(params, interventions=(Shift(params["amount"]),), guidance=lambda t: params["weight"])
+        return Hooks(params, interventions=(Shift(params["amount"]),), guidance=lambda t, a, s, w: params["weight"])
 
     monkeypatch.setitem(methods.REGISTRY, "shift", methods.MethodSpec("shift", {"amount": 0.0, "weight": 1.0}, shift, ""))
     model = load_model("gmm")

@@ -67,7 +67,8 @@ def generate(
     a_s = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
     coefs = {t: (float(a), float(s)) for t, a, s in zip(times, *a_s)}  # host floats, computed once
     t_dev = dict(zip(times, torch.tensor(times, dtype=dtype).to(device)))  # one transfer: no per-step copy or sync
-    weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t)) for t in times}  # w(t), on the host
+    weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t, *coefs[t], guidance))
+              for t in times}  # w(t), on the host, once
 
     def denoise(x_t, t):
         t = float(t)
