@@ -74,7 +74,6 @@ class MethodSpec:
     name: str
     defaults: dict
     build: Callable  # (params, protected) -> Hooks
-    doc: str
 
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -84,7 +83,7 @@ def register(name: str, **defaults):
     """Decorator: `@register("spell", radius=0.0, ...)` over `fn(params, protected) -> Hooks`."""
 
     def add(fn):
-        REGISTRY[name] = MethodSpec(name, defaults, fn, (fn.__doc__ or "").strip().split("\n")[0])
+        REGISTRY[name] = MethodSpec(name, defaults, fn)
         return fn
 
     return add

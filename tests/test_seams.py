@@ -135,7 +135,7 @@ def test_a_fake_method_runs_end_to_end(tmp_path, monkeypatch):
     def shift(params, protected=None):
         return Hooks(params, interventions=(Shift(params["amount"]),), guidance=lambda t, a, s, w: params["weight"])
 
-    monkeypatch.setitem(methods.REGISTRY, "shift", methods.MethodSpec("shift", {"amount": 0.0, "weight": 1.0}, shift, ""))
+    monkeypatch.setitem(methods.REGISTRY, "shift", methods.MethodSpec("shift", {"amount": 0.0, "weight": 1.0}, shift))
     model = load_model("gmm")
     plain = Setting("plain", spell_method(0.0), rounds=(3,), conditions=(0, 2))
     moved = Setting("moved", {"name": "shift", "amount": 0.25}, rounds=(3,), conditions=(0, 2))
