@@ -3,7 +3,8 @@ density, coverage (k = 5 neighbours), Vendi and Fréchet distance computed withi
 condition's real samples. `vendi` is on the metric features (the digits classifier's penultimate layer on digits,
 the raw vectors on gmm); `vendi_raw` is on the raw diffusion-space outputs x0. `real_vendi`, `real_vendi_raw`: the
 same Vendi scores of that condition's held-out real samples at the generated sample size (mean over 10 seeded
-subsets; Vendi grows with the number of samples)."""
+subsets; Vendi grows with the number of samples). `fidelity`, where the model has a classifier: its mean probability
+of the requested condition (the paper's CLIP-score stand-in)."""
 
 from __future__ import annotations
 
@@ -65,9 +66,34 @@ def generated(ds: xr.Dataset) -> tuple[torch.Tensor, np.ndarray]:
 
 
 
-def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_features=None) -> pd.DataFrame:
-    """One row per condition of the fakes: n, precision, recall, density, coverage, vendi, vendi_raw, fd, real_vendi.
-    `features` maps (N, *shape) tensors to (N, D) features; pass `real_features` to reuse the real ones."""
+def condition_fidelity(model: str):
+    """The condition-fidelity score of a built-in model, `(x0, cond) -> (N,)` probability the model's classifier gives
+    the requested condition (digits: the shipped classifier, one thread so the figures do not depend on the thread
+    count); None for models without a classifier (the column is then left out)."""
+    if model != "digits":
+        return None
+    from ..models.digits import load_classifier
+
+    clf = load_classifier().eval()
+
+    def score(x0, cond) -> np.ndarray:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                p = torch.cat([clf(torch.as_tensor(x0[i:i + 1024]).float()).softmax(-1) for i in range(0, len(x0), 1024)])
+        finally:
+            torch.set_num_threads(threads)
+        return p[torch.arange(len(p)), torch.as_tensor(np.asarray(cond), dtype=torch.long)].numpy()
+
+    return score
+
+
+def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_features=None,
+                      fidelity=None) -> pd.DataFrame:
+    """One row per condition of the fakes: n, precision, recall, density, coverage, vendi, vendi_raw, fd, real_vendi
+    (and fidelity, given `fidelity` from `condition_fidelity`). `features` maps (N, *shape) tensors to (N, D)
+    features; pass `real_features` to reuse the real ones."""
     from ..metrics import frechet_distance, per_condition, prdc, vendi
 
     x0 = torch.as_tensor(x0)
@@ -86,11 +112,13 @@ def condition_metrics(x0, cond, real_x, real_cond, features, k: int = 5, real_fe
     fd = per_condition(frechet_distance, rf, ff, real_cond, cond).per_condition
     real_cond = np.asarray(real_cond)
     real_raw = torch.as_tensor(real_x).reshape(len(real_x), -1)
+    fid = None if fidelity is None else pd.Series(fidelity(x0, cond)).groupby(cond).mean()
     rows = []
     for c in q:
         rows.append(dict(condition=c, n=int(counts[c]), n_real=int((real_cond == c).sum()), **q[c], vendi=v[c],
                          vendi_raw=vr[c], fd=fd[c], real_vendi=_real_vendi(rf, real_cond == c, int(counts[c])),
-                         real_vendi_raw=_real_vendi(real_raw, real_cond == c, int(counts[c]))))
+                         real_vendi_raw=_real_vendi(real_raw, real_cond == c, int(counts[c])),
+                         **({} if fid is None else {"fidelity": float(fid[c])})))
     return pd.DataFrame(rows)
 
 
