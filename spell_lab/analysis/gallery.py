@@ -232,6 +232,7 @@ def plot_gallery(datasets: dict, setup: str | None = None, baseline: str = "base
     radius = float(radius) if isinstance(radius, (int, float, np.number)) and radius > 0 else None
     shown = moved[changed & np.isfinite(moved)]
     vmax = max([v for v in (shown.max() if shown.size else None, radius) if v is not None] or [1.0])
+    vmax = max(vmax, 1.1 * radius) if radius is not None else vmax  # the dashed radius line stays inside the bar
     cmap, norm = _delta_cmap(), Normalize(0, vmax)
 
     rows = [(ci, row) for ci, p in enumerate(picks) for row in _rows(p, early_of, ncols)]
