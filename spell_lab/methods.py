@@ -4,7 +4,10 @@ resolved here into the hooks the sampler calls at every denoiser evaluation:
 - interventions on x0_hat: callables `(x0, cond, *, x_t, t, alpha, sigma) -> SpellStep`, applied in order, each
   returning its statistics for the recorder (SPELL's shield sources are one such intervention);
 - a guidance schedule w(t, alpha, sigma, w_run) (None: the run's constant weight w_run);
-- a condition transform `(cond, t, generators) -> cond'` (None: the condition as given).
+- a condition transform `(y, t, noise) -> y'` on the model's continuous condition embedding y (B, ...) (None: the
+  condition as given). `noise(shape)` draws (B, *shape) standard normals, each sample's from its own stream, which
+  is not the sampler's noise stream (`spell_lab.samplers.generate.method_generators`). Returning y itself means
+  "unchanged": the sampler then gives the model the plain condition, bit for bit.
 
 Adding a method is one `@register` entry and its function; the run layer, the store and the analyses take any.
 """
@@ -27,7 +30,7 @@ class Hooks:
     params: dict = field(default_factory=dict)  # the plain data it was resolved from, defaults filled in
     interventions: tuple = ()
     guidance: Callable | None = None  # (t, alpha, sigma, run's weight) -> w at that evaluation
-    condition: Callable | None = None  # (cond, t, generators) -> cond'
+    condition: Callable | None = None  # (y, t, noise) -> y', on the model's condition embedding
     shields: Spell | None = None  # the references outputs are judged against (final_nearest_distance)
     memory: Memory | None = None  # earlier rounds' outputs, filled by `end_round`
 
@@ -48,6 +51,13 @@ class Hooks:
         for iv in self.interventions:
             if hasattr(iv, "validate"):
                 iv.validate(x_example)
+
+    def validate_model(self, model) -> None:
+        """Refuse, before anything runs, a method the model cannot serve (a condition transform needs an embedding)."""
+        if self.condition is not None and not callable(getattr(model, "embed_condition", None)):
+            raise ValueError(f"method {self.params.get('name')!r} transforms the condition embedding, and model "
+                             f"{getattr(model, 'name', type(model).__name__)!r} has none; use a model with one "
+                             "(e.g. digits) or another method.")
 
     def intervene(self, x0: torch.Tensor, cond: torch.Tensor, **context) -> SpellStep:
         """Every intervention in order, each on the previous one's x0; none: x0 unchanged (bit for bit)."""
@@ -111,21 +121,26 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 # --- the methods ------------------------------------------------------------------------------------------------
 
 
-@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False)
+@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, weight=None)
 def spell(params: dict, protected=None) -> Hooks:
-    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set."""
+    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set.
+    weight: the CFG weight it runs on top of (Appendix I), as in `cfg`; None: the run's weight."""
     memory = Memory() if params["memory"] else None
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
                     protected=protected)
-    return Hooks(params, interventions=(s,), shields=s, memory=memory)
+    return Hooks(params, interventions=(s,), guidance=fixed_weight(params["weight"]), shields=s, memory=memory)
 
 
 @register("cfg", weight=None)
 def cfg(params: dict, protected=None) -> Hooks:
     """Classifier-free guidance at a fixed weight (the CFG sweep); None: the run's weight (the neutral point)."""
     _no_shields("cfg", protected)
-    w = params["weight"]
-    return Hooks(params, guidance=None if w is None else (lambda t, alpha, sigma, run: float(w)))
+    return Hooks(params, guidance=fixed_weight(params["weight"]))
+
+
+def fixed_weight(w) -> Callable | None:
+    """The guidance schedule of a constant weight; None: no schedule (the run's weight, the sampler untouched)."""
+    return None if w is None else (lambda t, alpha, sigma, run: float(w))
 
 
 @register("interval", weight=None, sigma_lo=0.0, sigma_hi=math.inf)
@@ -144,9 +159,102 @@ def interval(params: dict, protected=None) -> Hooks:
     return Hooks(params, guidance=schedule)
 
 
+@register("pg", strength=0.0)
+def pg(params: dict, protected=None) -> Hooks:
+    """Particle guidance (Corso et al. 2024), the RBF kernel on x_t while sigma/alpha >= 1 (`particle_guidance`);
+    strength 0 is the neutral point."""
+    _no_shields("pg", protected)
+    return Hooks(params, interventions=(ParticleGuidance(float(params["strength"])),))
+
+
+@register("cads", tau1=0.6, tau2=0.9, noise_scale=0.25, psi=1.0)
+def cads(params: dict, protected=None) -> Hooks:
+    """Condition-annealed sampling (Sadat et al. 2024) on the condition embedding (`cads_embedding`); the
+    unconditional branch of CFG keeps the null condition's embedding. tau1 = tau2 = 1 is the neutral point."""
+    _no_shields("cads", protected)
+    tau1, tau2, s, psi = (float(params[k]) for k in ("tau1", "tau2", "noise_scale", "psi"))
+    if not 0.0 <= tau1 <= tau2:
+        raise ValueError(f"cads needs 0 <= tau1 <= tau2 (got {tau1}, {tau2}).")
+
+    def condition(y, t, noise):
+        g = cads_gamma(t, tau1, tau2)
+        return y if g == 1.0 else cads_embedding(y, g, noise(y.shape[1:]), s, psi)  # gamma 1: y, no draw
+
+    return Hooks(params, condition=condition)
+
+
 def _no_shields(name: str, protected) -> None:
     if protected is not None:
         raise ValueError(f"method {name!r} has no shields to repel from a protected set; use method 'spell'.")
+
+
+# --- particle guidance ------------------------------------------------------------------------------------------
+
+
+def particle_guidance(x_t: torch.Tensor, cond: torch.Tensor, strength: float, sigma_ve: float) -> torch.Tensor:
+    """The change of x0_hat by particle guidance (design.md section 2), x_t's shape; zero where sigma_ve < 1.
+
+    Per condition, on the flattened x_t: h_i = median_{j!=i} ||x_i - x_j||^2 / log(n - 1) (the lower middle for an
+    even count, as torch.median), K_ij = exp(-||x_i - x_j||^2 / h_i), and the change is
+    strength * sigma_ve^2 * sum_{j!=i} (2 / h_i) K_ij (x_i - x_j): the reference's eps - strength * sigma_ve * grad
+    seen on x0_hat. Groups of n <= 2 get zero (log 1 = 0), as in the reference. O(n^2 D): one cdist and one matmul
+    over the whole batch, other conditions masked out (no per-group loop, no host sync).
+    """
+    if sigma_ve < 1.0 or strength == 0.0:
+        return torch.zeros_like(x_t)
+    wd = torch.float64 if x_t.dtype == torch.float64 else torch.float32
+    f = x_t.reshape(x_t.shape[0], -1).to(wd)
+    d2 = torch.cdist(f, f).square()
+    same = (cond[:, None] == cond[None, :]).fill_diagonal_(False)  # j != i, same condition
+    others = same.sum(1)  # n - 1 of each sample's group
+    lower_mid = ((others - 1).clamp_min(0) // 2)[:, None]
+    med2 = d2.masked_fill(~same, math.inf).sort(dim=1).values.gather(1, lower_mid)[:, 0]  # median of d, squared
+    valid = others >= 2  # n <= 2: no term
+    h = torch.where(valid, med2 / others.to(wd).log(), 1.0).clamp_min(torch.finfo(wd).tiny)
+    kernel = torch.exp(-d2 / h[:, None]) * same
+    coef = torch.where(valid, strength * sigma_ve**2 * 2 / h, 0.0)
+    change = coef[:, None] * (kernel.sum(1, keepdim=True) * f - kernel @ f)  # sum_j K_ij (x_i - x_j)
+    return change.reshape(x_t.shape).to(x_t.dtype)
+
+
+class ParticleGuidance:
+    """PG as an intervention on x0_hat: it reads x_t, alpha and sigma from the evaluation's context."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def __call__(self, x0, cond, *, x_t, alpha, sigma, **context) -> SpellStep:
+        sigma_ve = sigma / alpha if alpha > 0 else math.inf
+        if self.strength == 0.0 or sigma_ve < 1.0 or not math.isfinite(sigma_ve):  # alpha = 0: x0_hat plays no part
+            return SpellStep.unchanged(x0)  # x0 itself: the plain sampler bit for bit
+        change = particle_guidance(x_t, cond, self.strength, sigma_ve).to(x0.dtype)
+        nearest = torch.full((x0.shape[0],), math.inf, device=x0.device)  # no shields
+        return SpellStep(x0 + change, change, {}, nearest)
+
+
+# --- CADS ---------------------------------------------------------------------------------------------------------
+
+
+def cads_gamma(t: float, tau1: float, tau2: float) -> float:
+    """CADS's annealing schedule: 1 for t <= tau1 (near the data), 0 for t >= tau2, (tau2 - t) / (tau2 - tau1)
+    between. tau1 == tau2 is the step: 1 up to tau1, 0 above it (tau1 = tau2 = 1: the condition is never noised)."""
+    if t <= tau1:
+        return 1.0
+    if t >= tau2:
+        return 0.0
+    return (tau2 - t) / (tau2 - tau1)
+
+
+def cads_embedding(y: torch.Tensor, gamma: float, eps: torch.Tensor, noise_scale: float, psi: float) -> torch.Tensor:
+    """y_hat = sqrt(gamma) y + s sqrt(1 - gamma) eps, rescaled per sample to y's mean and std (over all but the batch
+    dim; torch.std, unbiased), then psi * rescaled + (1 - psi) * y_hat (Sadat et al. 2024, Eq. 4-5)."""
+    y_hat = math.sqrt(gamma) * y + noise_scale * math.sqrt(1.0 - gamma) * eps
+    if psi == 0.0:
+        return y_hat
+    dims = tuple(range(1, y.ndim))
+    stats = lambda v: (v.mean(dims, keepdim=True), v.std(dims, keepdim=True))  # noqa: E731
+    (m, s), (m_hat, s_hat) = stats(y), stats(y_hat)
+    return psi * ((y_hat - m_hat) / s_hat * s + m) + (1.0 - psi) * y_hat
 
 
 def spell_method(radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False) -> dict:

@@ -13,6 +13,7 @@ and a missing model raises `ModelNotAvailable` at once, before anything is gener
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from ..repellency import Memory
+from .callbacks import MethodCallback, needs_callback
 from .scheduler import SpellScheduler
 
 
@@ -116,7 +118,9 @@ def generate_pipeline(
     memory: earlier rounds' final latents (a `repellency.Memory` with their group ids, or a tensor for group 0).
         The caller adds each finished batch: memory.add(gen.x0, groups).
     method: instead of spell_kwargs and memory, a resolved method (`spell_lab.methods.resolve`) whose
-        interventions act on the scheduler's x0_hat (the run layer's path).
+        interventions act on the scheduler's x0_hat (the run layer's path); its guidance schedule and condition
+        transform (interval, cfg, cads) act through `callbacks.MethodCallback` on the pipeline's guidance_scale and
+        prompt_embeds (cads needs prompt_embeds=; see that module).
     groups: group id per sample (only the same group repels, and memory shields its own group); default: the index
         of each distinct condition in order of first appearance (all one group when conditions is None).
     pipeline_kwargs: passed to the pipeline call (height, width, negative_prompt, prompt_embeds, ...).
@@ -135,13 +139,24 @@ def generate_pipeline(
     base = pipe.scheduler.inner if isinstance(pipe.scheduler, SpellScheduler) else pipe.scheduler
     if method is not None and (spell_kwargs or memory is not None):
         raise ValueError("give generate_pipeline either method= or spell_kwargs/memory, not both.")
+    per_step = {}
+    if method is not None and needs_callback(method):  # guidance / condition: a step-end callback, not the scheduler
+        if "guidance_scale" not in params:
+            raise ValueError(f"{type(pipe).__name__} takes no guidance_scale, which method "
+                             f"{method.params.get('name')!r} needs.")
+        run = call.get("guidance_scale", params["guidance_scale"].default)
+        callback = MethodCallback(pipe, method, steps=steps, guidance=run, seeds=seeds,
+                                  pipeline_kwargs=pipeline_kwargs)
+        per_step = callback.call_kwargs()
+        method = dataclasses.replace(method, guidance=None, condition=None)  # the scheduler keeps the interventions
     spell = (SpellScheduler(base, method=method) if method is not None
              else SpellScheduler(base, memory=memory, **(spell_kwargs or {"radius": 0.0})))
     spell.set_groups(_group_ids(conditions, len(seeds)) if groups is None else groups)
     pipe.scheduler = spell
     try:
         with torch.no_grad():
-            out = pipe(**call, num_inference_steps=steps, generator=generators, **pipeline_kwargs, **_no_dict(params))
+            kwargs = {**call, **pipeline_kwargs, **per_step}  # the method's step-0 weight and condition win
+            out = pipe(**kwargs, num_inference_steps=steps, generator=generators, **_no_dict(params))
     finally:
         pipe.scheduler = base
     images = _uint8(out[0]) if decode else None

@@ -156,7 +156,8 @@ class SpellScheduler:
             raise ValueError("give SpellScheduler either a radius (SPELL) or method= (a resolved method), not both.")
         if method is not None and (method.guidance is not None or method.condition is not None):
             raise ValueError(f"method {method.params.get('name')!r} changes the guidance weight or the condition, "
-                             "which a scheduler cannot see; use a built-in model or a pipeline callback.")
+                             "which a scheduler cannot see; run it with generate_pipeline(..., method=), which adds "
+                             "the step-end callback (spell_lab.diffusers.callbacks.MethodCallback).")
         family = scheduler_family(scheduler)
         self.inner = scheduler
         self.family = family

@@ -5,6 +5,8 @@ A `Denoiser` is an `nn.Module` with
   - `sample_shape` : the shape of one sample in the diffusion space, e.g. (1, 32, 32)
   - `num_classes`  : number of conditions (class labels); condition -1 means "no condition" (for CFG)
   - `forward(x, t, cond) -> x0_hat`, x (B, *sample_shape), t a scalar tensor in [0, 1], cond (B,) long.
+  - optionally `embed_condition(cond) -> (B, ...)` float, a continuous condition embedding that `forward` accepts
+    in place of the labels (methods that transform the condition, e.g. CADS, need it).
 and the defaults a user expects from the model: `default_sampler`, `default_steps`, `default_guidance`.
 """
 
@@ -33,16 +35,20 @@ class Denoiser(nn.Module):
         return None
 
 
-def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float,
+              embedding: torch.Tensor | None = None) -> torch.Tensor:
     """Classifier-free guidance on x0_hat: x0_u + w (x0_c - x0_u); w = 1 is the conditional model.
 
     Guidance is linear in the model output and x_t is fixed, so guiding x0_hat equals guiding eps, v or the score.
-    Conditional and unconditional halves run as one batch.
+    Conditional and unconditional halves run as one batch. `embedding` (B, E): the conditional branch's condition
+    embedding in place of the labels `cond` (CADS); the unconditional branch keeps the null condition's embedding.
     """
+    c = cond if embedding is None else embedding
     if guidance == 1.0:
-        return model(x, t, cond)
+        return model(x, t, c)
     null = torch.full_like(cond, NULL_CONDITION)
-    x0_c, x0_u = model(torch.cat([x, x]), t, torch.cat([cond, null])).chunk(2)
+    null = null if embedding is None else model.embed_condition(null).to(embedding.dtype)
+    x0_c, x0_u = model(torch.cat([x, x]), t, torch.cat([c, null])).chunk(2)
     return x0_u + guidance * (x0_c - x0_u)
 
 

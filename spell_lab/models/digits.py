@@ -156,7 +156,8 @@ class UNet8(nn.Module):
 
     def forward(self, x, c_noise, label):
         angles = c_noise[:, None] * self.freqs[None]
-        emb = self.noise_mlp(torch.cat([angles.sin(), angles.cos()], 1)) + self.class_emb(label)
+        c = label if label.is_floating_point() else self.class_emb(label)  # a float: the class embedding itself
+        emb = self.noise_mlp(torch.cat([angles.sin(), angles.cos()], 1)) + c
         emb = F.silu(emb)
         h, skips = self.stem(x), []
         for i, block in enumerate(self.down):
@@ -193,8 +194,16 @@ class DigitsDenoiser(Denoiser):
         s = s.to(y.dtype).reshape(-1, 1, 1, 1).expand(y.shape[0], 1, 1, 1)
         c_skip, c_out = sd**2 / (s**2 + sd**2), s * sd / (s**2 + sd**2).sqrt()
         c_in, c_noise = 1 / (s**2 + sd**2).sqrt(), s.clamp_min(1e-4).log().flatten() / 4
-        label = torch.where(cond == NULL_CONDITION, torch.full_like(cond, self.num_classes), cond)
+        label = cond if cond.is_floating_point() else self._label(cond)  # float: an embedding (embed_condition)
         return c_skip * y + c_out * self.net(c_in * y, c_noise, label)
+
+    def _label(self, cond: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond == NULL_CONDITION, torch.full_like(cond, self.num_classes), cond)
+
+    def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """Class labels (B,) (-1: no condition) -> their class embeddings (B, emb_dim), which `forward` accepts in
+        place of the labels (the continuous condition CADS anneals)."""
+        return self.net.class_emb(self._label(cond.to(self.net.class_emb.weight.device)))
 
     def to_images(self, x0: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, 48, 48, 3) for the store's `image` and the galleries."""

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from .. import store
-from ..methods import method_params
+from ..methods import method_params, resolve
 from ..plan import Setting, plan
 from ..samplers import get_sampler
 from .lightning import SpellPredict, StoreWriter, UnitData
@@ -138,6 +138,8 @@ def run_generation(
         raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
     # every method checked and its defaults filled in before anything exists: the store records what ran
     settings = [replace(s, method=method_params(s.method)) for s in settings]
+    for s in settings:
+        resolve(s.method).validate_model(model)  # e.g. cads on a model without a condition embedding
     specs = [s.protected for s in settings if s.protected]
     inputs = {}
     for p in sorted({spec["path"] for spec in specs}):  # refuse a wrong reference set before anything is created

@@ -3,6 +3,7 @@ schedule, condition transform, interventions such as SPELL), recording."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,16 @@ class Generation:
 def sample_generators(seeds, device) -> list[torch.Generator]:
     """One RNG per sample, seeded from the sample's seed: noise never depends on the batch a sample is in."""
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def method_generators(seeds, device, stream: str = "method") -> list[torch.Generator]:
+    """One RNG per sample for a method's own draws (CADS's condition noise), apart from the sampler's stream:
+    seeded with the first 63 bits of sha256(f"{seed}/{stream}"), so the sampler's noise (DDPM draws every step)
+    is never disturbed, and a sample's draws still depend on its seed alone, not on its batch."""
+    def derived(seed):
+        digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
+        return int.from_bytes(digest[:8], "little") >> 1
+    return [torch.Generator(device=device).manual_seed(derived(s)) for s in seeds]
 
 
 def stacked_normal(generators, shape, device, dtype=torch.float32) -> torch.Tensor:
@@ -48,6 +59,7 @@ def generate(
     if spell is not None and method is not None:
         raise ValueError("give either spell= or method=, not both (a method resolves its own SPELL).")
     hooks = method if method is not None else Hooks.of_spell(spell)
+    hooks.validate_model(model)
     sampler = sampler or model.default_sampler
     steps = steps or model.default_steps
     guidance = model.default_guidance if guidance is None else guidance
@@ -70,11 +82,12 @@ def generate(
     weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t, *coefs[t], guidance))
               for t in times}  # w(t), on the host, once
 
+    condition = _condition_transform(hooks, model, cond, seeds, device, dtype)
+
     def denoise(x_t, t):
         t = float(t)
         alpha, sigma = coefs[t]
-        c = cond if hooks.condition is None else hooks.condition(cond, t, gens)
-        x0 = guided_x0(model, x_t, t_dev[t], c, weight[t])
+        x0 = guided_x0(model, x_t, t_dev[t], cond, weight[t], embedding=condition(t))
         if not intervenes:
             return x0
         step = hooks.intervene(x0, cond, x_t=x_t, t=t, alpha=alpha, sigma=sigma)
@@ -85,3 +98,19 @@ def generate(
     with torch.no_grad():
         x = step_fn(denoise, x, ts, model.schedule, noise=lambda: stacked_normal(gens, model.sample_shape, device, dtype))
     return Generation(x, recorder.result() if recorder is not None else {})
+
+
+def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device, dtype):
+    """t -> the conditional branch's embedding at t, or None for the plain labels (no transform, or the transform
+    returned the embedding itself: the labels path then runs, bit for bit)."""
+    if hooks.condition is None:
+        return lambda t: None
+    y = model.embed_condition(cond)
+    gens = method_generators(seeds, device, "condition")
+    noise = lambda shape: stacked_normal(gens, shape, device, y.dtype)  # noqa: E731
+
+    def at(t):
+        y_t = hooks.condition(y, t, noise)
+        return None if y_t is y else y_t
+
+    return at

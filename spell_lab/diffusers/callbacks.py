@@ -1,0 +1,133 @@
+"""A method's guidance schedule (interval guidance, a CFG weight) and condition transform (CADS) inside a diffusers
+pipeline, through `callback_on_step_end`: the pattern diffusers documents for dynamic CFG (set
+`pipe._guidance_scale`, swap `prompt_embeds` between the CFG layout [uncond, cond] and the conditional half alone).
+
+    cb = MethodCallback(pipe, resolve({"name": "interval", "sigma_lo": 0.3, "sigma_hi": 5.0}), steps=28,
+                        guidance=7.0, seeds=seeds, pipeline_kwargs=dict(prompt_embeds=..., negative_prompt_embeds=...))
+    pipe(**cb.call_kwargs(), num_inference_steps=28, ...)       # generate_pipeline(..., method=...) does this
+
+The callback runs after each step, so it sets what step i + 1 sees; step 0's weight and condition go into the
+pipeline call itself (`call_kwargs`). The noise levels of the steps come from a copy of the scheduler, in the same
+coordinates as `SpellScheduler`'s records (sigma / alpha is the VP/EDM noise level).
+
+- Guidance: step i runs at w_i. Where w <= 1 the pipeline runs the conditional branch alone (diffusers turns CFG off
+  for guidance_scale <= 1), so interval guidance outside its interval is guidance 1 bit for bit. Turning CFG on after
+  a start with it off needs the unconditional embeddings: pass `negative_prompt_embeds` (and, for SD3,
+  `negative_pooled_prompt_embeds`).
+- Condition (CADS): the conditional embeddings given as `prompt_embeds` (and `pooled_prompt_embeds` where the
+  pipeline has them) are annealed; the unconditional branch keeps the negative embeddings, as in CADS. Each sample's
+  noise comes from its own stream derived from its seed (`spell_lab.samplers.generate.method_generators`), apart
+  from the pipeline's generators. Prompts as strings are refused: encode them first (`pipe.encode_prompt`).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+
+from ..methods import Hooks
+from ..samplers.generate import method_generators, stacked_normal
+from .scheduler import evaluation, scheduler_family, scheduler_prediction
+
+CONDITION_TENSORS = ("prompt_embeds", "pooled_prompt_embeds")  # concatenated [uncond, cond] under CFG
+NEGATIVE = {"prompt_embeds": "negative_prompt_embeds", "pooled_prompt_embeds": "negative_pooled_prompt_embeds"}
+
+
+def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor]:
+    """The `Evaluation` (t, alpha, sigma) of every pipeline step and the timesteps, from a copy of the scheduler (the
+    pipeline's own is untouched). One per timestep: diffusers calls the callback once per timestep."""
+    s = copy.deepcopy(getattr(scheduler, "inner", scheduler))
+    s.set_timesteps(steps)
+    family = scheduler_family(s)
+    prediction = scheduler_prediction(s, family)
+    out = []
+    for i, t in enumerate(s.timesteps):
+        if family != "vp":
+            s._step_index = i  # the sigma that `step` i consumes
+        out.append(evaluation(s, family, prediction, t))
+    return out, s.timesteps.cpu()
+
+
+def needs_callback(hooks: Hooks) -> bool:
+    return hooks.guidance is not None or hooks.condition is not None
+
+
+class MethodCallback:
+    """`callback_on_step_end` for a method's guidance schedule and condition transform (module docstring)."""
+
+    def __init__(self, pipe, hooks: Hooks, *, steps: int, guidance: float, seeds, pipeline_kwargs: dict):
+        name = type(pipe).__name__
+        params = inspect.signature(pipe.__call__).parameters
+        if "callback_on_step_end" not in params:
+            raise ValueError(f"{name} takes no callback_on_step_end, so method {hooks.params.get('name')!r} cannot "
+                             "change its guidance or condition per step; use a pipeline that does (e.g. SD, SD3).")
+        if pipeline_kwargs.get("callback_on_step_end") is not None:
+            raise ValueError("a method that changes guidance or the condition brings its own callback_on_step_end; "
+                             "run without yours.")
+        self.hooks, self.names = hooks, [n for n in CONDITION_TENSORS if n in pipe._callback_tensor_inputs]
+        self.levels, self.timesteps = step_levels(pipe.scheduler, steps)
+        run = float(guidance)
+        self.weights = [run if hooks.guidance is None else float(hooks.guidance(e.t, e.alpha, e.sigma, run))
+                        for e in self.levels]
+        self.y = {n: pipeline_kwargs[n] for n in self.names if pipeline_kwargs.get(n) is not None}
+        self.negatives = {n: pipeline_kwargs.get(NEGATIVE[n]) for n in self.names}
+        if hooks.condition is not None:
+            if "prompt_embeds" not in self.y:
+                raise ValueError(f"method {hooks.params.get('name')!r} anneals the prompt embeddings: pass "
+                                 "prompt_embeds= (encode the prompts first, e.g. with pipe.encode_prompt).")
+            gens = method_generators(seeds, "cpu", "condition")  # CPU: a sample's draws depend on its seed only
+            self.noise = lambda shape, like: stacked_normal(gens, shape, "cpu").to(like.device, like.dtype)
+        if self.weights[0] <= 1 < max(self.weights):
+            missing = [NEGATIVE[n] for n in self.names if n in self.y and self.negatives[n] is None]
+            if missing or "prompt_embeds" not in self.y:
+                raise ValueError("guidance turns on after a start without it: pass prompt_embeds and "
+                                 f"{', '.join(missing) or 'negative_prompt_embeds'} (the unconditional embeddings).")
+        self.current = {n: self.y[n] for n in self.y}  # the conditional half each step sees (step 0: below)
+        self.current.update(self._conditions(0))
+
+    @property
+    def tensor_inputs(self) -> list[str]:  # what diffusers hands the callback (it reads this attribute)
+        return list(self.names)
+
+    def call_kwargs(self) -> dict:
+        """What step 0 needs in the pipeline call: its weight, its condition, and this callback."""
+        out = dict(callback_on_step_end=self, callback_on_step_end_tensor_inputs=self.tensor_inputs)
+        out.update(self.current)
+        if self.hooks.guidance is not None:
+            out["guidance_scale"] = self.weights[0]
+        return out
+
+    def _conditions(self, i: int) -> dict:
+        """The conditional embeddings of step i (the given ones themselves where the transform leaves them)."""
+        if self.hooks.condition is None:
+            return {}
+        t = self.levels[i].t
+        return {n: self.hooks.condition(y, t, lambda shape, y=y: self.noise(shape, y)) for n, y in self.y.items()}
+
+    def __call__(self, pipe, i: int, timestep, kwargs: dict) -> dict:
+        if i == 0 and not torch.equal(pipe.scheduler.timesteps.cpu(), self.timesteps):
+            raise RuntimeError("the pipeline's timesteps differ from the scheduler's own set_timesteps(steps) (custom "
+                               "timesteps, sigmas or shifting?); run the method without them.")
+        nxt = i + 1
+        if nxt >= len(self.weights):
+            return {}
+        was_on = pipe.do_classifier_free_guidance
+        if self.hooks.guidance is not None:
+            pipe._guidance_scale = self.weights[nxt]
+        on = pipe.do_classifier_free_guidance
+        new = self._conditions(nxt)
+        out = {}
+        for n in self.names:
+            if kwargs.get(n) is None:
+                continue
+            moved = n in new and new[n] is not self.current.get(n)
+            if on == was_on and not moved:
+                continue  # nothing changed for this tensor: the pipeline keeps its own, bit for bit
+            uncond, cond = kwargs[n].chunk(2) if was_on else (self.negatives.get(n), kwargs[n])
+            self.negatives[n] = uncond  # the pipeline's own unconditional embeddings, kept for later steps
+            cond = new.get(n, cond)
+            self.current[n] = cond
+            out[n] = torch.cat([uncond, cond]) if on else cond
+        return out

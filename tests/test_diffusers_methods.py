@@ -1,0 +1,106 @@
+"""The baselines through diffusers pipelines, on tiny pipelines with random weights (no downloads): interval guidance
+(a per-step guidance_scale through the step-end callback), particle guidance (the scheduler wrapper, which sees x_t)
+and CADS (the prompt embeddings through the callback); each the plain pipeline bit for bit at its neutral point."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from diffusers import EulerDiscreteScheduler  # noqa: E402
+from test_diffusers import tiny_dit, tiny_sd, tiny_sd3  # noqa: E402
+
+from spell_lab.diffusers import MethodCallback, SpellScheduler, generate_pipeline  # noqa: E402
+from spell_lab.methods import resolve  # noqa: E402
+
+SEEDS = [5, 6, 7, 8]
+STEPS = 6
+
+
+def sd_case():
+    pipe, prompts = tiny_sd(EulerDiscreteScheduler())
+    kw = {k: v.repeat_interleave(2, 0) for k, v in prompts.items()} | dict(height=16, width=16)
+    return pipe, kw
+
+
+def sd3_case():
+    pipe, prompts = tiny_sd3()
+    return pipe, {k: v.repeat_interleave(2, 0) for k, v in prompts.items()} | dict(height=16, width=16)
+
+
+def run(pipe, kw, method=None, guidance=3.0, seeds=SEEDS, groups=None):
+    groups = [0] * len(seeds) if groups is None else groups
+    return generate_pipeline(pipe, None, seeds, steps=STEPS, guidance=guidance, method=method, groups=groups, **kw)
+
+
+def same(a, b):
+    """Bit for bit: latents, images and every record (but nearest_distance, which only the SPELL runs measure)."""
+    return torch.equal(a.x0, b.x0) and np.array_equal(a.images, b.images) and all(
+        torch.equal(a.records[k], b.records[k]) for k in a.records if k != "nearest_distance")
+
+
+@pytest.mark.parametrize("case", [sd_case, sd3_case])
+def test_interval_covering_every_step_is_the_plain_pipeline_and_an_empty_one_is_guidance_1(case):
+    pipe, kw = case()
+    plain = run(pipe, kw)
+    assert same(run(pipe, kw, resolve("interval")), plain)
+    assert same(run(pipe, kw, resolve({"name": "cfg"})), plain)
+    assert same(run(pipe, kw, resolve({"name": "cfg", "weight": 3.0}), guidance=1.0), plain)
+    empty = resolve({"name": "interval", "sigma_lo": 0.0, "sigma_hi": 0.0})
+    assert same(run(pipe, kw, empty), run(pipe, kw, guidance=1.0))
+
+
+def test_interval_guidance_switches_cfg_off_outside_and_on_inside():
+    pipe, kw = sd_case()
+    middle = resolve({"name": "interval", "sigma_lo": 0.5, "sigma_hi": 5.0})
+    weights = MethodCallback(pipe, middle, steps=STEPS, guidance=3.0, seeds=SEEDS, pipeline_kwargs=kw).weights
+    assert weights[0] == weights[-1] == 1.0 and 3.0 in weights  # off, on, off: both switches happen
+    first_on = weights.index(3.0)
+    out, g1, g3 = run(pipe, kw, middle), run(pipe, kw, guidance=1.0), run(pipe, kw, guidance=3.0)
+    score = lambda g: g.records["score_norm"]  # noqa: E731  (depends on each evaluation's guided x0_hat)
+    assert torch.equal(score(out)[:, :first_on], score(g1)[:, :first_on])  # w = 1 before the interval, bit for bit
+    assert not torch.equal(score(out)[:, first_on], score(g1)[:, first_on])  # guided inside it
+    assert not torch.equal(out.x0, g1.x0) and not torch.equal(out.x0, g3.x0)
+    without_negatives = {k: v for k, v in kw.items() if k != "negative_prompt_embeds"}
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        run(pipe, without_negatives, middle)
+
+
+@pytest.mark.parametrize("case", [sd_case, sd3_case])
+def test_pg_through_the_scheduler_wrapper(case):
+    pipe, kw = case()
+    plain = run(pipe, kw)
+    assert same(run(pipe, kw, resolve("pg")), plain)
+    out = run(pipe, kw, resolve({"name": "pg", "strength": 0.5}))
+    assert not torch.equal(out.x0, plain.x0) and torch.isfinite(out.x0).all()
+    level = out.records["sigma"] / out.records["alpha"]
+    expected = (level >= 1) & level.isfinite()  # flow matching's first step (alpha = 0): x0_hat plays no part
+    assert torch.equal(out.records["correction_norm"] > 0, expected[None, :].expand(4, -1)) and expected.any()
+    pairs = run(pipe, kw, resolve({"name": "pg", "strength": 0.5}), groups=[0, 0, 1, 1])
+    assert same(pairs, plain)  # groups of two: no term (log 1 = 0)
+
+
+@pytest.mark.parametrize("case", [sd_case, sd3_case])
+def test_cads_through_the_prompt_embeddings(case):
+    pipe, kw = case()
+    plain = run(pipe, kw)
+    assert same(run(pipe, kw, resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0})), plain)
+    cads = resolve({"name": "cads", "noise_scale": 1.0})
+    out = run(pipe, kw, cads)
+    assert (out.x0 - plain.x0).flatten(1).norm(dim=1).min() > 0  # every sample moved
+    # a sample's output depends on its seed alone, not on its batch
+    part = run(pipe, {k: v[[2, 0]] if torch.is_tensor(v) else v for k, v in kw.items()}, cads, seeds=[7, 5])
+    torch.testing.assert_close(part.x0, out.x0[[2, 0]], rtol=0, atol=1e-5)
+    # CFG off (guidance 1): the conditional branch alone, still annealed
+    assert not torch.equal(run(pipe, kw, cads, guidance=1.0).x0, run(pipe, kw, guidance=1.0).x0)
+
+
+def test_methods_a_pipeline_cannot_serve_are_refused():
+    with pytest.raises(ValueError, match="takes no callback_on_step_end"):
+        generate_pipeline(tiny_dit(), [3, 7], [0, 1], steps=2, guidance=4.0, method=resolve("interval"))
+    pipe, kw = sd_case()
+    no_embeds = {k: v for k, v in kw.items() if "prompt_embeds" not in k}
+    with pytest.raises(ValueError, match="pass prompt_embeds="):
+        generate_pipeline(pipe, None, [0, 1], steps=2, guidance=3.0, method=resolve("cads"), **no_embeds)
+    with pytest.raises(ValueError, match="generate_pipeline"):
+        SpellScheduler(EulerDiscreteScheduler(), method=resolve("interval"))
