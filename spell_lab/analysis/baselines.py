@@ -77,7 +77,7 @@ def describe(name: str, ds: xr.Dataset, sweeps: dict) -> dict:
     value = method.get(vary, np.nan)
     shown = "off" if isinstance(grid_value, dict) else f"{value:g}" if isinstance(value, (int, float)) else str(value)
     return {"sweep": sweep, "label": spec.get("label", sweep), "parameter": vary, "value": value, "shown": shown,
-            "method": json.dumps(method, sort_keys=True), "neutral": i == 0}
+            "method": json.dumps(method, sort_keys=True), "neutral": i == 0 and spec.get("neutral", True)}
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -25,18 +25,19 @@ from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict
 # Each sweep as plain data: the method's fixed parameters, the parameter it varies and the grid. A grid value is a
 # number, null (the run's guidance weight: the neutral point of `weight` sweeps) or a dict of parameters (a point
 # the one parameter cannot express, e.g. CADS switched off). The neutral point is listed first.
+# Measured on the default run: analysis/baselines/README.md.
 SWEEPS = {
     "cfg": dict(label="CFG", method={"name": "cfg"}, vary="weight", values=[None, 1.0, 1.5, 3.0, 4.0, 6.0]),
     "interval": dict(label="Interval guidance", method={"name": "interval"}, vary="sigma_hi",
                      values=[math.inf, 20.0, 5.0, 2.0, 1.0]),  # w = 1 above sigma_hi (the first 12..38 of 50 steps)
-    "pg": dict(label="Particle guidance", method={"name": "pg"}, vary="strength", values=[0.0, 0.5, 1.0, 2.0, 4.0]),
+    "pg": dict(label="Particle guidance", method={"name": "pg"}, vary="strength", values=[0.0, 1.0, 2.0, 4.0, 8.0]),
     "cads": dict(label="CADS", method={"name": "cads"}, vary="noise_scale",
-                 values=[{"tau1": 1.0, "tau2": 1.0}, 0.1, 0.25, 0.5, 1.0]),
+                 values=[{"tau1": 1.0, "tau2": 1.0}, 0.25, 0.5, 1.0, 2.0]),
     "spell": dict(label="SPELL", method={"name": "spell", "overcomp": 1.0, "intra_batch": True, "memory": True},
                   vary="radius", values=[0.0, 10.0, 18.0, 26.11, 35.0, 45.0]),
-    "spell_cfg": dict(label="SPELL + CFG", vary="weight", values=[None, 1.0, 1.5, 3.0, 4.0, 6.0],
+    "spell_cfg": dict(label="SPELL + CFG", vary="weight", values=[None, 1.0, 1.5, 3.0, 4.0, 6.0], neutral=False,
                       method={"name": "spell", "radius": 25.0, "overcomp": 1.6, "intra_batch": True, "memory": True}),
-}
+}  # spell_cfg (Appendix I: the CFG sweep under the main command's SPELL) has no neutral point: SPELL is always on
 GRIDS = {name: list(s["values"]) for name, s in SWEEPS.items()}
 QUICK_GRID = 2  # quick size: the first (neutral) and the last (strongest) value of each grid
 SIZE_ROUNDS = {"quick": (4, 4), "default": (8,) * 4, "full": (8,) * 8}
