@@ -82,7 +82,7 @@ def generate(
     weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t, *coefs[t], guidance))
               for t in times}  # w(t), on the host, once
 
-    condition = _condition_transform(hooks, model, cond, seeds, device, dtype)
+    condition = _condition_transform(hooks, model, cond, seeds, device)
 
     def denoise(x_t, t):
         t = float(t)
@@ -100,12 +100,13 @@ def generate(
     return Generation(x, recorder.result() if recorder is not None else {})
 
 
-def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device, dtype):
+def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device):
     """t -> the conditional branch's embedding at t, or None for the plain labels (no transform, or the transform
     returned the embedding itself: the labels path then runs, bit for bit)."""
     if hooks.condition is None:
         return lambda t: None
-    y = model.embed_condition(cond)
+    with torch.no_grad():
+        y = model.embed_condition(cond)
     gens = method_generators(seeds, device, "condition")
     noise = lambda shape: stacked_normal(gens, shape, device, y.dtype)  # noqa: E731
 
