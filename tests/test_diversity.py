@@ -133,16 +133,16 @@ def test_without_spell_is_the_plain_sampler_bit_for_bit(quick_run):
         torch.set_num_threads(threads)
 
 
-def test_rerender_gives_the_same_table(quick_run, tmp_path):
-    res = cli(quick_run, "--wandb", "disabled", "--out", tmp_path, module="spell_lab.analysis.diversity")
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_rerender_gives_the_same_table(quick_run, tmp_path, capsys):
+    assert dv.main([str(quick_run), "--wandb", "disabled", "--out", str(tmp_path)]) == 0
+    assert "relative change" in capsys.readouterr().out
     a = pd.read_csv(quick_run / "figures" / "diversity_table.csv", index_col=[0, 1])
     b = pd.read_csv(tmp_path / "diversity_table.csv", index_col=[0, 1])
     pd.testing.assert_frame_equal(a, b, rtol=1e-9)
-    assert cli(tmp_path / "nothing", module="spell_lab.analysis.diversity").returncode == 2
+    assert dv.main([str(tmp_path / "nothing")]) == 2 and "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
+BAD = [
     (["--per_condition", "5"], "--per_condition must be >= 6"),
     (["--per_condition", "10", "--batch", "4"], "multiple of --batch"),
     (["--models", "gmm"], "has no selected radius"),
@@ -152,12 +152,18 @@ def test_rerender_gives_the_same_table(quick_run, tmp_path):
     (["--models", "digits", "gmm", "--radius", "{gmm: 1}", "--devices", "2"], "one model per command"),
     (["--seed_sets", "0"], "--seed_sets must be >= 1"),
     (["--bogus"], "bogus"),
-])
-def test_bad_input_exits_2_and_creates_nothing(tmp_path, args, message):
+]
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_input_exits_2_and_creates_nothing(tmp_path, capsys, args, message):
+    from spell_lab.experiments.common import run_cli
+
     out = tmp_path / "run"
-    res = cli("--quick", "--out", out, *args)
-    assert res.returncode == 2 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "Traceback" not in res.stderr and not out.exists()
+    assert run_cli(ex.main, ["--quick", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_yaml_equals_defaults():

@@ -149,13 +149,18 @@ def metric_tables(datasets: dict, reference=None, k: int = 5) -> tuple[pd.DataFr
     return per_seed, per_condition[first + [c for c in per_condition if c not in first]]
 
 
+def measured_metrics(per_seed: pd.DataFrame, metrics=METRICS) -> list[str]:
+    """The metrics a table has values for (fidelity only where the model has a classifier)."""
+    return [m for m in metrics if m in per_seed and per_seed[m].notna().any()]
+
+
 def benchmark_table(per_seed: pd.DataFrame) -> pd.DataFrame:
     """Table 1: one row per (model, setup) with setup in {without, spell, change}; columns `<metric>` (the mean over
     seed sets; for `change` the relative change of the means) and `<metric>_std` (std over seed sets; for `change`
     the std of the paired relative change), plus n_seed_sets. Only seed sets with both arms count."""
-    metrics = [m for m in METRICS if m in per_seed]
     rows = []
     for model, g in per_seed.groupby("model", sort=False):
+        metrics = measured_metrics(g)
         wide = g.pivot(index="seed_set", columns="arm", values=metrics).dropna()
         if wide.empty or "spell" not in wide.columns.get_level_values(1) or "without" not in wide.columns.get_level_values(1):
             continue
@@ -217,7 +222,7 @@ def to_markdown(table: pd.DataFrame) -> str:
 def plot_change(per_seed: pd.DataFrame, metrics=METRICS[:7]):
     """The relative change SPELL makes to each metric, per model: one dot per seed set (paired: same seeds), the
     bar their mean; dotted, the paper's coverage band (-1% .. +2%). FD is lower-is-better."""
-    metrics = [m for m in metrics if m in per_seed and per_seed[m].notna().any()]
+    metrics = measured_metrics(per_seed, metrics)
     models = list(dict.fromkeys(per_seed["model"]))
     colors = plots.setup_colors(models)
     fig = plots.Figure(figsize=(1.25 * len(metrics) * max(1, len(models)) ** 0.5 + 2.5, 4.2), layout="constrained")
@@ -225,8 +230,9 @@ def plot_change(per_seed: pd.DataFrame, metrics=METRICS[:7]):
     width = 0.8 / max(1, len(models))
     for j, model in enumerate(models):
         g = per_seed[per_seed["model"] == model]
-        wide = g.pivot(index="seed_set", columns="arm", values=metrics).dropna()
-        for i, m in enumerate(metrics):
+        own = measured_metrics(g, metrics)
+        wide = g.pivot(index="seed_set", columns="arm", values=own).dropna()
+        for i, m in ((metrics.index(m), m) for m in own):
             rel = 100 * (wide[(m, "spell")] - wide[(m, "without")]) / wide[(m, "without")]
             x = i + (j - (len(models) - 1) / 2) * width
             ax.bar(x, rel.mean(), width * 0.9, color=colors[model], alpha=0.35, label=model if i == 0 else None)
