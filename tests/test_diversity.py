@@ -166,13 +166,6 @@ def test_bad_input_exits_2_and_creates_nothing(tmp_path, capsys, args, message):
     assert not out.exists()
 
 
-def test_yaml_equals_defaults():
-    p = ex.parser()
-    a, b = p.parse_args([]).as_dict(), p.parse_args(["--config", str(ROOT / "experiments" / "diversity.yaml")]).as_dict()
-    a.pop("config", None), b.pop("config", None)
-    assert a == b
-
-
 def test_notebook_on_the_quick_run(quick_run, monkeypatch):
     monkeypatch.setenv("SPELL_RUN_DIR", str(quick_run))  # the kernel inherits the environment
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
