@@ -49,6 +49,13 @@ def test_radius_comes_from_the_selection_or_the_flag():
     assert ex.radius_for("gmm", {"gmm": 1.5}) == 1.5
 
 
+def test_fresh_starts_a_new_run_directory_beside_an_existing_one(tmp_path):
+    (tmp_path / "run" / "digits" / "store.zarr").mkdir(parents=True)
+    p = ex.parser()
+    assert ex.run_root(p.parse_args(["--out", str(tmp_path / "run")]), "x") == tmp_path / "run"  # resume
+    assert ex.run_root(p.parse_args(["--out", str(tmp_path / "run"), "--fresh"]), "x") == tmp_path / "run-2"
+
+
 # ----------------------------------------------------------------------------------------------- the table
 
 def test_table_means_stds_and_changes_by_hand():
