@@ -1,7 +1,6 @@
 """The diversity benchmark (Table 1): its settings, the table's arithmetic, the command line end to end on a quick
 run of both built-in models, the re-render, refusals, and its notebook."""
 
-import json
 import os
 import subprocess
 import sys

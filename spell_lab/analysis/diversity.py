@@ -76,7 +76,8 @@ def load_run(run_dir) -> Groups:
     """Every model's groups as checked Datasets keyed `<model dir>/<group>` (x0 read: the metrics need it)."""
     out = Groups()
     for d in model_dirs(run_dir):
-        groups = _load(d, experiment="diversity", keep=("x0",), select=lambda ds: sorted(n for n in ds if parse_group(n)),
+        groups = _load(d, experiment="diversity", keep=("x0",),
+                       select=lambda ds: sorted(n for n in ds if parse_group(n)),
                        none_found="has no diversity groups (without-s0, spell-s0, ...); make one with "
                                   "`python -m spell_lab.experiments.diversity`")
         out.update({f"{d.name}/{n}": ds for n, ds in groups.items()})
@@ -162,7 +163,7 @@ def benchmark_table(per_seed: pd.DataFrame) -> pd.DataFrame:
     for model, g in per_seed.groupby("model", sort=False):
         metrics = measured_metrics(g)
         wide = g.pivot(index="seed_set", columns="arm", values=metrics).dropna()
-        if wide.empty or "spell" not in wide.columns.get_level_values(1) or "without" not in wide.columns.get_level_values(1):
+        if wide.empty or not {"spell", "without"} <= set(wide.columns.get_level_values(1)):
             continue
         n = len(wide)
         for arm in ("without", "spell"):
