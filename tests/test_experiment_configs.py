@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["sparsity", "baselines"])
+@pytest.mark.parametrize("name", ["sparsity", "baselines", "diversity"])
 def test_yaml_equals_defaults(name):
     import importlib
 

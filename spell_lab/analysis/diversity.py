@@ -1,0 +1,337 @@
+"""The diversity benchmark (paper Section 4.2, Table 1): each model without and with SPELL on the same seeds.
+
+Pure functions over the run stores and held-out real data, one figure, and the edges (`analyse_run`, `main`)
+
+    python -m spell_lab.analysis.diversity RUN_DIR [--wandb offline|disabled|online]
+
+Layout (design.md section 5; a store holds one model): RUN_DIR/<model>/store.zarr, one store per model, each with
+the groups `without-s<k>` and `spell-s<k>` of seed set k (the same seeds in both; seed sets are disjoint). The
+combined table, its CSV and Markdown, the per-seed-set and per-condition tables and the figures go to
+RUN_DIR/figures; a run directory that is itself one model's store is read as a one-model run.
+
+Definitions:
+- Per seed set and group, the per-condition metrics of `spell_lab.analysis.quality` (precision, recall, density,
+  coverage with k = 5, Vendi on the metric features and on raw x0, the condition-fidelity score where the model
+  has a classifier) are averaged over conditions with equal weight; `fd` is the *marginal* Fréchet distance
+  (all conditions pooled, fakes against every held-out real sample: the paper's FID / FD_DINOv2 columns, its
+  "overall score"); `f` = F(precision, coverage), the Appendix D selection criterion.
+- The table: per model and arm, the mean ± std (ddof 1) over seed sets; `change` is the relative change of the
+  means, (SPELL − without) / without, and `change_std` the std over seed sets of the paired relative change.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import plots
+from .load import Groups, load_run as _load, measured
+from .quality import condition_fidelity, condition_metrics, generated, reference_data
+
+GROUP = re.compile(r"^(without|spell)-s(\d+)$")
+ARMS = {"without": "without SPELL", "spell": "+ SPELL"}
+# Table 1's columns in the paper's order, then ours: fidelity (the CLIP-score stand-in), F(P, C), Vendi on raw x0
+METRICS = ("recall", "vendi", "coverage", "precision", "density", "fd", "fidelity", "f", "vendi_raw")
+LABELS = {"recall": "Recall ↑", "vendi": "Vendi ↑", "coverage": "Coverage ↑", "precision": "Precision ↑",
+          "density": "Density ↑", "fd": "FD (marginal) ↓", "fidelity": "Fidelity ↑", "f": "F(P, C) ↑",
+          "vendi_raw": "Vendi (raw x0) ↑"}
+
+
+def group_name(arm: str, seed_set: int) -> str:
+    return f"{arm}-s{seed_set}"
+
+
+def parse_group(name: str) -> tuple[str, int] | None:
+    """("without" | "spell", seed set) of a group name, None for any other group."""
+    m = GROUP.match(name.split("/")[-1])
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def model_dirs(run_dir) -> list[Path]:
+    """The model stores of a run: RUN_DIR itself when it holds a store, else its subdirectories that do."""
+    run_dir = Path(run_dir)
+    if run_dir.name == "store.zarr":
+        run_dir = run_dir.parent
+    if (run_dir / "store.zarr").exists():
+        return [run_dir]
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; pass a directory made by "
+                                f"`python -m spell_lab.experiments.diversity` (runs/diversity/<run-name>).")
+    found = sorted(p for p in run_dir.iterdir() if (p / "store.zarr").exists())
+    if not found:
+        raise FileNotFoundError(f"{run_dir} holds no model store (<model>/store.zarr); is it a diversity run "
+                                f"directory? (found: {sorted(p.name for p in run_dir.iterdir())[:10]})")
+    return found
+
+
+def load_run(run_dir) -> Groups:
+    """Every model's groups as checked Datasets keyed `<model dir>/<group>` (x0 read: the metrics need it)."""
+    out = Groups()
+    for d in model_dirs(run_dir):
+        groups = _load(d, experiment="diversity", keep=("x0",),
+                       select=lambda ds: sorted(n for n in ds if parse_group(n)),
+                       none_found="has no diversity groups (without-s0, spell-s0, ...); make one with "
+                                  "`python -m spell_lab.experiments.diversity`")
+        out.update({f"{d.name}/{n}": ds for n, ds in groups.items()})
+        out.units_missing += groups.units_missing
+        out.units_total += groups.units_total
+    return out
+
+
+def model_of(ds: xr.Dataset) -> str:
+    from .wandb_log import model_name
+
+    return model_name(dict(ds.attrs))
+
+
+def by_model(datasets: dict) -> dict[str, dict[str, xr.Dataset]]:
+    """{model dir: {group: Dataset}} from load_run's flat keys."""
+    out: dict[str, dict] = {}
+    for key, ds in datasets.items():
+        model, _, group = key.rpartition("/")
+        out.setdefault(model or model_of(ds), {})[group] = ds
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+
+def group_metrics(ds: xr.Dataset, real_x, real_cond, features, real_features, fidelity=None, k: int = 5):
+    """(per-condition rows, the group's row: means over conditions, marginal FD and F) of one group."""
+    from ..calibration import f_score
+    from ..metrics import frechet_distance
+
+    x0, cond = generated(ds)
+    per = condition_metrics(x0, cond, real_x, real_cond, features, k, real_features=real_features, fidelity=fidelity)
+    means = {m: float(per[m].mean()) for m in METRICS if m in per and m != "fd"}
+    means["fd"] = float(frechet_distance(real_features, features(x0)))  # marginal: all conditions pooled
+    means["f"] = float(f_score(means["precision"], means["coverage"]))
+    means.update(n_samples=int(len(cond)), n_conditions=int(per["condition"].nunique()),
+                 changed=float(ds["intervened"].values.astype(bool).mean()))
+    return per.rename(columns={"fd": "fd_condition"}), means
+
+
+def metric_tables(datasets: dict, reference=None, k: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per_seed_set, per_condition): one row per (model, arm, seed set) and per (model, arm, seed set, condition).
+    reference: {model dir: (x, cond, features, fidelity)}; missing models get their built-in held-out data."""
+    rows, long = [], []
+    reference = dict(reference or {})
+    for model, groups in by_model(datasets).items():
+        groups = {n: measured(ds) for n, ds in groups.items() if parse_group(n)}
+        if not groups:
+            continue
+        if model not in reference:
+            name = model_of(next(iter(groups.values())))
+            conds = np.unique(np.concatenate([ds["condition"].values for ds in groups.values()]))
+            x, c, feats, _ = reference_data(name, conds)
+            reference[model] = (x, c, feats, condition_fidelity(name))
+        real_x, real_cond, features, fidelity = reference[model]
+        rf = features(real_x)
+        for name, ds in sorted(groups.items(), key=lambda kv: (parse_group(kv[0])[1], kv[0] != "without")):
+            arm, seed_set = parse_group(name)
+            per, means = group_metrics(ds, real_x, real_cond, features, rf, fidelity, k)
+            key = dict(model=model, arm=arm, seed_set=seed_set, radius=float(ds.attrs.get("radius", 0.0)),
+                       first_seed=int(ds["seed"].values.min()))
+            rows.append(key | means)
+            long.append(per.assign(**key))
+    if not rows:
+        raise ValueError("no diversity groups (without-s0, spell-s0, ...) to measure; make them with "
+                         "`python -m spell_lab.experiments.diversity`.")
+    per_seed = pd.DataFrame(rows)
+    per_condition = pd.concat(long, ignore_index=True)
+    first = ["model", "arm", "seed_set", "radius", "first_seed", "condition"]
+    return per_seed, per_condition[first + [c for c in per_condition if c not in first]]
+
+
+def measured_metrics(per_seed: pd.DataFrame, metrics=METRICS) -> list[str]:
+    """The metrics a table has values for (fidelity only where the model has a classifier)."""
+    return [m for m in metrics if m in per_seed and per_seed[m].notna().any()]
+
+
+def benchmark_table(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: one row per (model, setup) with setup in {without, spell, change}; columns `<metric>` (the mean over
+    seed sets; for `change` the relative change of the means) and `<metric>_std` (std over seed sets; for `change`
+    the std of the paired relative change), plus n_seed_sets. Only seed sets with both arms count."""
+    rows = []
+    for model, g in per_seed.groupby("model", sort=False):
+        metrics = measured_metrics(g)
+        wide = g.pivot(index="seed_set", columns="arm", values=metrics).dropna()
+        if wide.empty or not {"spell", "without"} <= set(wide.columns.get_level_values(1)):
+            continue
+        n = len(wide)
+        for arm in ("without", "spell"):
+            row = {"model": model, "setup": arm, "n_seed_sets": n}
+            for m in metrics:
+                v = wide[(m, arm)].to_numpy(float)
+                row[m], row[f"{m}_std"] = float(v.mean()), float(v.std(ddof=1)) if n > 1 else np.nan
+            row["radius"] = float(g.loc[g["arm"] == arm, "radius"].iloc[0])
+            rows.append(row)
+        change = {"model": model, "setup": "change", "n_seed_sets": n}
+        for m in metrics:
+            a, b = wide[(m, "without")].to_numpy(float), wide[(m, "spell")].to_numpy(float)
+            change[m] = float((b.mean() - a.mean()) / a.mean()) if a.mean() else np.nan
+            paired = (b - a) / a
+            change[f"{m}_std"] = float(paired.std(ddof=1)) if n > 1 else np.nan
+        rows.append(change)
+    if not rows:
+        raise ValueError("no model has both arms (without-s<k> and spell-s<k>) of one seed set; the table needs both.")
+    return pd.DataFrame(rows).set_index(["model", "setup"])
+
+
+def _cell(v, s, change: bool) -> str:
+    if not np.isfinite(v):
+        return "—"
+    if change:
+        return f"{100 * v:+.1f}%" + (f" ± {100 * s:.1f}" if np.isfinite(s) else "")
+    digits = 2 if abs(v) >= 10 else 3
+    return f"{v:.{digits}f}" + (f" ± {s:.{digits}f}" if np.isfinite(s) else "")
+
+
+def table_cells(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """The table as text cells in the paper's layout: 'mean ± std' per metric, the change row as '+x.x% ± y.y'."""
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    out = []
+    for (model, setup), row in table.iterrows():
+        label = {"without": model, "spell": f"+ SPELL (r = {row.get('radius', np.nan):.4g})",
+                 "change": "relative change"}[setup]
+        out.append({"Model": label, **{LABELS[m]: _cell(row[m], row[f"{m}_std"], setup == "change") for m in metrics}})
+    return pd.DataFrame(out)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Aligned text of Table 1 (what the command prints)."""
+    return table_cells(table).to_string(index=False)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cells = table_cells(table)
+    lines = ["| " + " | ".join(cells.columns) + " |", "| " + " | ".join("---" for _ in cells.columns) + " |"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+@plots.styled
+def plot_change(per_seed: pd.DataFrame, metrics=METRICS[:7]):
+    """The relative change SPELL makes to each metric, per model: one dot per seed set (paired: same seeds), the
+    bar their mean; dotted, the paper's coverage band (-1% .. +2%). FD is lower-is-better."""
+    metrics = measured_metrics(per_seed, metrics)
+    models = list(dict.fromkeys(per_seed["model"]))
+    colors = plots.setup_colors(models)
+    fig = plots.Figure(figsize=(1.25 * len(metrics) * max(1, len(models)) ** 0.5 + 2.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(1, len(models))
+    for j, model in enumerate(models):
+        g = per_seed[per_seed["model"] == model]
+        own = measured_metrics(g, metrics)
+        wide = g.pivot(index="seed_set", columns="arm", values=own).dropna()
+        for i, m in ((metrics.index(m), m) for m in own):
+            rel = 100 * (wide[(m, "spell")] - wide[(m, "without")]) / wide[(m, "without")]
+            x = i + (j - (len(models) - 1) / 2) * width
+            ax.bar(x, rel.mean(), width * 0.9, color=colors[model], alpha=0.35, label=model if i == 0 else None)
+            ax.scatter(np.full(len(rel), x), rel, color=colors[model], s=16, zorder=3, edgecolor="k", lw=0.4)
+    ax.axhline(0, color="0.2", lw=0.8)
+    i = metrics.index("coverage") if "coverage" in metrics else None
+    if i is not None:
+        ax.hlines([-1, 2], i - 0.45, i + 0.45, colors="0.3", linestyles=":", lw=1.2)
+    ax.set_xticks(range(len(metrics)), [LABELS[m] for m in metrics], fontsize=9)
+    ax.set_ylabel("SPELL vs without, same seeds (%)")
+    ax.legend(frameon=False, fontsize=9, loc="best")
+    ax.set_title("Relative change by SPELL (dots: seed sets; bars: their mean; dotted: the paper's coverage band)",
+                 fontsize=10)
+    return fig
+
+
+def make_figures(datasets: dict, per_seed: pd.DataFrame) -> dict:
+    from .gallery import plot_gallery
+
+    figs = {"relative_change": plot_change(per_seed)}
+    for model, groups in by_model(datasets).items():
+        if "spell-s0" in groups and "without-s0" in groups and "image" in groups["spell-s0"]:
+            figs[f"gallery_{model}"] = plot_gallery(groups, setup="spell-s0", baseline="without-s0")
+    return figs
+
+
+# ----------------------------------------------------------------------------------------------- edges
+
+def write_tables(out_dir: Path, table, per_seed, per_condition) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"table_csv": out_dir / "diversity_table.csv", "table_md": out_dir / "diversity_table.md",
+             "per_seed_set": out_dir / "diversity_per_seed_set.csv",
+             "per_condition": out_dir / "diversity_per_condition.csv"}
+    table.to_csv(paths["table_csv"])
+    paths["table_md"].write_text(to_markdown(table))
+    per_seed.to_csv(paths["per_seed_set"], index=False)
+    per_condition.to_csv(paths["per_condition"], index=False)
+    return paths
+
+
+def log_to_wandb(table, per_seed, per_condition, figures: dict, datasets: dict, *, project: str, group: str, run_dir,
+                 mode: str) -> list:
+    """One W&B run per model: the Table 1 rows as summary (`without/<metric>`, `spell/<metric>`, `change/<metric>`),
+    the tables and the figures; offline under run_dir by default."""
+    from .wandb_log import RunLog, config_from_attrs, log_runs, store_key
+
+    runs = []
+    for model, groups in by_model(datasets).items():
+        if model not in table.index.get_level_values(0):
+            continue
+        spell = next(ds for n, ds in sorted(groups.items()) if n.startswith("spell-"))
+        summary = {f"{setup}/{col}": v for setup, row in table.loc[model].iterrows() for col, v in row.items()}
+        images = {k: v["png"] for k, v in figures.items() if k == "relative_change" or k == f"gallery_{model}"}
+        runs.append(RunLog(name=f"diversity-{model}", config=config_from_attrs(dict(spell.attrs)), summary=summary,
+                           tags=("diversity", model_of(spell)), images=images,
+                           tables={"table1": table.loc[[model]], "per_seed_set": per_seed[per_seed["model"] == model],
+                                   "per_condition": per_condition[per_condition["model"] == model]}))
+    return log_runs(runs, project=project, group=group, run_dir=run_dir, mode=mode, job_type="diversity-analysis",
+                    key="+".join(store_key(d) for d in model_dirs(run_dir)))
+
+
+def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
+                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
+    """Metrics against held-out real data, Table 1 (CSV, Markdown), the figures (RUN_DIR/figures) and W&B; no model
+    runs. Returns {"table", "per_seed_set", "per_condition", "figures", "figures_dir", "tables", "wandb_dirs"}."""
+    run_dir = Path(run_dir)
+    datasets = load_run(run_dir) if datasets is None else datasets
+    per_seed, per_condition = metric_tables(datasets, reference, k)
+    table = benchmark_table(per_seed)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        figures = {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, per_seed).items()}
+    tables = write_tables(out_dir, table, per_seed, per_condition)
+    wandb_dirs = log_to_wandb(table, per_seed, per_condition, figures, datasets, project=project,
+                              group=group or f"diversity-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
+    return {"table": table, "per_seed_set": per_seed, "per_condition": per_condition, "figures": figures,
+            "figures_dir": out_dir, "tables": tables, "wandb_dirs": wandb_dirs}
+
+
+def latest_run(root="runs/diversity") -> Path:
+    """The newest diversity run directory (one holding <model>/store.zarr) under root."""
+    for base in (Path(root), Path("..") / root):
+        runs = sorted((p for p in base.glob("*") if p.is_dir() and any(p.glob("*/store.zarr"))),
+                      key=lambda p: p.stat().st_mtime)
+        if runs:
+            return runs[-1].resolve()
+    raise FileNotFoundError(f"no run under {root}; run `python -m spell_lab.experiments.diversity` first "
+                            f"or set SPELL_RUN_DIR to a run directory.")
+
+
+def main(argv=None) -> int:
+    from .cli import rerender_main
+
+    return rerender_main(argv, experiment="diversity", load_run=load_run, analyse_run=analyse_run,
+                         format_table=format_table,
+                         extra_lines=lambda res: [f"tables: {', '.join(str(p) for p in res['tables'].values())}"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
