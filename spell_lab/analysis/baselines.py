@@ -169,11 +169,13 @@ def format_table(hv: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------------------------- figures
 
 def colours(sweeps) -> dict:
+    """One colour per sweep; SPELL on top of CFG shares SPELL's colour (its line is drawn dashed beside CFG's)."""
     import seaborn as sns
 
     palette = sns.color_palette("colorblind", 10)
-    rank = {s: i for i, s in enumerate(ORDER)}
-    return {s: palette[rank.get(s, len(ORDER) + j) % 10] for j, s in enumerate(sweeps)}
+    fixed = {"spell": 0, "cfg": 1, "interval": 2, "pg": 3, "cads": 4, "spell_cfg": 0}
+    extra = iter(range(5, 10))
+    return {s: palette[fixed[s] if s in fixed else next(extra, 9)] for s in sweeps}
 
 
 def _front_axes(ax, table: pd.DataFrame, qx: str, dy: str, sweeps, colour, label_points: bool = True):
