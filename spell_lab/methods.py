@@ -111,12 +111,13 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 # --- the methods ------------------------------------------------------------------------------------------------
 
 
-@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False)
+@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, overlap="single", max_iter=10)
 def spell(params: dict, protected=None) -> Hooks:
-    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set."""
+    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set;
+    overlap="iterate" repeats the correction (at most max_iter times) until no shield is within r."""
     memory = Memory() if params["memory"] else None
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
-                    protected=protected)
+                    protected=protected, overlap=params["overlap"], max_iter=params["max_iter"])
     return Hooks(params, interventions=(s,), shields=s, memory=memory)
 
 
