@@ -32,10 +32,13 @@ class Correction:
     cells_probed: torch.Tensor | None = None
 
     def __add__(self, other: "Correction") -> "Correction":
-        a, b = self.cells_probed, other.cells_probed
-        cells = a + b if a is not None and b is not None else (a if a is not None else b)
         return Correction(self.delta + other.delta, self.active + other.active, torch.minimum(self.nearest, other.nearest),
-                          cells)
+                          _sum_cells(self.cells_probed, other.cells_probed))
+
+
+def _sum_cells(a, b):
+    """Cells probed of two searches: the sum, or the one that reported (None: neither)."""
+    return a + b if a is not None and b is not None else (a if a is not None else b)
 
 
 def check_radius(radius: float, overcomp: float = 1.0) -> None:
@@ -254,12 +257,14 @@ def _empty(x0: torch.Tensor) -> Correction:
 @dataclass
 class SpellStep:
     """What an intervention on x0_hat did at one evaluation: the new x0, its change, the per-source shield counts
-    (names of `schema.SOURCES`; a missing name counts 0) and the distance to the nearest reference (+inf: none)."""
+    (names of `schema.SOURCES`; a missing name counts 0), the distance to the nearest reference (+inf: none) and the
+    index cells its searches probed (`Correction.cells_probed`, summed over passes; None: no index reported any)."""
 
     x0: torch.Tensor
     delta: torch.Tensor
     active: dict  # source name -> (B,) counts
     nearest: torch.Tensor
+    cells_probed: torch.Tensor | None = None
 
     @classmethod
     def unchanged(cls, x0: torch.Tensor) -> "SpellStep":
@@ -272,7 +277,8 @@ class SpellStep:
         active = dict(self.active)
         for name, count in later.active.items():
             active[name] = active[name] + count if name in active else count
-        return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest))
+        return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest),
+                         _sum_cells(self.cells_probed, later.cells_probed))
 
 
 OVERLAP = ("single", "iterate")
@@ -335,9 +341,10 @@ class Spell:
         """SPELL at one evaluation; `context` (x_t, t, alpha, sigma) is what other interventions need, unused here."""
         total, active = self.correct(x0, cond)
         if self.radius == 0:
-            return SpellStep(x0, total.delta, active, total.nearest)  # x0 itself: bit-identical baseline
-        delta, passes, inside = total.delta, 1, total.active
+            return SpellStep(x0, total.delta, active, total.nearest, total.cells_probed)  # x0 itself: bit-identical
+        delta, passes, inside, cells = total.delta, 1, total.active, total.cells_probed
         while self.overlap == "iterate" and passes < self.max_iter and bool(inside.any()):
             again, _ = self.correct(x0 + delta, cond)  # x0_hat' may sit in a neighbouring shield: push again
             delta, passes, inside = delta + again.delta, passes + 1, again.active
-        return SpellStep(x0 + delta, delta, active, total.nearest)
+            cells = _sum_cells(cells, again.cells_probed)
+        return SpellStep(x0 + delta, delta, active, total.nearest, cells)
