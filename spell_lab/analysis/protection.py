@@ -231,41 +231,51 @@ def paper_markdown() -> str:
 
 # ----------------------------------------------------------------------------------------------- figures
 
-def _kind_color(name: str):
+def search_styles(names) -> dict[str, dict]:
+    """One colour and marker per search (the baseline: a black star), the same in every figure."""
     palette = sns.color_palette("colorblind", 10)
-    return {"baseline": "0.2", "exact": palette[0], "overlap": palette[2]}.get(
-        name, palette[1] if name.startswith("ivf_exact") else palette[3])
+    out, k = {}, 0
+    for n in names:
+        if n == BASELINE:
+            out[n] = dict(color="0.1", marker="*", s=170)
+        else:
+            out[n] = dict(color=palette[k % 10], marker=plots.MARKERS[k % len(plots.MARKERS)], s=60)
+            k += 1
+    return out
 
 
 @plots.styled
 def plot_leak_vs_time(table: pd.DataFrame, radius: float):
     """Leak rate (outputs too close) against time per image: ours in seconds, and ours beside the paper's Table 2
-    as multiples of the time without SPELL."""
-    fig = plots.Figure(figsize=(12, 4.6), layout="constrained")
+    as multiples of the time without SPELL. One colour and marker per search (legend)."""
+    fig = plots.Figure(figsize=(12.5, 4.8), layout="constrained")
     ax, rel = fig.subplots(1, 2)
+    styles = search_styles(table.index)
     for name, row in table.iterrows():
+        label = f"{name} · {row['searched_cells']} · {row['too_close_pct']:.2f}%"
         for a, x in ((ax, row["seconds_per_image"]), (rel, row["time_vs_baseline"])):
-            if not np.isfinite(x):
-                continue
-            a.scatter([x], [row["too_close_pct"]], s=150 if name == BASELINE else 60, color=_kind_color(name),
-                      marker="*" if name == BASELINE else "o", edgecolor="k", lw=0.5, zorder=3)
-            a.annotate(name, (x, row["too_close_pct"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            if np.isfinite(x):
+                a.scatter([x], [row["too_close_pct"]], edgecolor="k", lw=0.5, zorder=3, alpha=0.9,
+                          label=label if a is ax else None, **styles[name])
     p = PAPER_TABLE2
     rel.plot(p["seconds_per_image"] / p["seconds_per_image"].iloc[0], p["too_close_pct"], color="0.55", ls="--",
-             marker="s", mfc="white", label="paper: MDTv2, 1.2M ImageNet, IVF 1–10 probes")
+             marker="s", mfc="white", label="paper: MDTv2, 1.2M ImageNet\nitems, IVF 1-10 probes")
     for _, row in p.iloc[1:].iterrows():
-        rel.annotate(f"{row['searched_cells']} probe{'s' if row['searched_cells'] != '1' else ''}",
-                     (row["seconds_per_image"] / p["seconds_per_image"].iloc[0], row["too_close_pct"]),
-                     textcoords="offset points", xytext=(4, -11), fontsize=7, color="0.45")
+        rel.annotate(f"{row['searched_cells']}", (row["seconds_per_image"] / p["seconds_per_image"].iloc[0],
+                     row["too_close_pct"]), textcoords="offset points", xytext=(0, 7), fontsize=7, color="0.4",
+                     ha="center")
     rel.legend(frameon=False, fontsize=8, loc="upper right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", frameon=False, fontsize=8,
+               title="search · searched cells · too close", title_fontsize=8)
     n = int(table["n"].iloc[0]) if len(table) else 0
     ax.set_xlabel("time per image (s, this run)")
     rel.set_xlabel("time per image ÷ time without SPELL")
+    top = max(1.0, float(np.nanmax([table["too_close_pct"].max(), 7.6])))
     for a in (ax, rel):
         a.set_ylabel("outputs too close (%)")
-        a.set_ylim(bottom=-0.05 * max(1.0, float(np.nanmax([table["too_close_pct"].max(), 7.6]))))
+        a.set_ylim(-0.06 * top, 1.08 * top)
     ax.set_title(f"This run: {n} outputs per search, r = {radius:.4g}", fontsize=10)
-    rel.set_title("Beside the paper's Table 2 (relative time)", fontsize=10)
+    rel.set_title("Beside the paper's Table 2 (relative time; grey numbers: probes)", fontsize=10)
     fig.suptitle("Leak rate against time per image (too close: within r of a protected item, exhaustive check)",
                  fontweight="bold", fontsize=11)
     return fig
@@ -278,9 +288,10 @@ def plot_distances(judged: dict, radius: float):
     ax = fig.subplots()
     every = np.concatenate([j["nearest"].to_numpy() / radius for j in judged.values()])
     bins = np.linspace(max(0.0, every.min() - 0.05), every.max() + 0.05, 40)
+    styles = search_styles(judged)
     for name, j in judged.items():
         ax.hist(j["nearest"] / radius, bins=bins, histtype="step", lw=2 if name in (BASELINE, "exact") else 1,
-                color=_kind_color(name), label=f"{name} ({100 * j['too_close'].mean():.1f}% < r)")
+                color=styles[name]["color"], label=f"{name} ({100 * j['too_close'].mean():.1f}% < r)")
     ax.axvline(1.0, color="k", ls="--", lw=1)
     ax.set_xlabel("distance to the nearest protected item ÷ r")
     ax.set_ylabel("outputs")

@@ -49,7 +49,7 @@ BASELINE = "baseline"
 SIZE_SEARCHES = {"quick": ("exact", "ivf_exact", "ivf_exact_cache", "ivf1", "overlap"), "default": tuple(SEARCHES),
                  "full": tuple(SEARCHES)}
 SIZE_CONDITIONS = {"quick": 2, "default": 10, "full": 10}
-SIZE_PER_CONDITION = {"quick": 6, "default": 16, "full": 64}  # >= 6: per-condition precision/recall use k = 5
+SIZE_PER_CONDITION = {"quick": 6, "default": 12, "full": 64}  # >= 6: per-condition precision/recall use k = 5
 SIZE_SET = {"quick": None, "default": None, "full": 100_000}  # None: the training images only
 TOO_CLOSE = {"quick": 0.3, "default": 0.076, "full": 0.076}  # the radius rule's target share (see the docstring)
 CALIBRATION_SEED_OFFSET = 1_000_000
@@ -177,7 +177,7 @@ def parser():
                    help="protected items: the 1797 training images grown by augmentation (default: 1797; full 100000)")
     p.add_argument("--augment_seed", type=int, default=0, help="seed of the augmentations")
     p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition and search (default by size: quick 6, default 16, full 64)")
+                   help="samples per condition and search (default by size: quick 6, default 12, full 64)")
     p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: per_condition)")
     p.add_argument("--calibration_per_condition", type=int | None, default=None,
                    help="calibration samples per condition (default: as --per_condition)")
