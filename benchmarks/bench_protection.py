@@ -13,7 +13,6 @@ Misses are (query, shield) pairs the exhaustive search finds and the index does 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import shutil
 import tempfile
@@ -87,7 +86,7 @@ def main():
     ap.add_argument("--cache-margin", type=float, default=2.0)
     ap.add_argument("--dir", default=None, help="where to write the set (default: a temp dir, removed after)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)  # as the run layer does on CPU (2 threads on small ops were 10-50x slower under load)
     model = load_model("digits")
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench_protection_"))
     try:

@@ -22,6 +22,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,16 +104,15 @@ class FaissProtected:
         if cache_margin is not None and not (math.isfinite(cache_margin) and cache_margin > 0):
             raise ValueError(f"cache_margin must be a finite number > 0 or None (got {cache_margin!r}).")
         index.make_direct_map()  # id -> stored vector, for the exact verification
-        self.index, self.radii, self.item_shape = index, np.asarray(radii, dtype=np.float64), tuple(item_shape)
-        self.centroids = index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64)
-        self.c_sq = (self.centroids**2).sum(1)
-        gram = self.centroids @ self.centroids.T
-        self.gaps = np.sqrt(np.maximum(self.c_sq[:, None] + self.c_sq[None, :] - 2 * gram, 0.0))  # ||c_a - c_l||
+        self.index, self.item_shape = index, tuple(item_shape)
+        self.radii = torch.as_tensor(np.asarray(radii, dtype=np.float64))
+        self.centroids = torch.from_numpy(index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64))
+        self.gaps = torch.cdist(self.centroids, self.centroids).fill_diagonal_(0.0)  # ||c_a - c_l||
         # faiss assigned each item to its nearest centroid by float32 distances: ||y - c_l||^2 <= ||y - c_a||^2 + eps
         # for every a, with eps twice the worst-case float32 error of a length-d distance (gamma_d (|y| + |c|)^2)
         u, d = 2.0**-24, index.d
         self.max_norm = float(max_norm)
-        self.eps = 4 * (d * u / (1 - d * u) + 4 * u) * (self.max_norm + float(np.sqrt(self.c_sq.max()))) ** 2
+        self.eps = 4 * (d * u / (1 - d * u) + 4 * u) * (self.max_norm + float(self.centroids.norm(dim=1).max())) ** 2
         self.nprobe, self.exact, self.cache_margin = int(nprobe), bool(exact), cache_margin
         self.device = None if device is None else torch.device(device)
         self.search_seconds, self.queries, self._cache, self._gpu = 0.0, 0, None, None
@@ -164,10 +164,11 @@ class FaissProtected:
         B, wd = x0.shape[0], _work_dtype(x0.dtype)
         x = x0.reshape(B, -1).to(wd)
         host = x.detach().cpu()
-        if self.cache_margin is None:
-            ids, cells = self._search(host, radius, x0.device)
-        else:
-            ids, cells = self._cached(host, radius, x0.device)
+        with one_faiss_thread():
+            if self.cache_margin is None:
+                ids, cells = self._search(host, radius, x0.device)
+            else:
+                ids, cells = self._cached(host, radius, x0.device)
         c = self._verify(x, ids, radius, overcomp)
         self.search_seconds += time.perf_counter() - start
         self.queries += B
@@ -195,38 +196,35 @@ class FaissProtected:
             c.ids, c.anchor[rows] = ids, host[rows]
         return c.ids, cells
 
-    def _cells(self, q64: np.ndarray, thr: float):
+    def _cells(self, q64: torch.Tensor, thr: float) -> np.ndarray:
         """(B, nlist) which cells to probe: the nprobe nearest centroids, and (exact) every cell whose lower bound on
-        the distance from x to its members is below thr. Centroid distances in float64."""
-        d2 = (q64**2).sum(1)[:, None] + self.c_sq[None, :] - 2.0 * q64 @ self.centroids.T
-        dc = np.sqrt(np.maximum(d2, 0.0))
+        the distance from x to its members is below thr. Centroid distances in float64 (torch: numpy's BLAS was
+        20x slower for these small products on a loaded machine)."""
+        dc = torch.cdist(q64, self.centroids)  # (B, nlist); exact differences for small B
         k = min(dc.shape[1], max(self.nprobe, HALF_SPACES))
-        near = np.argpartition(dc, k - 1, axis=1)[:, :k]
-        near = np.take_along_axis(near, np.argsort(np.take_along_axis(dc, near, 1), axis=1), 1)  # nearest first
-        probe = np.zeros(dc.shape, dtype=bool)
-        np.put_along_axis(probe, near[:, : self.nprobe], True, axis=1)
+        near = dc.topk(k, dim=1, largest=False).indices  # nearest first
+        probe = torch.zeros(dc.shape, dtype=torch.bool).scatter_(1, near[:, : self.nprobe], True)
         if self.exact:
-            probe |= self.lower_bound(dc, near[:, :HALF_SPACES]) < thr + SLACK * (thr + dc + self.radii[None, :])
-        return probe
+            probe |= self.lower_bound(dc, near[:, :HALF_SPACES]) < thr + SLACK * (thr + dc + self.radii)
+        return probe.numpy()
 
-    def lower_bound(self, dc: np.ndarray, near: np.ndarray) -> np.ndarray:
+    def lower_bound(self, dc: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
         """(B, nlist) lower bounds on ||x - y|| over the members y of each cell l (design.md section 2): the ball
         max(0, ||x - c_l|| - R_l), and, for each of a few centroids c_a near x, the half-space bound: members of l
         are no farther from c_l than from c_a (nearest-centroid assignment, up to eps), so they are at least
-        (||x - c_l||^2 - ||x - c_a||^2 - eps) / (2 ||c_a - c_l||) from x."""
-        lb = np.maximum(dc - self.radii[None, :], 0.0)
-        rows = np.arange(dc.shape[0])[:, None]
-        for a in near.T:
-            gap = self.gaps[a]  # (B, nlist)
-            hs = (dc**2 - dc[rows[:, 0], a][:, None] ** 2 - self.eps) / np.where(gap > 0, 2 * gap, np.inf)
-            lb = np.maximum(lb, hs)
+        (||x - c_l||^2 - ||x - c_a||^2 - eps) / (2 ||c_a - c_l||) from x. dc, the bounds: float64."""
+        lb = (dc - self.radii).clamp_min(0.0)
+        for a in near.T:  # each of the nearest centroids in turn, for every query at once
+            da = dc.gather(1, a[:, None])
+            hs = (dc**2 - da**2 - self.eps) / (2 * self.gaps[a]).masked_fill(self.gaps[a] == 0, math.inf)
+            lb = torch.maximum(lb, hs)
         return lb
 
     def _search(self, host: torch.Tensor, thr: float, device):
         """(B, L) candidate ids (every center within thr in the probed cells, and the nearest found; -1 padded) and
         the (B,) cells probed."""
-        q64 = host.double().numpy()
-        q32 = np.ascontiguousarray(q64, dtype=np.float32)
+        q64 = host.double()
+        q32 = np.ascontiguousarray(q64.numpy(), dtype=np.float32)
         probe = self._cells(q64, thr)
         cells = probe.sum(1)
         width = int(cells.max())
@@ -286,6 +284,20 @@ class FaissProtected:
         w = torch.where(inside, radius / d.clamp_min(torch.finfo(d.dtype).tiny) - 1.0, torch.zeros_like(d))
         delta = overcomp * (w[..., None] * diff).sum(1)
         return Correction(delta, inside.sum(1), d.min(1).values)
+
+
+@contextmanager
+def one_faiss_thread():
+    """Queries on one faiss thread: a batch is tens of queries, and faiss's OpenMP pool (another runtime than
+    torch's) spinning beside torch's made a call 20x slower on 2 loaded cores (0.29 s against 0.014 s, measured)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def cell_radii(index) -> tuple[np.ndarray, float]:
