@@ -6,8 +6,9 @@ carries); `build_index` turns it and the loaded items into a shield source `(x0,
 `FaissProtected` is the faiss inverted-file index (IVFFlat, sqrt(N) cells):
 - exact=False: the paper's search (App. G): the `nprobe` cells whose centroids are nearest; it misses shields.
 - exact=True: every center within r is found. A cell l with centroid c_l and radius R_l = max ||y - c_l|| over its
-  members can hold a center within r of x only if max(0, ||x - c_l|| - R_l) < r, so every such cell is probed
-  (plus the `nprobe` nearest, for the nearest distance). With cache_margin m, the centers within r + m of a sample
+  members can hold a center within r of x only if max(0, ||x - c_l|| - R_l) < r, and (members being nearer c_l than
+  any other centroid c_a) only if x is within r of that Voronoi half-space; every cell that passes both bounds is
+  probed (plus the `nprobe` nearest, for the nearest distance). With cache_margin m, the centers within r + m of a sample
   are kept and reused while it has moved less than m: every center within r of the new x0_hat is among them
   (triangle inequality).
 Candidates are scanned by faiss (k-NN first, a range search where the k-NN may have cut shields off); the ones kept
@@ -20,6 +21,8 @@ import inspect
 import json
 import math
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from .repellency import Correction, ExactProtected, _work_dtype
 
 KNN = 64  # neighbours per query of the first scan; a query whose 64th is within r is widened to a range search
 GPU_MAX = 2048  # faiss-gpu's limit on k and nprobe
+HALF_SPACES = 4  # nearest centroids whose Voronoi half-spaces tighten the ball bound
 SLACK = 1e-4  # relative slack on every bound and threshold: float rounding can only add candidates, never drop one
 TRAIN_PER_CELL = 64  # k-means training points per cell (faiss warns below 39; 256 default is slow at D = 2304)
 ADD_CHUNK = 65536  # items added (and NaN-checked) per chunk: a memory-mapped set is never loaded whole
@@ -92,20 +96,32 @@ class FaissProtected:
             part = np.ascontiguousarray(flat[start : start + ADD_CHUNK], dtype=np.float32)
             _check_finite(part)
             index.add(part)
-        self._setup(index, cell_radii(index), self.item_shape, nprobe, exact, cache_margin, device)
+        self._setup(index, *cell_radii(index), self.item_shape, nprobe, exact, cache_margin, device)
 
-    def _setup(self, index, radii, item_shape, nprobe, exact, cache_margin, device):
+    def _setup(self, index, radii, max_norm, item_shape, nprobe, exact, cache_margin, device):
         if not 1 <= int(nprobe) <= index.nlist:
             raise ValueError(f"nprobe must be between 1 and nlist = {index.nlist} (got {nprobe}).")
         if cache_margin is not None and not (math.isfinite(cache_margin) and cache_margin > 0):
             raise ValueError(f"cache_margin must be a finite number > 0 or None (got {cache_margin!r}).")
         index.make_direct_map()  # id -> stored vector, for the exact verification
-        self.index, self.radii, self.item_shape = index, np.asarray(radii, dtype=np.float64), tuple(item_shape)
-        self.centroids = index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64)
-        self.c_sq = (self.centroids**2).sum(1)
+        self.index, self.item_shape = index, tuple(item_shape)
+        self.radii = torch.as_tensor(np.asarray(radii, dtype=np.float64))
+        self.centroids = torch.from_numpy(index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64))
+        self.gaps = torch.cdist(self.centroids, self.centroids).fill_diagonal_(0.0)  # ||c_a - c_l||
+        # faiss assigned each item to its nearest centroid by float32 distances: ||y - c_l||^2 <= ||y - c_a||^2 + eps
+        # for every a, with eps twice the worst-case float32 error of a length-d distance (gamma_d (|y| + |c|)^2)
+        u, d = 2.0**-24, index.d
+        self.max_norm = float(max_norm)
+        self.eps = 4 * (d * u / (1 - d * u) + 4 * u) * (self.max_norm + float(self.centroids.norm(dim=1).max())) ** 2
         self.nprobe, self.exact, self.cache_margin = int(nprobe), bool(exact), cache_margin
         self.device = None if device is None else torch.device(device)
         self.search_seconds, self.queries, self._cache, self._gpu = 0.0, 0, None, None
+
+    def with_search(self, *, nprobe=1, exact=False, cache_margin=None, device=None) -> "FaissProtected":
+        """Another search (probes, exactness, cache) over the same index and radii: nothing is copied."""
+        other = type(self).__new__(type(self))
+        other._setup(self.index, self.radii, self.max_norm, self.item_shape, nprobe, exact, cache_margin, device)
+        return other
 
     # --- persistence -----------------------------------------------------------------------------------------
 
@@ -116,7 +132,7 @@ class FaissProtected:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(p / "index.faiss"))
-        meta = dict(item_shape=list(self.item_shape), radii=self.radii.tolist())  # float repr round-trips exactly
+        meta = dict(item_shape=list(self.item_shape), radii=self.radii.tolist(), max_norm=self.max_norm)  # exact repr
         (p / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
@@ -129,8 +145,8 @@ class FaissProtected:
                              "FaissProtected(...).save(path).")
         meta = json.loads((p / "meta.json").read_text())
         self = cls.__new__(cls)
-        self._setup(faiss.read_index(str(p / "index.faiss")), meta["radii"], meta["item_shape"], nprobe, exact,
-                    cache_margin, device)
+        self._setup(faiss.read_index(str(p / "index.faiss")), meta["radii"], meta["max_norm"], meta["item_shape"],
+                    nprobe, exact, cache_margin, device)
         return self
 
     def __len__(self) -> int:
@@ -148,10 +164,11 @@ class FaissProtected:
         B, wd = x0.shape[0], _work_dtype(x0.dtype)
         x = x0.reshape(B, -1).to(wd)
         host = x.detach().cpu()
-        if self.cache_margin is None:
-            ids, cells = self._search(host, radius, x0.device)
-        else:
-            ids, cells = self._cached(host, radius, x0.device)
+        with one_faiss_thread():
+            if self.cache_margin is None:
+                ids, cells = self._search(host, radius, x0.device)
+            else:
+                ids, cells = self._cached(host, radius, x0.device)
         c = self._verify(x, ids, radius, overcomp)
         self.search_seconds += time.perf_counter() - start
         self.queries += B
@@ -179,22 +196,35 @@ class FaissProtected:
             c.ids, c.anchor[rows] = ids, host[rows]
         return c.ids, cells
 
-    def _cells(self, q64: np.ndarray, thr: float):
-        """(B, nlist) which cells to probe: the nprobe nearest centroids, and (exact) every cell whose lower bound
-        max(0, ||x - c_l|| - R_l) is below thr. Centroid distances in float64."""
-        d2 = (q64**2).sum(1)[:, None] + self.c_sq[None, :] - 2.0 * q64 @ self.centroids.T
-        dc = np.sqrt(np.maximum(d2, 0.0))
-        probe = np.zeros(dc.shape, dtype=bool)
-        np.put_along_axis(probe, np.argpartition(dc, self.nprobe - 1, axis=1)[:, : self.nprobe], True, axis=1)
+    def _cells(self, q64: torch.Tensor, thr: float) -> np.ndarray:
+        """(B, nlist) which cells to probe: the nprobe nearest centroids, and (exact) every cell whose lower bound on
+        the distance from x to its members is below thr. Centroid distances in float64 (torch: numpy's BLAS was
+        20x slower for these small products on a loaded machine)."""
+        dc = torch.cdist(q64, self.centroids)  # (B, nlist); exact differences for small B
+        k = min(dc.shape[1], max(self.nprobe, HALF_SPACES))
+        near = dc.topk(k, dim=1, largest=False).indices  # nearest first
+        probe = torch.zeros(dc.shape, dtype=torch.bool).scatter_(1, near[:, : self.nprobe], True)
         if self.exact:
-            probe |= dc - self.radii[None, :] < thr + SLACK * (thr + dc + self.radii[None, :])
-        return probe
+            probe |= self.lower_bound(dc, near[:, :HALF_SPACES]) < thr + SLACK * (thr + dc + self.radii)
+        return probe.numpy()
+
+    def lower_bound(self, dc: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
+        """(B, nlist) lower bounds on ||x - y|| over the members y of each cell l (design.md section 2): the ball
+        max(0, ||x - c_l|| - R_l), and, for each of a few centroids c_a near x, the half-space bound: members of l
+        are no farther from c_l than from c_a (nearest-centroid assignment, up to eps), so they are at least
+        (||x - c_l||^2 - ||x - c_a||^2 - eps) / (2 ||c_a - c_l||) from x. dc, the bounds: float64."""
+        lb = (dc - self.radii).clamp_min(0.0)
+        for a in near.T:  # each of the nearest centroids in turn, for every query at once
+            da = dc.gather(1, a[:, None])
+            hs = (dc**2 - da**2 - self.eps) / (2 * self.gaps[a]).masked_fill(self.gaps[a] == 0, math.inf)
+            lb = torch.maximum(lb, hs)
+        return lb
 
     def _search(self, host: torch.Tensor, thr: float, device):
         """(B, L) candidate ids (every center within thr in the probed cells, and the nearest found; -1 padded) and
         the (B,) cells probed."""
-        q64 = host.double().numpy()
-        q32 = np.ascontiguousarray(q64, dtype=np.float32)
+        q64 = host.double()
+        q32 = np.ascontiguousarray(q64.numpy(), dtype=np.float32)
         probe = self._cells(q64, thr)
         cells = probe.sum(1)
         width = int(cells.max())
@@ -221,8 +251,12 @@ class FaissProtected:
         (k, cells <= 2048), else faiss-cpu. Either way the cells scanned are exactly `assign`."""
         gpu = self._gpu_index(device)
         if gpu is not None and assign.shape[1] <= GPU_MAX:
-            gpu.nprobe = assign.shape[1]
-            return gpu.search_preassigned(q32, k, assign, None)
+            try:
+                gpu.nprobe = assign.shape[1]
+                return gpu.search_preassigned(q32, k, assign, None)
+            except (AttributeError, TypeError, RuntimeError) as err:  # a faiss-gpu build without preassigned search
+                warnings.warn(f"faiss-gpu preassigned search unavailable ({err}); searching on the CPU.")
+                self._gpu = False
         self.index.nprobe = assign.shape[1]
         return self.index.search_preassigned(q32, k, assign, None)
 
@@ -230,7 +264,7 @@ class FaissProtected:
         import faiss
 
         dev = self.device or device
-        if dev is None or torch.device(dev).type != "cuda" or not hasattr(faiss, "StandardGpuResources"):
+        if self._gpu is False or dev is None or torch.device(dev).type != "cuda" or faiss.get_num_gpus() == 0:
             return None
         if self._gpu is None:  # once: a copy of the lists on the GPU, the CPU index stays for range searches
             res = faiss.StandardGpuResources()
@@ -252,19 +286,35 @@ class FaissProtected:
         return Correction(delta, inside.sum(1), d.min(1).values)
 
 
-def cell_radii(index) -> np.ndarray:
-    """R_l = max over cell l of ||y - c_l|| (exact differences, float64), rounded up by SLACK; 0 for empty cells."""
+@contextmanager
+def one_faiss_thread():
+    """Queries on one faiss thread: a batch is tens of queries, and faiss's OpenMP pool (another runtime than
+    torch's) spinning beside torch's made a call 20x slower on 2 loaded cores (0.29 s against 0.014 s, measured)."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def cell_radii(index) -> tuple[np.ndarray, float]:
+    """R_l = max over cell l of ||y - c_l|| (exact differences, float64), rounded up by SLACK (0 for empty cells),
+    and the largest item norm (for the half-space bound's rounding allowance)."""
     import faiss
 
     inv, d = index.invlists, index.d
-    radii = np.zeros(index.nlist)
+    radii, top = np.zeros(index.nlist), 0.0
     for l in range(index.nlist):
         n = inv.list_size(l)
         if n:
             codes = faiss.rev_swig_ptr(inv.get_codes(l), n * d * 4)
             y = np.frombuffer(codes, dtype=np.float32, count=n * d).reshape(n, d).astype(np.float64)
             radii[l] = np.sqrt(((y - index.quantizer.reconstruct(l).astype(np.float64)) ** 2).sum(1)).max()
-    return radii * (1 + SLACK)
+            top = max(top, float(np.sqrt((y**2).sum(1)).max()))
+    return radii * (1 + SLACK), top
 
 
 def _check_finite(part: np.ndarray) -> None:

@@ -91,7 +91,7 @@ def test_save_and_load_round_trip(tmp_path, clustered, exact_index):
     items, q = clustered
     exact_index.save(tmp_path / "ix")
     loaded = FaissProtected.load(tmp_path / "ix", exact=True)
-    assert np.array_equal(loaded.radii, exact_index.radii)
+    assert torch.equal(loaded.radii, exact_index.radii) and loaded.eps == exact_index.eps
     for r in RADII:
         a, b = exact_index(q, r, 1.0, None), loaded(q, r, 1.0, None)
         assert torch.equal(a.delta, b.delta) and torch.equal(a.active, b.active) and torch.equal(a.nearest, b.nearest)
@@ -166,3 +166,24 @@ def test_spec_builds_through_the_registry_and_the_run_equals_the_exhaustive_one(
     assert int(a["active_protected"].sum()) > 0
     assert np.array_equal(a["active_protected"].values, b["active_protected"].values)
     xr.testing.assert_allclose(a["x0"], b["x0"], rtol=1e-5, atol=1e-5)
+
+
+def test_lower_bound_never_exceeds_the_distance_to_a_member(clustered, exact_index):
+    """The probing rule is exact iff each cell's bound is below the true distance from x to its nearest member."""
+    import faiss
+
+    items, q = clustered
+    ix, inv = exact_index, exact_index.index.invlists
+    cell = np.empty(len(items), dtype=np.int64)
+    for l in range(ix.index.nlist):
+        cell[faiss.rev_swig_ptr(inv.get_ids(l), inv.list_size(l))] = l
+    q64 = torch.cat([q, 3 * q]).double()  # near the set and far from it
+    dc = (q64[:, None] - ix.centroids[None]).norm(dim=-1)
+    lb = ix.lower_bound(dc, dc.argsort(dim=1)[:, :4]).numpy()
+    d = (q64[:, None] - items.double()[None]).norm(dim=-1).numpy()
+    q64 = q64.numpy()
+    true = np.stack([d[:, cell == l].min(1) if (cell == l).any() else np.full(len(q64), np.inf)
+                     for l in range(ix.index.nlist)], axis=1)
+    assert (lb <= true * (1 + 1e-9)).all()
+    ball = (dc - ix.radii).clamp_min(0).numpy()
+    assert (lb > ball + 1e-6).any()  # the half-space bound tightens the ball bound somewhere
