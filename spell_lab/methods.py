@@ -121,13 +121,15 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 # --- the methods ------------------------------------------------------------------------------------------------
 
 
-@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, weight=None)
+@register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, overlap="single", max_iter=10,
+          weight=None)
 def spell(params: dict, protected=None) -> Hooks:
-    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set.
+    """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set;
+    overlap="iterate" repeats the correction (at most max_iter times) until no shield is within r.
     weight: the CFG weight it runs on top of (Appendix I), as in `cfg`; None: the run's weight."""
     memory = Memory() if params["memory"] else None
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
-                    protected=protected)
+                    protected=protected, overlap=params["overlap"], max_iter=params["max_iter"])
     return Hooks(params, interventions=(s,), guidance=fixed_weight(params["weight"]), shields=s, memory=memory)
 
 

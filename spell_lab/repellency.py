@@ -10,6 +10,7 @@ float64 input) and centers are processed in chunks, so memory is O(B*chunk + B*D
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -22,14 +23,22 @@ EXACT_WORK = 2**16  # B*K*D up to which distances come from exact differences (s
 
 @dataclass
 class Correction:
-    """Result of the correction for a batch: `delta` like x0, `active` (B,) shield counts, `nearest` (B,) distance."""
+    """Result of the correction for a batch: `delta` like x0, `active` (B,) shield counts, `nearest` (B,) distance;
+    `cells_probed` (B,): index cells each query scanned (an index's search statistic; None: no index)."""
 
     delta: torch.Tensor
     active: torch.Tensor
     nearest: torch.Tensor
+    cells_probed: torch.Tensor | None = None
 
     def __add__(self, other: "Correction") -> "Correction":
-        return Correction(self.delta + other.delta, self.active + other.active, torch.minimum(self.nearest, other.nearest))
+        return Correction(self.delta + other.delta, self.active + other.active, torch.minimum(self.nearest, other.nearest),
+                          _sum_cells(self.cells_probed, other.cells_probed))
+
+
+def _sum_cells(a, b):
+    """Cells probed of two searches: the sum, or the one that reported (None: neither)."""
+    return a + b if a is not None and b is not None else (a if a is not None else b)
 
 
 def check_radius(radius: float, overcomp: float = 1.0) -> None:
@@ -225,10 +234,15 @@ class ExactProtected:
         if not all_finite(items):
             raise ValueError("the protected set contains NaN or inf: clean it before shielding it.")
         self.items, self.chunk = items, chunk
+        self.search_seconds, self.queries = 0.0, 0  # cumulative time in the search (each call's whole time), rows
 
     def __call__(self, x0, radius, overcomp, cond):
-        return correction(x0, self.items, radius, overcomp=overcomp, chunk=self.chunk, check=False,
-                          refine=PROTECTED_REFINE)
+        start = time.perf_counter()
+        c = correction(x0, self.items, radius, overcomp=overcomp, chunk=self.chunk, check=False,
+                       refine=PROTECTED_REFINE)
+        self.search_seconds += time.perf_counter() - start
+        self.queries += x0.shape[0]
+        return c
 
 
 def _empty(x0: torch.Tensor) -> Correction:
@@ -243,12 +257,14 @@ def _empty(x0: torch.Tensor) -> Correction:
 @dataclass
 class SpellStep:
     """What an intervention on x0_hat did at one evaluation: the new x0, its change, the per-source shield counts
-    (names of `schema.SOURCES`; a missing name counts 0) and the distance to the nearest reference (+inf: none)."""
+    (names of `schema.SOURCES`; a missing name counts 0), the distance to the nearest reference (+inf: none) and the
+    index cells its searches probed (`Correction.cells_probed`, summed over passes; None: no index reported any)."""
 
     x0: torch.Tensor
     delta: torch.Tensor
     active: dict  # source name -> (B,) counts
     nearest: torch.Tensor
+    cells_probed: torch.Tensor | None = None
 
     @classmethod
     def unchanged(cls, x0: torch.Tensor) -> "SpellStep":
@@ -261,42 +277,74 @@ class SpellStep:
         active = dict(self.active)
         for name, count in later.active.items():
             active[name] = active[name] + count if name in active else count
-        return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest))
+        return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest),
+                         _sum_cells(self.cells_probed, later.cells_probed))
+
+
+OVERLAP = ("single", "iterate")
 
 
 class Spell:
-    """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected)."""
+    """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected).
 
-    def __init__(self, radius: float, overcomp: float = 1.0, sources=()):
+    overlap="single" is the paper's one correction per evaluation. overlap="iterate" (design.md section 2, the
+    paper's open problem) corrects x0_hat' again, from every source, until no shield is within r or `max_iter`
+    corrections were made, so outputs leave a union of overlapping balls too. Its step reports the total change
+    and the first pass's active counts and nearest distance (the shields x0_hat itself was in: what the single
+    correction reports, so activity statistics mean the same in both modes). Deciding to stop reads one flag per
+    extra pass from the device: the only host sync, and only in "iterate" mode.
+    """
+
+    def __init__(self, radius: float, overcomp: float = 1.0, sources=(), *, overlap: str = "single", max_iter: int = 10):
         check_radius(radius, overcomp)
+        if overlap not in OVERLAP:
+            raise ValueError(f"overlap must be one of {OVERLAP} (got {overlap!r}).")
+        if not (isinstance(max_iter, int) and max_iter >= 1):
+            raise ValueError(f"max_iter must be an integer >= 1 (got {max_iter!r}): the number of corrections at most.")
         self.radius, self.overcomp, self.sources = float(radius), float(overcomp), list(sources)
+        self.overlap, self.max_iter = overlap, max_iter
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"each shield source may appear once, got {names}.")
 
     @classmethod
-    def build(cls, radius, overcomp=1.0, *, intra_batch=False, memory=None, protected=None) -> "Spell":
+    def build(cls, radius, overcomp=1.0, *, intra_batch=False, memory=None, protected=None, overlap="single",
+              max_iter=10) -> "Spell":
         sources = [IntraBatch()] if intra_batch else []
         if memory is not None:
             sources.append(memory if isinstance(memory, Memory) else Memory(memory))
         if protected is not None:
             sources.append(protected if callable(protected) else ExactProtected(protected))
-        return cls(radius, overcomp, sources)
+        return cls(radius, overcomp, sources, overlap=overlap, max_iter=max_iter)
 
     def validate(self, x0_example: torch.Tensor) -> None:
         """Check references against the sample shape once, before sampling (the hot loop skips checks)."""
         for s in self.sources:
+            if hasattr(s, "validate"):  # an index that does not hold its items as a tensor checks itself
+                s.validate(x0_example)
+                continue
             items = getattr(s, "items", None)
             if items is not None:
                 _check_pair(x0_example[:1], items[:1], False)
 
-    def __call__(self, x0: torch.Tensor, cond: torch.Tensor, **context) -> SpellStep:
-        """SPELL at one evaluation; `context` (x_t, t, alpha, sigma) is what other interventions need, unused here."""
+    def correct(self, x0: torch.Tensor, cond: torch.Tensor):
+        """One correction from every source: (the summed Correction, per-source active counts)."""
         total = _empty(x0)
         active = {n: torch.zeros_like(total.active) for n in schema.SOURCES}
         for source in self.sources:  # distances are measured at radius 0 too (the baseline's nearest_distance)
             c = source(x0, self.radius, self.overcomp, cond)
             active[source.name] = c.active
             total = total + c
-        x0_new = x0 + total.delta if self.radius > 0 else x0  # radius 0 returns x0 itself: bit-identical baseline
-        return SpellStep(x0_new, total.delta, active, total.nearest)
+        return total, active
+
+    def __call__(self, x0: torch.Tensor, cond: torch.Tensor, **context) -> SpellStep:
+        """SPELL at one evaluation; `context` (x_t, t, alpha, sigma) is what other interventions need, unused here."""
+        total, active = self.correct(x0, cond)
+        if self.radius == 0:
+            return SpellStep(x0, total.delta, active, total.nearest, total.cells_probed)  # x0 itself: bit-identical
+        delta, passes, inside, cells = total.delta, 1, total.active, total.cells_probed
+        while self.overlap == "iterate" and passes < self.max_iter and bool(inside.any()):
+            again, _ = self.correct(x0 + delta, cond)  # x0_hat' may sit in a neighbouring shield: push again
+            delta, passes, inside = delta + again.delta, passes + 1, again.active
+            cells = _sum_cells(cells, again.cells_probed)
+        return SpellStep(x0 + delta, delta, active, total.nearest, cells)

@@ -14,6 +14,7 @@ SOURCES = ("batch", "memory", "protected")  # shield sources, in store order; `a
 STEP_COORDS = ("step", "t", "sigma", "alpha")
 GROUP_ATTRS = ("config", "method", "model", "sampler", "steps", "guidance", "version", "git_commit", "created")
 SPELL_ATTRS = ("radius", "overcomp")  # written for methods that have them (SPELL)
+CLOCK = ("sample_seconds", "search_seconds")  # wall-clock fields: they differ between runs of identical values
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def step_fields() -> tuple[Field, ...]:
     )
     counts = [("active_shields", "shields within the radius, all sources")]
     counts += [(count_name(s), f"shields within the radius from the {s} source") for s in SOURCES]
+    counts.append(("cells_probed", "index cells the protected-set search probed for this query; -1 where the search "
+                                   "has no cells (exhaustive) or no protected set was searched"))
     return tuple(Field(n, per_step, "float32", math.nan, d) for n, d in floats) + tuple(
         Field(n, per_step, "int32", -1, d) for n, d in counts)
 
@@ -62,6 +65,9 @@ def sample_fields() -> tuple[Field, ...]:
         Field("intervened", s, "bool", False, "SPELL was active at some step"),
         Field("inside_shield", s, "bool", False, "the output lies within the radius of a reference"),
         Field("final_nearest_distance", s, "float32", math.nan, "the output against the references it was shielded from"),
+        Field("sample_seconds", s, "float32", math.nan, "its share of its round's wall-clock sampling time (round / batch)"),
+        Field("search_seconds", s, "float32", math.nan, "its share of the protected-set search time within that sampling "
+                                                        "time; NaN where no protected set was searched"),
     )
 
 

@@ -7,7 +7,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["sparsity", "baselines", "diversity"])
+@pytest.mark.parametrize("name", ["sparsity", "baselines", "diversity", "protection"])
 def test_yaml_equals_defaults(name):
     import importlib
 

@@ -34,7 +34,7 @@ def digest(path: Path) -> str:
 
 
 def data_only(ds):
-    return ds.drop_attrs().load()
+    return ds.drop_attrs().drop_vars(list(schema.CLOCK)).load()  # the values; wall-clock fields differ between runs
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_schema(reference_run):
     for name in ("step", "t", "sigma", "alpha"):
         assert ds[name].dims == ("step",)
     floats = ["correction_norm", "score_norm", "relative_magnitude", "nearest_distance"]
-    counts = ["active_shields", "active_batch", "active_memory", "active_protected"]
+    counts = ["active_shields", "active_batch", "active_memory", "active_protected", "cells_probed"]
     assert [f.name for f in schema.step_fields()] == floats + counts  # the declaration the store derives from
     for name in floats:
         assert ds[name].dims == ("sample", "step") and ds[name].dtype == np.float32
@@ -64,7 +64,7 @@ def test_schema(reference_run):
     for attr in schema.GROUP_ATTRS + schema.SPELL_ATTRS:
         assert attr in ds.attrs, attr
     assert json.loads(ds.attrs["method"]) == {"name": "spell", "radius": 3.0, "overcomp": 1.0, "intra_batch": False,
-                                              "memory": True, "weight": None}
+                                              "memory": True, "overlap": "single", "max_iter": 10, "weight": None}
     assert json.loads(ds.attrs["config"])["radius"] == 3.0 and ds.attrs["radius"] == 3.0
     assert runs["main"].attrs["overcomp"] == 1.6 and ds.attrs["overcomp"] == 1.0  # iterative runs at lambda = 1
     assert bool(ds["unit_complete"].all())

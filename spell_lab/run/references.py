@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,10 @@ class _Layout(ValueError):
 
 
 def _read(p: Path):
-    if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p, allow_pickle=False))
+    if p.suffix == ".npy":  # memory-mapped: a large set is paged in as it is read, never loaded whole
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only map: nothing writes to references
+            return torch.from_numpy(np.load(p, mmap_mode="r", allow_pickle=False))
     if p.suffix == ".pt":
         return torch.load(p, map_location="cpu", weights_only=True)
     from safetensors.torch import load_file
@@ -78,4 +81,4 @@ class ProtectedLoader:
         self.specs = {spec_key(s): s for s in specs}
 
     def __call__(self, device) -> dict:
-        return {k: build_index(s, load_reference_set(s["path"]).to(device)) for k, s in self.specs.items()}
+        return {k: build_index(s, load_reference_set(s["path"]), device) for k, s in self.specs.items()}

@@ -1,7 +1,8 @@
 """Per-step statistics of SPELL (design.md section 2), written into preallocated device tensors: no host sync.
 
-Per evaluation the recorder keeps three norms and the per-source shield counts (two stacked writes); the derived
-fields (score_norm, relative_magnitude, active_shields) are computed once, in `result()`.
+Per evaluation the recorder keeps three norms and the per-source shield counts (two stacked writes), and the cells a
+protected-set index probed where the step reports them (`cells_probed`, one write); the derived fields (score_norm,
+relative_magnitude, active_shields) are computed once, in `result()`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Recorder:
         self.sources = schema.SOURCES  # the store's count fields, one per source
         self.counts = torch.zeros((len(self.sources), batch, evaluations), dtype=torch.long, device=device)
         self.none = torch.zeros(batch, dtype=torch.long, device=device)  # a source absent from a step counts 0
+        self.cells = torch.full((batch, evaluations), -1, dtype=torch.long, device=device)  # -1: no cells probed
         self.t: list[float] = []
         self.alpha: list[float] = []
         self.sigma: list[float] = []
@@ -35,6 +37,9 @@ class Recorder:
         model_dir = (alpha * flat(x0) - flat(x)).norm(dim=1)  # sigma^2 * ||score||
         self.norms[:, :, i] = torch.stack([delta_norm, model_dir, spell.nearest.to(wd)]).float()
         self.counts[:, :, i] = torch.stack([spell.active.get(n, self.none) for n in self.sources])
+        probed = getattr(spell, "cells_probed", None)  # (B,) from an index with cells; None: exhaustive or no search
+        if probed is not None:
+            self.cells[:, i] = probed
 
     def result(self) -> dict:
         n = len(self.t)
@@ -49,6 +54,7 @@ class Recorder:
             "relative_magnitude": alpha * delta_norm / model_dir,
             "nearest_distance": nearest,
             "active_shields": counts.sum(0),
+            "cells_probed": self.cells[:, :n],
         }
         out.update({schema.count_name(name): counts[k] for k, name in enumerate(self.sources)})
         out.update(t=torch.tensor(self.t), alpha=torch.tensor(self.alpha), sigma=torch.tensor(self.sigma))

@@ -1,0 +1,441 @@
+"""The protection benchmark (paper Section 4.6, Table 2, Figure 7; Appendix G): how many outputs land too close to
+a protected item under each shield search, at what quality and time.
+
+Pure functions over the run store's Datasets (design.md section 5) and the run's `protected.npy`, figure functions
+that return matplotlib Figures, and the edges: `analyse_run` (files, W&B) and `main`
+
+    python -m spell_lab.analysis.protection RUN_DIR [--wandb offline|disabled|online]
+
+Definitions:
+- *Too close*: an output within the radius r of a protected item, judged afterwards from the stored x0 by an
+  exhaustive search of the whole set in float64 (`nearest_items`), whatever index the run searched with.
+  `own_inside_pct` is what the run's own search saw at the end (`inside_shield`): an approximate index misses some.
+- *Precision, recall*: per condition against the held-out digits (`quality.reference_data`; k = 5), averaged over
+  conditions. The held-out digits are among the training images, so they are protected items themselves.
+- *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
+  batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
+- *Cells per query*: IVF cells the index probed per query (`cells_probed`), averaged over queries and steps;
+  "—" for the exhaustive search, which has no cells.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+import xarray as xr
+
+from . import plots
+from .gallery import baseline_partner, images
+from .load import load_run as _load
+from .quality import condition_metrics, generated, reference_data
+
+BASELINE = "baseline"
+ORDER = ("baseline", "exact", "ivf_exact", "ivf_exact_cache", "ivf1", "ivf2", "ivf3", "ivf5", "ivf10", "overlap")
+SET_FILE = "protected.npy"
+CHUNK = 4096  # protected items per block of the exhaustive search
+# The paper's Table 2 (MDTv2 on ImageNet-1k, 1.2M protected training images, 50k outputs, GPU), as printed.
+PAPER_TABLE2 = pd.DataFrame(
+    [("no SPELL", "—", 7.60, 0.792, 0.242, 2.434), ("+ SPELL", "1", 1.08, 0.792, 0.181, 4.633),
+     ("+ SPELL", "2", 0.55, 0.788, 0.175, 6.057), ("+ SPELL", "3", 0.33, 0.777, 0.162, 7.790),
+     ("+ SPELL", "5", 0.22, 0.771, 0.163, 9.949), ("+ SPELL", "10", 0.16, 0.768, 0.160, 13.545)],
+    columns=["model", "searched_cells", "too_close_pct", "precision", "recall", "seconds_per_image"])
+
+
+# ----------------------------------------------------------------------------------------------- the judge
+
+def nearest_items(x, items, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Exhaustive nearest protected item of each x (B, ...): (distance (B,) float64, index (B,)). Blocks of items
+    in float64 (items may be a memory map); the winner's distance from exact differences, not the expansion."""
+    x = torch.as_tensor(np.asarray(x)).reshape(len(x), -1).double()
+    origin = x.mean(0, keepdim=True)
+    xc = x - origin
+    best = torch.full((len(x),), float("inf"), dtype=torch.float64)
+    arg = torch.zeros(len(x), dtype=torch.long)
+    for start in range(0, len(items), chunk):
+        z = _rows(items, start, start + chunk) - origin
+        d2 = (xc * xc).sum(1, keepdim=True) + (z * z).sum(1)[None] - 2 * xc @ z.T
+        m, i = d2.min(1)
+        better = m < best
+        best, arg = torch.where(better, m, best), torch.where(better, i + start, arg)
+    winner = torch.cat([_rows(items, int(i), int(i) + 1) for i in arg]) if len(x) else x
+    return (x - winner).norm(dim=1).numpy(), arg.numpy()
+
+
+def _rows(items, start: int, stop: int) -> torch.Tensor:
+    block = np.asarray(items[start:stop], dtype=np.float64)
+    return torch.from_numpy(block.reshape(len(block), -1))
+
+
+def overlap_share(items, radius: float, max_queries: int = 2000, seed: int = 0) -> float:
+    """Share of protected items whose shield overlaps another's (nearest other item closer than 2r); over a seeded
+    subset of `max_queries` items when the set is larger."""
+    n = len(items)
+    q = np.arange(n) if n <= max_queries else np.sort(np.random.default_rng(seed).choice(n, max_queries, replace=False))
+    x = _rows_at(items, q)
+    xc_sq = (x * x).sum(1, keepdim=True)
+    nearest = torch.full((len(q),), float("inf"), dtype=torch.float64)
+    for start in range(0, n, CHUNK):
+        z = _rows(items, start, start + CHUNK)
+        d2 = xc_sq + (z * z).sum(1)[None] - 2 * x @ z.T
+        own = (torch.from_numpy(q)[:, None] == torch.arange(start, start + len(z))[None])
+        nearest = torch.minimum(nearest, d2.masked_fill(own, float("inf")).min(1).values)
+    return float((nearest.clamp_min(0).sqrt() < 2 * radius).double().mean())
+
+
+def _rows_at(items, idx) -> torch.Tensor:
+    return torch.cat([_rows(items, int(i), int(i) + 1) for i in idx])
+
+
+# ----------------------------------------------------------------------------------------------- the table
+
+def groups(datasets: dict) -> list[str]:
+    """The run's groups, baseline first, then the searches in Table 2's order, then any others."""
+    return [n for n in ORDER if n in datasets] + [n for n in datasets if n not in ORDER]
+
+
+def setting_of(ds: xr.Dataset) -> dict:
+    raw = ds.attrs.get("setting", "{}")
+    return json.loads(raw) if isinstance(raw, str) else dict(raw)
+
+
+def searched_cells(ds: xr.Dataset) -> str:
+    """Table 2's "searched cells" column for a group, from the protected-set spec it ran with."""
+    setting = setting_of(ds)
+    spec, method = setting.get("protected"), setting.get("method") or {}
+    if not spec:
+        return "—"
+    if spec.get("index") == "faiss":
+        if spec.get("exact"):
+            return "exact (ball-bounded)" + (" + cache" if spec.get("cache_margin") else "")
+        return str(spec.get("nprobe"))
+    return "all (exhaustive)" + (", overlap-aware" if method.get("overlap") not in (None, "single") else "")
+
+
+def protection_radius(datasets: dict) -> float:
+    """The shield radius of the run: the SPELL groups' radius (the run's config where only the baseline exists)."""
+    radii = {float(ds.attrs["radius"]) for ds in datasets.values() if float(ds.attrs.get("radius", 0) or 0) > 0}
+    if len(radii) > 1:
+        raise ValueError(f"the run's searches use different radii {sorted(radii)}; Table 2 compares one radius.")
+    if radii:
+        return radii.pop()
+    cfg = next(iter(datasets.values())).attrs.get("config", "{}")
+    r = (json.loads(cfg) if isinstance(cfg, str) else cfg).get("protection", {}).get("radius")
+    if not r:
+        raise ValueError("the run names no protection radius; regenerate it with "
+                         "`python -m spell_lab.experiments.protection`.")
+    return float(r)
+
+
+def judge(datasets: dict, items, radius: float) -> dict[str, pd.DataFrame]:
+    """Per group, per sample: the nearest protected item (exhaustive) and whether the output is too close."""
+    out = {}
+    for name in groups(datasets):
+        ds = datasets[name]
+        dist, idx = nearest_items(ds["x0"].transpose("sample", ...).values, items)
+        out[name] = pd.DataFrame({"condition": ds["condition"].values, "seed": ds["seed"].values, "nearest": dist,
+                                  "nearest_item": idx, "too_close": dist < radius})
+    return out
+
+
+def protection_table(datasets: dict, items, radius: float, reference, k: int = 5,
+                     judged: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(table, per_condition): one row per group in Table 2's layout plus the run's own diagnostics, and the
+    per-(group, condition) precision/recall behind its means. reference: (real x, real cond, features)."""
+    real_x, real_cond, features = reference
+    judged = judge(datasets, items, radius) if judged is None else judged
+    rf = features(real_x)
+    rows, long = {}, []
+    for name in groups(datasets):
+        ds, j = datasets[name], judged[name]
+        x0, cond = generated(ds)
+        per = condition_metrics(x0, cond, real_x, real_cond, features, k, real_features=rf)
+        per.insert(0, "group", name)
+        long.append(per)
+        rows[name] = dict(searched_cells=searched_cells(ds), n=len(j), too_close_pct=100 * j["too_close"].mean(),
+                          n_too_close=int(j["too_close"].sum()), precision=per["precision"].mean(),
+                          recall=per["recall"].mean(), **timing(ds), **_own(ds, name),
+                          min_nearest_over_r=float(j["nearest"].min() / radius))
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "search"
+    base = table["seconds_per_image"].get(BASELINE, np.nan)
+    table.insert(table.columns.get_loc("seconds_per_image") + 1, "time_vs_baseline", table["seconds_per_image"] / base)
+    return table, pd.concat(long, ignore_index=True)
+
+
+def timing(ds: xr.Dataset) -> dict:
+    """Seconds per image, the share spent searching and the cells probed per query, as the run recorded them."""
+    wall = ds["sample_seconds"].values.astype(float) if "sample_seconds" in ds else np.full(ds.sizes["sample"], np.nan)
+    search = ds["search_seconds"].values.astype(float) if "search_seconds" in ds else np.full_like(wall, np.nan)
+    cells = ds["cells_probed"].values if "cells_probed" in ds else np.full((1,), -1)
+    probed = cells[cells >= 0]
+    share = np.nansum(search) / np.nansum(wall) if np.isfinite(search).any() and np.nansum(wall) > 0 else np.nan
+    return dict(seconds_per_image=float(np.nanmean(wall)) if np.isfinite(wall).any() else np.nan,
+                search_share=float(share), cells_per_query=float(probed.mean()) if probed.size else np.nan)
+
+
+def _own(ds: xr.Dataset, name: str) -> dict:
+    """What the run itself saw: outputs its own search found inside a shield, and how many SPELL moved."""
+    if name == BASELINE or not setting_of(ds).get("protected"):
+        return dict(own_inside_pct=np.nan, moved_pct=np.nan)
+    moved = (ds["active_protected"] > 0).any("step").values
+    return dict(own_inside_pct=100 * float(ds["inside_shield"].values.mean()), moved_pct=100 * float(moved.mean()))
+
+
+COLUMNS = {  # column -> (header, format)
+    "searched_cells": ("searched cells", "{}"), "too_close_pct": ("too close", "{:.2f}%"),
+    "n_too_close": ("n too close", "{:d}"), "n": ("n", "{:d}"), "precision": ("precision", "{:.3f}"),
+    "recall": ("recall", "{:.3f}"), "seconds_per_image": ("time per image (s)", "{:.4f}"),
+    "time_vs_baseline": ("× no SPELL", "{:.2f}"), "search_share": ("search share", "{:.0%}"),
+    "cells_per_query": ("cells / query", "{:.1f}"), "own_inside_pct": ("inside (own search)", "{:.2f}%"),
+    "moved_pct": ("moved by SPELL", "{:.1f}%"), "min_nearest_over_r": ("min d / r", "{:.3f}"),
+}
+
+
+def _shown(table: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(index=table.index)
+    for c, (header, fmt) in COLUMNS.items():
+        if c in table:
+            out[header] = [("—" if isinstance(v, float) and np.isnan(v) else fmt.format(v)) for v in table[c]]
+    return out
+
+
+def format_table(table: pd.DataFrame) -> str:
+    return _shown(table).to_string()
+
+
+def markdown(table: pd.DataFrame, index: str = "search") -> str:
+    """A table as GitHub Markdown (already formatted strings)."""
+    shown = table.reset_index().rename(columns={table.index.name or "index": index}) if index else table
+    cols = [str(c) for c in shown.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    return markdown(_shown(table))
+
+
+def paper_markdown() -> str:
+    t = PAPER_TABLE2.assign(too_close_pct=PAPER_TABLE2["too_close_pct"].map("{:.2f}%".format),
+                            time_vs_baseline=(PAPER_TABLE2["seconds_per_image"] / 2.434).map("{:.2f}".format))
+    return markdown(t.set_index("model"), index="model")
+
+
+# ----------------------------------------------------------------------------------------------- figures
+
+def search_styles(names) -> dict[str, dict]:
+    """One colour and marker per search (the baseline: a black star), the same in every figure."""
+    palette = sns.color_palette("colorblind", 10)
+    out, k = {}, 0
+    for n in names:
+        if n == BASELINE:
+            out[n] = dict(color="0.1", marker="*", s=170)
+        else:
+            out[n] = dict(color=palette[k % 10], marker=plots.MARKERS[k % len(plots.MARKERS)], s=60)
+            k += 1
+    return out
+
+
+@plots.styled
+def plot_leak_vs_time(table: pd.DataFrame, radius: float):
+    """Leak rate (outputs too close) against time per image: ours in seconds, and ours beside the paper's Table 2
+    as multiples of the time without SPELL. One colour and marker per search (legend)."""
+    fig = plots.Figure(figsize=(12.5, 4.8), layout="constrained")
+    ax, rel = fig.subplots(1, 2)
+    styles = search_styles(table.index)
+    for name, row in table.iterrows():
+        label = f"{name} · {row['searched_cells']} · {row['too_close_pct']:.2f}%"
+        for a, x in ((ax, row["seconds_per_image"]), (rel, row["time_vs_baseline"])):
+            if np.isfinite(x):
+                a.scatter([x], [row["too_close_pct"]], edgecolor="k", lw=0.5, zorder=3, alpha=0.9,
+                          label=label if a is ax else None, **styles[name])
+    p = PAPER_TABLE2
+    rel.plot(p["seconds_per_image"] / p["seconds_per_image"].iloc[0], p["too_close_pct"], color="0.55", ls="--",
+             marker="s", mfc="white", label="paper: MDTv2, 1.2M ImageNet\nitems, IVF 1-10 probes")
+    for _, row in p.iloc[1:].iterrows():
+        rel.annotate(f"{row['searched_cells']}", (row["seconds_per_image"] / p["seconds_per_image"].iloc[0],
+                     row["too_close_pct"]), textcoords="offset points", xytext=(0, 7), fontsize=7, color="0.4",
+                     ha="center")
+    rel.legend(frameon=False, fontsize=8, loc="upper right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", frameon=False, fontsize=8,
+               title="search · searched cells · too close", title_fontsize=8)
+    n = int(table["n"].iloc[0]) if len(table) else 0
+    ax.set_xlabel("time per image (s, this run)")
+    rel.set_xlabel("time per image ÷ time without SPELL")
+    top = max(1.0, float(np.nanmax([table["too_close_pct"].max(), 7.6])))
+    for a in (ax, rel):
+        a.set_ylabel("outputs too close (%)")
+        a.set_ylim(-0.06 * top, 1.08 * top)
+    ax.set_title(f"This run: {n} outputs per search, r = {radius:.4g}", fontsize=10)
+    rel.set_title("Beside the paper's Table 2 (relative time; grey numbers: probes)", fontsize=10)
+    fig.suptitle("Leak rate against time per image (too close: within r of a protected item, exhaustive check)",
+                 fontweight="bold", fontsize=11)
+    return fig
+
+
+@plots.styled
+def plot_distances(judged: dict, radius: float):
+    """Each search's cumulative share of outputs closer than d to their nearest protected item (d ÷ r): its value
+    at 1 is the share too close."""
+    fig = plots.Figure(figsize=(9.5, 4.4), layout="constrained")
+    ax = fig.subplots()
+    styles = search_styles(judged)
+    for name, j in judged.items():
+        d = np.sort(j["nearest"].to_numpy() / radius)
+        ax.step(d, 100 * np.arange(1, len(d) + 1) / len(d), where="post", color=styles[name]["color"],
+                lw=2.2 if name == BASELINE else 1.3, ls="-" if name in (BASELINE, "exact") else "--",
+                label=f"{name} ({100 * j['too_close'].mean():.2f}% < r)")
+    ax.axvline(1.0, color="k", lw=1, ls=":")
+    every = np.concatenate([j["nearest"].to_numpy() / radius for j in judged.values()])
+    ax.set_xlim(max(0.0, every.min() - 0.05), 1.5)
+    ax.set_ylim(0, 60)
+    ax.set_xlabel("distance to the nearest protected item ÷ r   (dotted: the shield's edge)")
+    ax.set_ylabel("outputs closer (%)")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right center", frameon=False, fontsize=8)
+    ax.set_title("Where the outputs land relative to the shields (cumulative, exhaustive check)", fontsize=10)
+    return fig
+
+
+def moved_examples(judged: dict, datasets: dict, search: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(samples of `search`, their baseline partners): outputs whose same seed without SPELL was too close, closest
+    first, then other outputs SPELL moved; at most n."""
+    ds, base = datasets[search], datasets[BASELINE]
+    partner = baseline_partner(ds, base)
+    near = np.where(partner >= 0, judged[BASELINE]["nearest"].to_numpy()[np.maximum(partner, 0)], np.inf)
+    moved = (ds["active_protected"] > 0).any("step").values & (partner >= 0)
+    order = np.argsort(near, kind="stable")
+    pick = [i for i in order if moved[i] and near[i] < np.inf][:n]
+    return np.array(pick, dtype=int), partner[pick] if pick else np.array([], int)
+
+
+@plots.styled
+def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, search: str | None = None, n: int = 8):
+    """Figure 7: outputs SPELL moved (columns, the closest copies first): the same seed without SPELL, its nearest
+    protected item, and the output with SPELL, each labelled with its distance to its nearest item (÷ r)."""
+    search = search or next((s for s in ("exact", "ivf_exact", "overlap") if s in datasets),
+                            next((s for s in groups(datasets) if s != BASELINE), None))
+    if search is None or BASELINE not in datasets:
+        raise ValueError("the gallery needs the baseline group and one SPELL search in the run.")
+    pick, partner = moved_examples(judged, datasets, search, n)
+    item_idx = judged[BASELINE]["nearest_item"].to_numpy()[partner]
+    shape = datasets[search]["x0"].shape[1:]
+    item_ds = xr.Dataset({"x0": (datasets[search]["x0"].dims, np.asarray(_rows_at(items, item_idx)).reshape(
+        len(item_idx), *shape) if len(item_idx) else np.zeros((0, *shape)))})
+    rows = [("without SPELL", images(datasets[BASELINE].drop_vars("image", errors="ignore"), partner)[0],
+             judged[BASELINE]["nearest"].to_numpy()[partner]),
+            ("its nearest\nprotected item", images(item_ds, np.arange(len(item_idx)))[0], None),
+            (f"with SPELL\n({search})", images(datasets[search].drop_vars("image", errors="ignore"), pick)[0],
+             judged[search]["nearest"].to_numpy()[pick])]
+    shown = plots.to_gray01([r[1] for r in rows])
+    ncols = max(1, len(pick))
+    fig = plots.Figure(figsize=(1.25 * ncols + 1.8, 4.9), layout="constrained")
+    axes = fig.subplots(3, ncols, squeeze=False)
+    for r, ((label, _, dist), imgs) in enumerate(zip(rows, shown)):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c >= len(pick):
+                ax.axis("off")
+                continue
+            ax.imshow(imgs[c], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            if dist is not None:
+                inside = dist[c] < radius
+                ax.set_xlabel(f"d/r {dist[c] / radius:.2f}", fontsize=7, color=plots.HIGHLIGHT if inside else "0.2")
+                for sp in ax.spines.values():
+                    sp.set_visible(inside), sp.set_edgecolor(plots.HIGHLIGHT), sp.set_linewidth(3)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+    note = "" if len(pick) else " — none: SPELL moved no output whose baseline was too close"
+    fig.suptitle(f"Figure 7: outputs SPELL moved away from protected items (orange: within r = {radius:.4g}){note}",
+                 fontweight="bold", fontsize=10)
+    return fig
+
+
+def make_figures(datasets, table, judged, items, radius) -> dict:
+    figs = {"leak_vs_time": plot_leak_vs_time(table, radius), "distances": plot_distances(judged, radius)}
+    if BASELINE in datasets and len(datasets) > 1:
+        figs["moved_gallery"] = plot_moved_gallery(datasets, judged, items, radius)
+    return figs
+
+
+# ----------------------------------------------------------------------------------------------- edges
+
+def load_run(run_dir) -> dict[str, xr.Dataset]:
+    """The run's groups as checked Datasets (x0 read: the judge and the metrics need it)."""
+    return _load(run_dir, experiment="protection", select=groups, keep=("x0",),
+                 none_found="has no groups; make one with `python -m spell_lab.experiments.protection`")
+
+
+def load_set(run_dir) -> np.ndarray:
+    path = Path(run_dir) / SET_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the run directory keeps the protected set it used as "
+                                f"{SET_FILE}; regenerate with `python -m spell_lab.experiments.protection`.")
+    return np.load(path, mmap_mode="r")
+
+
+def log_to_wandb(table, per_condition, figures, *, attrs, project, group, run_dir, mode) -> list:
+    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+
+    summary = {f"{name}/{c}": v for name, row in table.iterrows() for c, v in row.items() if c != "searched_cells"}
+    run = RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
+                 tags=("protection", model_name(attrs)), tables={"table2": table, "per_condition": per_condition,
+                                                                 "paper_table2": PAPER_TABLE2},
+                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()})
+    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="protection-analysis")
+
+
+def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
+                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
+    """Judge every output against RUN_DIR/protected.npy, build Table 2, render the figures (RUN_DIR/figures), write
+    the table as CSV and Markdown and log to W&B; no model runs. Returns {"table", "per_condition", "judged",
+    "figures", "figures_dir", "wandb_dirs", "reference", "radius", "overlap_share"}."""
+    run_dir = Path(run_dir)
+    datasets = load_run(run_dir) if datasets is None else datasets
+    items = load_set(run_dir)
+    radius = protection_radius(datasets)
+    desc = "given by the caller"
+    if reference is None:
+        conds = np.unique(np.concatenate([ds["condition"].values for ds in datasets.values()]))
+        *reference, desc = reference_data("digits", conds)
+    judged = judge(datasets, items, radius)
+    table, per = protection_table(datasets, items, radius, reference, k, judged)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        figures = {name: plots.save(fig, out_dir, name) for name, fig in
+                   make_figures(datasets, table, judged, items, radius).items()}
+    table.to_csv(out_dir / "table2.csv")
+    per.to_csv(out_dir / "table2_per_condition.csv", index=False)
+    (out_dir / "table2.md").write_text(table_markdown(table) + "\n")
+    first = datasets[groups(datasets)[0]]
+    attrs = dict(first.attrs) | {"reference": desc}
+    wandb_dirs = log_to_wandb(table, per, figures, attrs=attrs, project=project,
+                              group=group or f"protection-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
+    return {"table": table, "per_condition": per, "judged": judged, "figures": figures, "figures_dir": out_dir,
+            "wandb_dirs": wandb_dirs, "reference": desc, "radius": radius,
+            "overlap_share": overlap_share(items, radius)}
+
+
+def main(argv=None) -> int:
+    from .cli import rerender_main
+
+    def load(run_dir):
+        load_set(run_dir)  # a missing set is one line, before anything is written
+        return load_run(run_dir)
+
+    return rerender_main(argv, experiment="protection", load_run=load, analyse_run=analyse_run,
+                         format_table=format_table,
+                         extra_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "
+                                                  f"{res['overlap_share']:.0%} of items; real data: {res['reference']}"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""The protection benchmark (paper Section 4.6, Table 2; Appendix G) on the built-in digits model.
+
+    python -m spell_lab.experiments.protection
+
+The protected set is the digits model's training images (all 1797 of scikit-learn's digits: `digits_train` trains
+on every one) encoded into its diffusion space, optionally grown to --set_size items by deterministic augmentations
+(spell_lab.models.digits_augment); the run directory keeps the set it used as `protected.npy`. The same seeds are
+generated without SPELL (`baseline`) and with SPELL repelling from the set under each search (`--searches`), one
+store group each; the table, the leak-rate-against-time figure, the Figure 7 gallery and W&B follow.
+
+The radius rule (unless --radius is given): generate a calibration batch without SPELL on seeds of its own
+(seed + 1,000,000 + i), measure each output's distance to its nearest protected item (exhaustive, float64), and
+take the --too_close quantile of those distances (default 7.6%, the share of MDTv2's outputs Table 2 finds too close
+to ImageNet without SPELL): a radius at which the baseline leaves about that share of outputs inside a shield.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..methods import spell_method
+from ..models import load_model
+from ..plan import Setting
+from ..protect import protected_spec
+from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch,
+                     print_summary, reports, run_cli, run_dir_for, run_lines, sampling_for, set_wandb_mode, size_of,
+                     wandb_line)
+
+EXPERIMENT = "protection"
+MAX_ITER = 8  # overlap-aware correction: corrections per evaluation at most
+CACHE_MARGIN = 0.5  # the candidate cache's margin m, as a multiple of the radius
+# Searches as plain data: the protected-set index (spell_lab.protect) and extra SPELL parameters (`method`).
+SEARCHES = {
+    "exact": dict(index="exact", note="exhaustive exact search"),
+    "ivf_exact": dict(index="faiss", exact=True, nprobe=1, note="exact ball-bounded IVF"),
+    "ivf_exact_cache": dict(index="faiss", exact=True, nprobe=1, cache=True, note="exact ball-bounded IVF + cache"),
+    **{f"ivf{k}": dict(index="faiss", exact=False, nprobe=k, note=f"IVFFlat, {k} probe{'s' if k > 1 else ''}")
+       for k in (1, 2, 3, 5, 10)},
+    "overlap": dict(index="exact", method=dict(overlap="iterate", max_iter=MAX_ITER),
+                    note=f"exhaustive exact, overlap-aware correction (<= {MAX_ITER} iterations)"),
+}
+BASELINE = "baseline"
+SIZE_SEARCHES = {"quick": ("exact", "ivf_exact", "ivf_exact_cache", "ivf1", "overlap"), "default": tuple(SEARCHES),
+                 "full": tuple(SEARCHES)}
+SIZE_CONDITIONS = {"quick": 2, "default": 10, "full": 10}
+SIZE_PER_CONDITION = {"quick": 6, "default": 12, "full": 64}  # >= 6: per-condition precision/recall use k = 5
+SIZE_SET = {"quick": None, "default": None, "full": 100_000}  # None: the training images only
+TOO_CLOSE = {"quick": 0.3, "default": 0.076, "full": 0.076}  # the radius rule's target share (see the docstring)
+CALIBRATION_SEED_OFFSET = 1_000_000
+K = 5
+RADIUS_ENV = "SPELL_LAB_PROTECTION_RADIUS"  # rank 0 calibrates; DDP ranks it launches reuse its radius
+
+
+def search_spec(name: str, path, radius: float) -> tuple[dict, dict]:
+    """(protected-set spec, extra method parameters) of one search."""
+    spec = dict(SEARCHES[name])
+    spec.pop("note")
+    extra = spec.pop("method", {})
+    index = spec.pop("index")
+    if index == "faiss":
+        margin = float(f"{CACHE_MARGIN * radius:.4g}") if spec.pop("cache", False) else None
+        spec = dict(exact=spec["exact"], nprobe=spec["nprobe"], nlist=None, cache_margin=margin)
+    return protected_spec(path, index, **spec), extra
+
+
+def build_settings(searches, path, radius, overcomp, conditions, per_condition, batch, seed) -> list[Setting]:
+    """`baseline` (no SPELL, no protected set: the plain sampler's time) and one SPELL setting per search, all on the
+    same seeds and rounds."""
+    unknown = [s for s in searches if s not in SEARCHES]
+    if not searches or unknown:
+        raise ValueError(f"unknown search(es) {unknown or searches}; choose from {', '.join(SEARCHES)}.")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"--radius must be > 0 (got {radius}); the baseline group is the run without SPELL.")
+    if not (math.isfinite(overcomp) and overcomp > 0):
+        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+    if per_condition < K + 1:
+        raise ValueError(f"--per_condition must be >= {K + 1}: per-condition precision/recall use k = {K} neighbours "
+                         f"(got {per_condition}).")
+    b = batch or per_condition
+    if b < 1 or per_condition % b:
+        raise ValueError(f"--per_condition ({per_condition}) must be a multiple of --batch ({b}).")
+    common = dict(rounds=(b,) * (per_condition // b), conditions=tuple(conditions), seed=seed)
+    settings = [Setting(BASELINE, spell_method(0.0), **common, note="no SPELL; judged against the set afterwards")]
+    for name in searches:
+        spec, extra = search_spec(name, path, radius)
+        settings.append(Setting(name, {**spell_method(radius, overcomp), **extra}, spec, **common,
+                                note=SEARCHES[name]["note"]))
+    return settings
+
+
+def protected_items(model, set_size: int | None, seed: int) -> np.ndarray:
+    """The training images in the model's diffusion space, grown to set_size by augmentation: (N, 1, R, R) float32."""
+    import torch
+
+    from ..models.digits import load_data
+    from ..models.digits_augment import grow
+
+    pixels, _ = load_data()
+    pixels = grow(pixels, set_size or len(pixels), seed)
+    with torch.no_grad():
+        return torch.cat([model.space.encode(p) for p in pixels.split(8192)]).cpu().numpy().astype(np.float32)
+
+
+def calibrate_radius(model, items, conditions, per_condition, sampling, seed, share) -> dict:
+    """The radius rule (module docstring): the `share` quantile of the calibration outputs' nearest-item distances."""
+    import torch
+
+    from ..analysis.protection import nearest_items
+    from .calibrate import calibration_batch
+
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # as the run itself (run_generation): 2 threads on a loaded CPU ran 7x slower here
+    with Timer() as timer:
+        x0, _ = calibration_batch(model, conditions, per_condition, seed=seed, sampler=sampling.sampler,
+                                  steps=sampling.steps, guidance=sampling.guidance)
+        dist, _ = nearest_items(x0, torch.from_numpy(items))
+    torch.set_num_threads(threads)
+    radius = float(f"{float(np.quantile(dist, share)):.4g}")  # 4 digits: the radius is part of the fingerprint
+    return dict(radius=radius, rule=f"{share:.3g} quantile of the calibration outputs' nearest-item distance",
+                share=share, samples=len(dist), first_seed=seed + CALIBRATION_SEED_OFFSET,
+                median_nearest=float(np.median(dist)), seconds=round(timer.seconds, 2))
+
+
+def set_path(cfg, name: str, items: np.ndarray) -> Path:
+    """RUN_DIR/protected.npy for this run: the run directory the flags name (with --fresh, the next free one beside
+    it), written once; a directory that holds a run made from another set is refused, left untouched."""
+    from ..run.launch import RUN_DIR_ENV, is_child_rank
+
+    if is_child_rank() and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV]) / "protected.npy"  # rank 0 wrote it
+    out = run_dir_for(EXPERIMENT, cfg, name)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
+    candidate, n = out, 1
+    while (candidate / "store.zarr").exists() or (candidate / "protected.npy").exists():
+        path = candidate / "protected.npy"
+        same = path.exists() and _same(path, items)
+        if same and not cfg.fresh:
+            return path  # resume: the store's fingerprint (the set's digest included) decides the rest
+        if not cfg.fresh:
+            raise ValueError(f"{candidate} holds a run made from another protected set (or none); it was left "
+                             "untouched. Pass --fresh to start a new run beside it, or --out to choose another directory.")
+        n += 1
+        candidate = Path(f"{out}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    tmp = candidate / "protected.tmp.npy"
+    np.save(tmp, items)
+    tmp.replace(candidate / "protected.npy")
+    return candidate / "protected.npy"
+
+
+def _same(path: Path, items: np.ndarray) -> bool:
+    held = np.load(path, mmap_mode="r")
+    return held.shape == items.shape and bool(np.array_equal(held, items))
+
+
+def parser():
+    flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
+    p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], flags)
+    p.add_argument("--searches", type=str | None, default=None,
+                   help=f"comma-separated subset of {','.join(SEARCHES)} (default by size: quick "
+                        f"{','.join(SIZE_SEARCHES['quick'])}; otherwise all)")
+    p.add_argument("--radius", type=float | None, default=None, help="shield radius (default: the radius rule)")
+    p.add_argument("--too_close", type=float | None, default=None,
+                   help="the radius rule's target: the share of calibration outputs without SPELL inside a shield "
+                        "(default 0.076, the paper's 7.6%%; quick 0.3)")
+    p.add_argument("--overcomp", type=float, default=1.1,
+                   help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)")
+    p.add_argument("--set_size", "--set-size", type=int | None, default=None,
+                   help="protected items: the 1797 training images grown by augmentation (default: 1797; full 100000)")
+    p.add_argument("--augment_seed", type=int, default=0, help="seed of the augmentations")
+    p.add_argument("--per_condition", type=int | None, default=None,
+                   help="samples per condition and search (default by size: quick 6, default 12, full 64)")
+    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: per_condition)")
+    p.add_argument("--calibration_per_condition", type=int | None, default=None,
+                   help="calibration samples per condition (default: as --per_condition)")
+    return p
+
+
+def main(argv=None) -> int:
+    cfg = parser().parse_args(argv)
+    set_wandb_mode(cfg.wandb)
+    size = size_of(cfg)
+    searches = [s.strip() for s in cfg.searches.split(",") if s.strip()] if cfg.searches else list(SIZE_SEARCHES[size])
+    per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
+    share = TOO_CLOSE[size] if cfg.too_close is None else cfg.too_close
+    if not 0 < share < 1:
+        raise ValueError(f"--too_close must be a share between 0 and 1 (got {share}).")
+    if cfg.set_size is not None and cfg.set_size < 1:
+        raise ValueError(f"--set_size must be >= 1797, the training images (got {cfg.set_size}).")
+    if (cfg.calibration_per_condition or 2) < 2:
+        raise ValueError("--calibration_per_condition must be >= 2.")
+    build_settings(searches, "protected.npy", cfg.radius or 1.0, cfg.overcomp, [0], per_condition, cfg.batch, 0)
+    model, spec = load_model("digits"), {"name": "digits"}
+    conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
+    sampling = sampling_for(cfg, model, size)
+    items = protected_items(model, cfg.set_size or SIZE_SET[size], cfg.augment_seed)
+    protection = _radius(cfg, model, items, conditions, cfg.calibration_per_condition or per_condition, sampling, share)
+    name = f"digits-n{len(items)}-r{protection['radius']:g}-{size}"
+    path = set_path(cfg, name, items)  # the first thing written
+    settings = build_settings(searches, path, protection["radius"], cfg.overcomp, conditions, per_condition,
+                              cfg.batch, cfg.seed)
+    cfg.out, cfg.fresh = str(path.parent), False  # the directory set_path chose (with --fresh: the new one)
+    config = config_dict(cfg) | {"protection": protection | {"set_size": len(items)}, "size": size}
+    result, seconds = launch(EXPERIMENT, cfg, settings=settings, model=model, spec=spec, sampling=sampling,
+                             name=name, config=config)
+    return report(result, cfg, seconds, protection, settings, len(items)) if reports(result) else 0
+
+
+def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> dict:
+    from ..run.launch import is_child_rank
+
+    if cfg.radius is not None:
+        return dict(radius=float(cfg.radius), rule="given (--radius)")
+    if is_child_rank() and os.environ.get(RADIUS_ENV):
+        return json.loads(os.environ[RADIUS_ENV])  # the same radius as rank 0, bit for bit
+    cal = calibrate_radius(model, items, conditions, per_condition, sampling, cfg.seed, share)
+    os.environ[RADIUS_ENV] = json.dumps(cal)
+    print(f"radius rule: r = {cal['radius']:g}, the {share:.3g} quantile of {cal['samples']} calibration outputs' "
+          f"nearest protected distance (median {cal['median_nearest']:.4g}; {cal['seconds']:.1f} s)", flush=True)
+    return cal
+
+
+def report(result, cfg, seconds, protection, settings, n_items) -> int:
+    from ..analysis.protection import analyse_run, format_table
+
+    with Timer() as t:
+        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
+    s = settings[0]
+    lines = run_lines(result, seconds) + [
+        ("protected set", f"{n_items} items ({result.run_dir / 'protected.npy'})"),
+        ("radius", f"{protection['radius']:g} ({protection['rule']})"),
+        ("plan", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds per search"),
+        ("judged", "too close = within r of a protected item, exhaustive float64 search of the stored outputs"),
+        ("real data", out["reference"]),
+        ("analysis", f"{t.seconds:.1f} s"),
+        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
+        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
+    ]
+    print_summary("SPELL protection benchmark (Table 2)", lines, format_table(out["table"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
