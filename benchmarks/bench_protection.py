@@ -1,7 +1,7 @@
 """Shield search at scale (issue #15, paper Table 2 / App. G): exhaustive exact search against the faiss IVF index,
 exact (ball-bounded, with and without the candidate cache) and approximate (1, 2, 3, 5, 10 probes), side by side.
 
-    python benchmarks/bench_protection.py [--n 1200000] [--batch 32] [--radius 25] [--cache-margin 2]
+    python benchmarks/bench_protection.py [--n 1200000] [--batch 32] [--radius 25] [--cache-margin 2] [--every 1]
 
 The protected set: the digits model's training images in its diffusion space (D = 48 x 48 = 2304), grown to N items
 by clustered noise around them in the 8x8 pixel space (deterministic; item i is image i mod 1797), written as a .npy
@@ -84,6 +84,7 @@ def main():
     ap.add_argument("--radius", type=float, default=25.0)
     ap.add_argument("--noise", type=float, default=0.15, help="pixel noise (8x8, [0, 1] range) growing the set")
     ap.add_argument("--cache-margin", type=float, default=2.0)
+    ap.add_argument("--every", type=int, default=1, help="use every k-th evaluation (the cache then sees k steps' moves)")
     ap.add_argument("--dir", default=None, help="where to write the set (default: a temp dir, removed after)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the run layer does on CPU (2 threads on small ops were 10-50x slower under load)
@@ -94,8 +95,9 @@ def main():
         items = write_set(model, args.n, args.noise, tmp / "set.npy")
         print(f"set: {args.n:,} items x {int(np.prod(items.shape[1:]))} float32 ({items.nbytes / 2**30:.1f} GiB, "
               f"memory-mapped), written in {time.perf_counter() - t:.0f} s")
-        queries = trajectory(model, args.batch)
-        print(f"queries: {len(queries)} evaluations x {args.batch} samples of one digits trajectory; r = {args.radius}")
+        queries = trajectory(model, args.batch)[:: args.every]
+        print(f"queries: {len(queries)} evaluations (every {args.every}) x {args.batch} samples of one digits trajectory; "
+              f"r = {args.radius}, noise {args.noise}, cache margin {args.cache_margin}")
         t = time.perf_counter()
         ivf = FaissProtected(tmp / "set.npy")
         build = time.perf_counter() - t

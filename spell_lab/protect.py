@@ -193,7 +193,7 @@ class FaissProtected:
             ids[:, : c.ids.shape[1]] = c.ids
             ids[rows] = -1
             ids[rows, : new.shape[1]] = new
-            c.ids, c.anchor[rows] = ids, host[rows]
+            c.ids, c.anchor[rows] = ids[:, : max(1, int((ids >= 0).sum(1).max()))], host[rows]  # rows left-packed
         return c.ids, cells
 
     def _cells(self, q64: torch.Tensor, thr: float) -> np.ndarray:
