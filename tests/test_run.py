@@ -64,7 +64,7 @@ def test_schema(reference_run):
     for attr in schema.GROUP_ATTRS + schema.SPELL_ATTRS:
         assert attr in ds.attrs, attr
     assert json.loads(ds.attrs["method"]) == {"name": "spell", "radius": 3.0, "overcomp": 1.0, "intra_batch": False,
-                                              "memory": True}
+                                              "memory": True, "overlap": "single", "max_iter": 10}
     assert json.loads(ds.attrs["config"])["radius"] == 3.0 and ds.attrs["radius"] == 3.0
     assert runs["main"].attrs["overcomp"] == 1.6 and ds.attrs["overcomp"] == 1.0  # iterative runs at lambda = 1
     assert bool(ds["unit_complete"].all())
