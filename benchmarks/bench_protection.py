@@ -2,6 +2,7 @@
 exact (ball-bounded, with and without the candidate cache) and approximate (1, 2, 3, 5, 10 probes), side by side.
 
     python benchmarks/bench_protection.py [--n 1200000] [--batch 32] [--radius 25] [--cache-margin 2] [--every 1]
+        [--nlist L] [--half-spaces H]
 
 The protected set: the digits model's training images in its diffusion space (D = 48 x 48 = 2304), grown to N items
 by clustered noise around them in the 8x8 pixel space (deterministic; item i is image i mod 1797), written as a .npy
@@ -25,6 +26,7 @@ import torch
 from spell_lab.methods import Hooks
 from spell_lab.models import load_model
 from spell_lab.models.digits import load_data
+from spell_lab import protect
 from spell_lab.protect import FaissProtected
 from spell_lab.repellency import ExactProtected, SpellStep
 from spell_lab.run.references import load_reference_set
@@ -85,6 +87,8 @@ def main():
     ap.add_argument("--noise", type=float, default=0.15, help="pixel noise (8x8, [0, 1] range) growing the set")
     ap.add_argument("--cache-margin", type=float, default=2.0)
     ap.add_argument("--every", type=int, default=1, help="use every k-th evaluation (the cache then sees k steps' moves)")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF cells (default round(sqrt(N)))")
+    ap.add_argument("--half-spaces", type=int, default=protect.HALF_SPACES, help="Voronoi half-spaces per query")
     ap.add_argument("--dir", default=None, help="where to write the set (default: a temp dir, removed after)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the run layer does on CPU (2 threads on small ops were 10-50x slower under load)
@@ -99,7 +103,8 @@ def main():
         print(f"queries: {len(queries)} evaluations (every {args.every}) x {args.batch} samples of one digits trajectory; "
               f"r = {args.radius}, noise {args.noise}, cache margin {args.cache_margin}")
         t = time.perf_counter()
-        ivf = FaissProtected(tmp / "set.npy")
+        protect.HALF_SPACES = args.half_spaces
+        ivf = FaissProtected(tmp / "set.npy", nlist=args.nlist)
         build = time.perf_counter() - t
         print(f"IVF build (train, add, cell radii): {build:.0f} s, nlist {ivf.index.nlist}; peak RSS {rss_gb():.1f} GiB")
         searches = {"exhaustive": ExactProtected(load_reference_set(tmp / "set.npy"))}  # the run layer's memory map
