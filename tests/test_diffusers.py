@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from spell_lab import schema
+
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
     AutoencoderKL,
@@ -309,7 +311,8 @@ def test_wrapper_looks_like_the_scheduler():
 def test_records_dataset_has_the_store_names():
     x, sched, _ = oracle_run(EXACT["ddim-epsilon"][0], 8, SEEDS[:6], COND[:6], radius=RADIUS)
     r = sched.records()
-    assert set(r.data_vars) == set(FLOATS + COUNTS)
+    assert set(r.data_vars) == {f.name for f in schema.step_fields()}  # the store's per-step fields, no more
+    assert set(FLOATS + COUNTS) <= set(r.data_vars)
     assert {"step", "t", "alpha", "sigma"} <= set(r.coords)
     assert all(r[v].dims == ("sample", "step") for v in r.data_vars)
     assert r.sizes == {"sample": 6, "step": 8} and r.attrs["scheduler"] == "DDIMScheduler"

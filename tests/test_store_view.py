@@ -73,7 +73,7 @@ def test_describe_gives_each_group_its_counts_attributes_and_summary(gmm_run):
     check_description(text, gmm_run)
     main_line = next(line for line in text.splitlines() if line.startswith("main: "))
     assert "units 4/4 complete" in main_line
-    assert "spell(radius=3.0, overcomp=1.6, intra_batch=True, memory=True, weight=None) rounds=[4, 4]" in main_line
+    assert "spell(radius=3.0, overcomp=1.6, intra_batch=True, memory=True, overlap=single, max_iter=10, weight=None) rounds=[4, 4]" in main_line
     assert describe(gmm_run / "store.zarr") == text  # the store itself names the run too
 
 
