@@ -42,7 +42,9 @@ def step_fields() -> tuple[Field, ...]:
         ("correction_norm", "||delta||: the interventions' total change of x0_hat"),
         ("score_norm", "||score|| of the (guided) model"),
         ("relative_magnitude", "the correction as a score term relative to the score, alpha ||delta|| / sigma^2 ||s||"),
-        ("nearest_distance", "distance to the nearest reference before correction; +inf where none exists"),
+        ("nearest_distance", "distance to the nearest reference before correction: exact below the radius; above it, "
+                             "the nearest the shield search found (an approximate index may miss nearer ones); +inf "
+                             "where none exists"),
     )
     counts = [("active_shields", "shields within the radius, all sources")]
     counts += [(count_name(s), f"shields within the radius from the {s} source") for s in SOURCES]
@@ -64,7 +66,8 @@ def sample_fields() -> tuple[Field, ...]:
         Field("last_active_step", s, "int32", -1, "last step with an active shield; -1 where never active"),
         Field("intervened", s, "bool", False, "SPELL was active at some step"),
         Field("inside_shield", s, "bool", False, "the output lies within the radius of a reference"),
-        Field("final_nearest_distance", s, "float32", math.nan, "the output against the references it was shielded from"),
+        Field("final_nearest_distance", s, "float32", math.nan, "the output's distance to the nearest reference it was "
+              "shielded from, by the run's own search (exact below the radius, as nearest_distance)"),
         Field("sample_seconds", s, "float32", math.nan, "its share of its round's wall-clock sampling time (round / batch)"),
         Field("search_seconds", s, "float32", math.nan, "its share of the protected-set search time within that sampling "
                                                         "time; NaN where no protected set was searched"),

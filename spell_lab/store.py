@@ -86,9 +86,9 @@ def create_store(
         for name, values in (("t", times), ("sigma", sigmas), ("alpha", alphas)):
             arr(name, (n,), (n,), "float64", math.nan, ["step"])[:] = np.asarray(values, dtype=np.float64)
         for f in schema.step_fields():
-            arr(f.name, (N, n), (U, n), f.dtype, f.fill, list(f.dims))
+            arr(f.name, (N, n), (U, n), f.dtype, f.fill, list(f.dims)).attrs["description"] = f.doc
         for f in schema.sample_fields():
-            arr(f.name, (N,), (U,), f.dtype, f.fill, list(f.dims))
+            arr(f.name, (N,), (U,), f.dtype, f.fill, list(f.dims)).attrs["description"] = f.doc  # the store says it
         arr("x0", (N, *sample_shape), (U, *sample_shape), "float32", math.nan, ["sample", *x0_dims(sample_shape)])
         if image_shape is not None:
             arr("image", (N, *image_shape), (U, *image_shape), "uint8", 0, ["sample", "height", "width", "rgb"])

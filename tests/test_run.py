@@ -66,6 +66,8 @@ def test_schema(reference_run):
     assert json.loads(ds.attrs["method"]) == {"name": "spell", "radius": 3.0, "overcomp": 1.0, "intra_batch": False,
                                               "memory": True, "overlap": "single", "max_iter": 10, "weight": None}
     assert json.loads(ds.attrs["config"])["radius"] == 3.0 and ds.attrs["radius"] == 3.0
+    for f in schema.step_fields() + schema.sample_fields():  # the store describes its own fields
+        assert ds[f.name].attrs["description"] == f.doc, f.name
     assert runs["main"].attrs["overcomp"] == 1.6 and ds.attrs["overcomp"] == 1.0  # iterative runs at lambda = 1
     assert bool(ds["unit_complete"].all())
     import zarr
