@@ -6,18 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from nbclient import NotebookClient
 
 from spell_lab.analysis import diversity as dv
 from spell_lab.experiments import diversity as ex
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "diversity.ipynb"
 QUICK = ["--quick", "--models", "digits", "gmm", "--radius", "{gmm: 1.0}", "--steps", "6", "--devices", "1",
          "--no_progress"]
 
@@ -172,14 +169,7 @@ def test_bad_input_exits_2_and_creates_nothing(tmp_path, capsys, args, message):
     assert not out.exists()
 
 
-def test_notebook_on_the_quick_run(quick_run, monkeypatch):
-    monkeypatch.setenv("SPELL_RUN_DIR", str(quick_run))  # the kernel inherits the environment
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    NotebookClient(nb, timeout=180, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+def test_notebook_on_the_quick_run(quick_run, execute_notebook):
+    images, text = execute_notebook("diversity", quick_run)
     assert len(images) == 2  # the relative change and the digits gallery
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert str(quick_run) in text and "relative change" in text

@@ -3,20 +3,16 @@
 import json
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 import torch
 import xarray as xr
-from nbclient import NotebookClient
 
 from spell_lab import calibration
-
 from spell_lab.analysis import radius as ra
 from spell_lab.metrics import RawFeatures, frechet_distance, prdc, vendi
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "radius.ipynb"
 
 
 # ----------------------------------------------------------------------------------------------- calibration
@@ -179,14 +175,7 @@ def test_quick_run_end_to_end(quick_run):
     assert list((quick_run / "wandb").glob("offline-run-*"))
 
 
-def test_notebook_on_the_quick_run(quick_run, monkeypatch):
-    monkeypatch.setenv("SPELL_RUN_DIR", str(quick_run))  # the kernel inherits the environment
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+def test_notebook_on_the_quick_run(quick_run, execute_notebook):
+    images, text = execute_notebook("radius", quick_run, timeout=120)
     assert len(images) == 4
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert str(quick_run) in text and "r/median" in text
