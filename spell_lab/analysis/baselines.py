@@ -220,10 +220,9 @@ def plot_fronts(table: pd.DataFrame, hv: pd.DataFrame | None = None, sweeps=None
     return fig
 
 
-@plots.styled
 def plot_guidance(table: pd.DataFrame):
     """Appendix I: the CFG weight sweep without and with SPELL on top, on the same three fronts."""
-    return plot_fronts.__wrapped__(table[table["sweep"].isin(APPENDIX_I)], None, list(APPENDIX_I))
+    return plot_fronts(table[table["sweep"].isin(APPENDIX_I)], None, list(APPENDIX_I))
 
 
 def make_figures(table: pd.DataFrame, hv: pd.DataFrame) -> dict:
