@@ -3,16 +3,21 @@
 A spec is plain data, `{"path": "/abs/set.npy", "index": "exact" | "faiss", **index parameters}` (what a `Setting`
 carries); `build_index` turns it and the loaded items into a shield source `(x0, radius, overcomp, cond) -> Correction`.
 
-`FaissProtected` is the faiss inverted-file index (IVFFlat, sqrt(N) cells):
+`FaissProtected` is the faiss inverted-file index (IVFFlat, sqrt(N) cells) and, beside it, a flat bound index:
 - exact=False: the paper's search (App. G): the `nprobe` cells whose centroids are nearest; it misses shields.
-- exact=True: every center within r is found. A cell l with centroid c_l and radius R_l = max ||y - c_l|| over its
-  members can hold a center within r of x only if max(0, ||x - c_l|| - R_l) < r, and (members being nearer c_l than
-  any other centroid c_a) only if x is within r of that Voronoi half-space; every cell that passes both bounds is
-  probed (plus the `nprobe` nearest, for the nearest distance). With cache_margin m, the centers within r + m of a sample
-  are kept and reused while it has moved less than m: every center within r of the new x0_hat is among them
-  (triangle inequality).
-Candidates are scanned by faiss (k-NN first, a range search where the k-NN may have cut shields off); the ones kept
-get exact distances and pushes from differences (float32, float64 for float64 input), never the expansion.
+- exact=True: every center within r is found. Each item y is also kept as a (k+1)-dim bound embedding
+  e(y) = (V^T (y - mu), ||R (y - mu)||): its coordinates in the top-k principal directions V of the set (mean mu,
+  R = I - V V^T the rest) and its distance to that subspace. For any x, ||e(x) - e(y)|| <= ||x - y|| (Pythagoras on
+  V and R, then the reverse triangle inequality on R), so every center within r of x is among the items whose bound is
+  below r, whatever V is; a V that holds the set's variance makes the bound tight. faiss scans the bound index (on
+  the CPU one range search; on CUDA a faiss-gpu k-NN, widened to a CPU range search where its k-th is within r) with
+  a threshold widened by a float32 error allowance. Why not the IVF cells' own bounds (design.md section 2): in the
+  digits space the ball and Voronoi half-space bounds selected 24-30% of the cells (measured at 7096111,
+  benchmarks/README.md), where this bound leaves about 1.3 candidates per true shield at k = 32.
+  With cache_margin m, the centers within r + m of a sample are kept and reused while it has moved less than m: every
+  center within r of the new x0_hat is among them (triangle inequality).
+The candidates get exact distances and pushes from differences (float32, float64 for float64 input), never the
+expansion.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import inspect
 import json
 import math
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +37,12 @@ from .repellency import Correction, ExactProtected, _work_dtype
 
 KNN = 64  # neighbours per query of the first scan; a query whose 64th is within r is widened to a range search
 GPU_MAX = 2048  # faiss-gpu's limit on k and nprobe
-HALF_SPACES = 4  # nearest centroids whose Voronoi half-spaces tighten the ball bound
+BOUND_DIMS = 32  # principal directions in the bound embedding (+1 for the distance to their span)
 SLACK = 1e-4  # relative slack on every bound and threshold: float rounding can only add candidates, never drop one
 TRAIN_PER_CELL = 64  # k-means training points per cell (faiss warns below 39; 256 default is slow at D = 2304)
 ADD_CHUNK = 65536  # items added (and NaN-checked) per chunk: a memory-mapped set is never loaded whole
+EMBED_CHUNK = 8192  # items embedded per chunk (float64 work: 150 MB at D = 2304)
+FORMAT = 2  # saved-index layout: index.faiss, bound.faiss, bound.npz, meta.json
 
 
 @dataclass
@@ -44,6 +50,52 @@ class _Cache:
     radius: float
     anchor: torch.Tensor  # (B, D) the x0_hat each row's candidates were searched from (work dtype, host)
     ids: np.ndarray  # (B, L) ids within radius + margin of the anchor (plus its nearest found), -1 padded
+
+
+@dataclass
+class Bound:
+    """The bound embedding e(y) = (V^T (y - mu), ||(y - mu) - V V^T (y - mu)||) of the items, in a flat faiss index.
+    mean (D,), basis (D, k) orthonormal, float64; top: the largest ||e(y)|| (for the float32 error allowance)."""
+
+    mean: torch.Tensor
+    basis: torch.Tensor
+    index: object  # faiss.IndexFlatL2(k + 1) over e(y), float32, ids = item ids
+    top: float
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, dims: int) -> "Bound":
+        """The top-`dims` principal directions of a sample (seeded randomized SVD, orthonormalised in float64): any
+        orthonormal basis keeps the bound valid; one that holds the variance makes it tight."""
+        import faiss
+
+        s = torch.from_numpy(np.asarray(sample, dtype=np.float64))
+        mean = s.mean(0)
+        k = max(1, min(int(dims), *s.shape))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            _, _, v = torch.svd_lowrank(s - mean, q=min(k + 8, *s.shape), niter=3)
+        basis = torch.linalg.qr(v[:, :k])[0]
+        return cls(mean, basis, faiss.IndexFlatL2(k + 1), 0.0)
+
+    def embed(self, x64: torch.Tensor) -> torch.Tensor:
+        """(B, D) float64 -> (B, k + 1) float64: coordinates on the basis, then the distance to its span."""
+        c = x64 - self.mean
+        p = c @ self.basis
+        return torch.cat([p, (c - p @ self.basis.T).norm(dim=1, keepdim=True)], dim=1)
+
+    def add(self, part: np.ndarray) -> None:
+        for start in range(0, len(part), EMBED_CHUNK):
+            e = self.embed(torch.from_numpy(part[start : start + EMBED_CHUNK].astype(np.float64)))
+            self.top = max(self.top, float(e.norm(dim=1).max()))
+            self.index.add(np.ascontiguousarray(e.numpy(), dtype=np.float32))
+
+    def threshold(self, e: torch.Tensor, thr: float) -> np.ndarray:
+        """(B,) squared thresholds on faiss's float32 bound distances that keep every item with ||e(x) - e(y)|| < thr:
+        rounding e to float32 moves a distance by <= 2u (|e(x)| + |e(y)|) and the |a|^2 + |b|^2 - 2ab expansion in
+        float32 by <= (k + 3) u (|e(x)| + |e(y)|)^2; 2(k + 8) u (|e(x)| + top)^2 covers both with room."""
+        u, k = 2.0**-24, self.index.d
+        allowance = 2 * (k + 8) * u * (e.norm(dim=1) + self.top) ** 2
+        return ((thr * (1 + SLACK)) ** 2 + allowance).numpy()
 
 
 def _as_array(items) -> np.ndarray:
@@ -64,20 +116,23 @@ def _as_array(items) -> np.ndarray:
 
 
 class FaissProtected:
-    """A static protected set in a faiss IVFFlat index; the call of `ExactProtected`. Parameters: nlist cells
-    (default round(sqrt(N))), nprobe probes, exact (ball-bounded probing: no miss), cache_margin m (exact only
-    stays exact with it: see the module docstring), device (None: where each call's x0 is; CUDA uses faiss-gpu
-    k-NN where installed).
+    """A static protected set in a faiss IVFFlat index with its bound index; the call of `ExactProtected`.
+    Parameters: nlist cells (default round(sqrt(N))), nprobe probes (approximate search), exact (the bound index
+    decides the candidates: no miss), cache_margin m (exact only; stays exact: see the module docstring), device
+    (None: where each call's x0 is; CUDA uses faiss-gpu k-NN where installed), bound_dims k of the bound embedding.
 
-    `nearest` is exact where it is below r; above r it is the nearest center among the cells probed (+inf if they
-    hold none). `search_seconds` counts every call's time (search and exact verification), `queries` its rows;
-    each Correction's `cells_probed` says how many cells each query scanned (0: served from the cache).
+    `nearest` is exact where it is below r; above r it is the nearest center among the candidates (approximate: the
+    cells probed; +inf if they hold none). `search_seconds` counts every call's time (search and exact
+    verification), `queries` its rows, `candidates` the centers verified exactly; each Correction's `cells_probed`
+    says how many cells each query scanned (approximate: its nprobe; exact: the flat bound index, one; 0: served from
+    the cache).
     """
 
     name = "protected"
     host_items = True  # build_index hands the items as loaded (a memory map stays one), not copied to the device
 
-    def __init__(self, items, *, nlist=None, nprobe=1, exact=False, cache_margin=None, device=None):
+    def __init__(self, items, *, nlist=None, nprobe=1, exact=False, cache_margin=None, device=None,
+                 bound_dims=BOUND_DIMS):
         import faiss
 
         arr = _as_array(items)
@@ -86,67 +141,76 @@ class FaissProtected:
         nlist = int(nlist) if nlist is not None else max(1, round(math.sqrt(N)))
         if not 1 <= nlist <= N:
             raise ValueError(f"nlist must be between 1 and the set size {N} (got {nlist}).")
+        if not (isinstance(bound_dims, int) and bound_dims >= 1):
+            raise ValueError(f"bound_dims must be an integer >= 1 (got {bound_dims!r}); {BOUND_DIMS} is the default.")
         train = flat[np.linspace(0, N - 1, min(N, TRAIN_PER_CELL * nlist)).astype(np.int64)]  # deterministic sample
         _check_finite(train)
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(flat.shape[1]), flat.shape[1], nlist)
         index.cp.niter, index.cp.seed, index.cp.max_points_per_centroid = 10, 1234, TRAIN_PER_CELL
         index.verbose = False
         index.train(np.ascontiguousarray(train, dtype=np.float32))
+        bound = Bound.fit(train, bound_dims)
         for start in range(0, N, ADD_CHUNK):  # chunks: a memory map is read once, never loaded whole
             part = np.ascontiguousarray(flat[start : start + ADD_CHUNK], dtype=np.float32)
             _check_finite(part)
             index.add(part)
-        self._setup(index, *cell_radii(index), self.item_shape, nprobe, exact, cache_margin, device)
+            bound.add(part)
+        self._setup(index, bound, self.item_shape, nprobe, exact, cache_margin, device)
 
-    def _setup(self, index, radii, max_norm, item_shape, nprobe, exact, cache_margin, device):
+    def _setup(self, index, bound, item_shape, nprobe, exact, cache_margin, device):
         if not 1 <= int(nprobe) <= index.nlist:
             raise ValueError(f"nprobe must be between 1 and nlist = {index.nlist} (got {nprobe}).")
         if cache_margin is not None and not (math.isfinite(cache_margin) and cache_margin > 0):
             raise ValueError(f"cache_margin must be a finite number > 0 or None (got {cache_margin!r}).")
-        index.make_direct_map()  # id -> stored vector, for the exact verification
-        self.index, self.item_shape = index, tuple(item_shape)
-        self.radii = torch.as_tensor(np.asarray(radii, dtype=np.float64))
-        self.centroids = torch.from_numpy(index.quantizer.reconstruct_n(0, index.nlist).astype(np.float64))
-        self.gaps = torch.cdist(self.centroids, self.centroids).fill_diagonal_(0.0)  # ||c_a - c_l||
-        # faiss assigned each item to its nearest centroid by float32 distances: ||y - c_l||^2 <= ||y - c_a||^2 + eps
-        # for every a, with eps twice the worst-case float32 error of a length-d distance (gamma_d (|y| + |c|)^2)
-        u, d = 2.0**-24, index.d
-        self.max_norm = float(max_norm)
-        self.eps = 4 * (d * u / (1 - d * u) + 4 * u) * (self.max_norm + float(self.centroids.norm(dim=1).max())) ** 2
+        if cache_margin is not None and not exact:
+            raise ValueError("cache_margin needs exact=True: the cache keeps what an exact search found.")
+        if not index.direct_map.type:
+            index.make_direct_map()  # id -> stored vector, for the exact verification
+        self.index, self.bound, self.item_shape = index, bound, tuple(item_shape)
         self.nprobe, self.exact, self.cache_margin = int(nprobe), bool(exact), cache_margin
         self.device = None if device is None else torch.device(device)
-        self.search_seconds, self.queries, self._cache, self._gpu = 0.0, 0, None, None
+        self.search_seconds, self.queries, self.candidates, self._cache, self._gpu = 0.0, 0, 0, None, None
 
     def with_search(self, *, nprobe=1, exact=False, cache_margin=None, device=None) -> "FaissProtected":
-        """Another search (probes, exactness, cache) over the same index and radii: nothing is copied."""
+        """Another search (probes, exactness, cache) over the same index and bound index: nothing is copied."""
         other = type(self).__new__(type(self))
-        other._setup(self.index, self.radii, self.max_norm, self.item_shape, nprobe, exact, cache_margin, device)
+        other._setup(self.index, self.bound, self.item_shape, nprobe, exact, cache_margin, device)
         return other
 
     # --- persistence -----------------------------------------------------------------------------------------
 
     def save(self, path) -> None:
-        """A directory with the faiss index and its per-cell radii (what exact search needs)."""
+        """A directory with the faiss IVF index, the bound index and its basis (what exact search needs)."""
         import faiss
 
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.index, str(p / "index.faiss"))
-        meta = dict(item_shape=list(self.item_shape), radii=self.radii.tolist(), max_norm=self.max_norm)  # exact repr
+        faiss.write_index(self.bound.index, str(p / "bound.faiss"))
+        np.savez(p / "bound.npz", mean=self.bound.mean.numpy(), basis=self.bound.basis.numpy())
+        meta = dict(format=FORMAT, item_shape=list(self.item_shape), bound_top=self.bound.top)  # json: exact repr
         (p / "meta.json").write_text(json.dumps(meta))
 
     @classmethod
-    def load(cls, path, *, nprobe=1, exact=False, cache_margin=None, device=None) -> "FaissProtected":
+    def load(cls, path, *, nprobe=1, exact=False, cache_margin=None, device=None, mmap=False) -> "FaissProtected":
+        """A saved index; mmap=True maps the IVF lists from the file instead of reading them (a set larger than RAM)."""
         import faiss
 
         p = Path(path)
-        if not (p / "index.faiss").exists() or not (p / "meta.json").exists():
-            raise ValueError(f"{p} is not a saved FaissProtected index (index.faiss and meta.json); write one with "
+        names = ("index.faiss", "bound.faiss", "bound.npz", "meta.json")
+        if not all((p / n).exists() for n in names):
+            raise ValueError(f"{p} is not a saved FaissProtected index ({', '.join(names)}); write one with "
                              "FaissProtected(...).save(path).")
         meta = json.loads((p / "meta.json").read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{p} was saved in index format {meta.get('format', 1)}, this version reads {FORMAT}: "
+                             "rebuild it with FaissProtected(items).save(path).")
+        basis = np.load(p / "bound.npz")
+        bound = Bound(torch.from_numpy(basis["mean"]), torch.from_numpy(basis["basis"]),
+                      faiss.read_index(str(p / "bound.faiss")), float(meta["bound_top"]))
+        index = faiss.read_index(str(p / "index.faiss"), faiss.IO_FLAG_MMAP if mmap else 0)
         self = cls.__new__(cls)
-        self._setup(faiss.read_index(str(p / "index.faiss")), meta["radii"], meta["max_norm"], meta["item_shape"],
-                    nprobe, exact, cache_margin, device)
+        self._setup(index, bound, meta["item_shape"], nprobe, exact, cache_margin, device)
         return self
 
     def __len__(self) -> int:
@@ -172,6 +236,7 @@ class FaissProtected:
         c = self._verify(x, ids, radius, overcomp)
         self.search_seconds += time.perf_counter() - start
         self.queries += B
+        self.candidates += int((ids >= 0).sum())
         return Correction(c.delta.reshape(x0.shape).to(x0.dtype), c.active, c.nearest,
                           torch.as_tensor(cells, device=x0.device))
 
@@ -196,94 +261,85 @@ class FaissProtected:
             c.ids, c.anchor[rows] = ids[:, : max(1, int((ids >= 0).sum(1).max()))], host[rows]  # rows left-packed
         return c.ids, cells
 
-    def _cells(self, q64: torch.Tensor, thr: float) -> np.ndarray:
-        """(B, nlist) which cells to probe: the nprobe nearest centroids, and (exact) every cell whose lower bound on
-        the distance from x to its members is below thr. Centroid distances in float64 (torch: numpy's BLAS was
-        20x slower for these small products on a loaded machine)."""
-        dc = torch.cdist(q64, self.centroids)  # (B, nlist); exact differences for small B
-        k = min(dc.shape[1], max(self.nprobe, HALF_SPACES))
-        near = dc.topk(k, dim=1, largest=False).indices  # nearest first
-        probe = torch.zeros(dc.shape, dtype=torch.bool).scatter_(1, near[:, : self.nprobe], True)
-        if self.exact:
-            probe |= self.lower_bound(dc, near[:, :HALF_SPACES]) < thr + SLACK * (thr + dc + self.radii)
-        return probe.numpy()
-
-    def lower_bound(self, dc: torch.Tensor, near: torch.Tensor) -> torch.Tensor:
-        """(B, nlist) lower bounds on ||x - y|| over the members y of each cell l (design.md section 2): the ball
-        max(0, ||x - c_l|| - R_l), and, for each of a few centroids c_a near x, the half-space bound: members of l
-        are no farther from c_l than from c_a (nearest-centroid assignment, up to eps), so they are at least
-        (||x - c_l||^2 - ||x - c_a||^2 - eps) / (2 ||c_a - c_l||) from x. dc, the bounds: float64."""
-        lb = (dc - self.radii).clamp_min(0.0)
-        for a in near.T:  # each of the nearest centroids in turn, for every query at once
-            da = dc.gather(1, a[:, None])
-            hs = (dc**2 - da**2 - self.eps) / (2 * self.gaps[a]).masked_fill(self.gaps[a] == 0, math.inf)
-            lb = torch.maximum(lb, hs)
-        return lb
-
     def _search(self, host: torch.Tensor, thr: float, device):
-        """(B, L) candidate ids (every center within thr in the probed cells, and the nearest found; -1 padded) and
-        the (B,) cells probed."""
-        q64 = host.double()
-        q32 = np.ascontiguousarray(q64.numpy(), dtype=np.float32)
-        probe = self._cells(q64, thr)
-        cells = probe.sum(1)
-        width = int(cells.max())
-        order = np.argsort(~probe, axis=1, kind="stable")[:, :width]
-        assign = np.where(np.take_along_axis(probe, order, 1), order, -1)  # probed cells first, -1: none
-        t2 = (thr * (1 + SLACK)) ** 2  # faiss distances are squared (and float32): a slightly wider net
-        k = min(KNN, len(self))
-        dist, ids = self._knn(q32, k, assign, device)
-        wide = np.flatnonzero((ids[:, -1] >= 0) & (dist[:, -1] < t2))  # its k-th is within thr: maybe more
-        rows = [ids[b][(dist[b] < t2) | (np.arange(k) == 0)] for b in range(len(q32))]  # within thr, + nearest
-        if wide.size:
-            self.index.nprobe = width
-            lims, _, found = self.index.range_search_preassigned(q32[wide], t2, assign[wide], None)
-            for j, b in enumerate(wide):
-                rows[b] = np.union1d(found[lims[j] : lims[j + 1]], ids[b, :1])
+        """(B, L) candidate ids (every center within thr, exact; within thr in the probed cells, approximate; and the
+        nearest found; -1 padded) and the (B,) cells scanned."""
+        if self.exact:
+            e = self.bound.embed(host.double())
+            q, t2, index, cells = e, self.bound.threshold(e, thr), self.bound.index, 1
+        else:  # faiss distances are squared (and float32): a slightly wider net
+            q, index, cells = host, self.index, min(self.nprobe, self.index.nlist)
+            t2 = np.full(len(host), (thr * (1 + SLACK)) ** 2)
+            self.index.nprobe = self.nprobe
+        q = np.ascontiguousarray(q.numpy(), dtype=np.float32)
+        gpu = self._gpu_index(index, device)
+        if gpu is None:  # CPU: one range search, then the nearest for the queries it left with nothing
+            rows = self._range(index, q, t2, np.arange(len(q)))
+            empty = np.flatnonzero([r.size == 0 for r in rows])
+            if empty.size:
+                nearest = index.search(q[empty], 1)[1][:, 0]
+                for j, b in enumerate(empty):
+                    rows[b] = nearest[j : j + 1]
+        else:  # CUDA: faiss-gpu k-NN; the queries whose k-th is within thr may hold more: range search on the CPU
+            k = min(KNN, len(self))
+            dist, ids = self._knn(gpu, index, q, k)
+            rows = [ids[b][(dist[b] < t2[b]) | (np.arange(k) == 0)] for b in range(len(q))]  # within thr, + nearest
+            wide = np.flatnonzero((ids[:, -1] >= 0) & (dist[:, -1] < t2))
+            for b, found in zip(wide, self._range(index, q, t2, wide)):
+                rows[b] = np.union1d(found, ids[b, :1])
         L = max(1, max(len(r) for r in rows))
         out = np.full((len(rows), L), -1, dtype=np.int64)
         for b, r in enumerate(rows):
+            r = r[r >= 0]
             out[b, : len(r)] = r
-        return out, cells
+        return out, np.full(len(q), cells, dtype=np.int64)
 
-    def _knn(self, q32, k, assign, device):
-        """k nearest among each query's assigned cells: faiss-gpu where the call is on CUDA and it fits its limits
-        (k, cells <= 2048), else faiss-cpu. Either way the cells scanned are exactly `assign`."""
-        gpu = self._gpu_index(device)
-        if gpu is not None and assign.shape[1] <= GPU_MAX:
-            try:
-                gpu.nprobe = assign.shape[1]
-                return gpu.search_preassigned(q32, k, assign, None)
-            except (AttributeError, TypeError, RuntimeError) as err:  # a faiss-gpu build without preassigned search
-                warnings.warn(f"faiss-gpu preassigned search unavailable ({err}); searching on the CPU.")
-                self._gpu = False
-        self.index.nprobe = assign.shape[1]
-        return self.index.search_preassigned(q32, k, assign, None)
+    @staticmethod
+    def _range(index, q, t2, which) -> list[np.ndarray]:
+        """Ids within each query's own squared threshold, from one range search at the widest of them."""
+        if not len(which):
+            return []
+        lims, dist, ids = index.range_search(q[which], float(t2[which].max()))
+        return [ids[lims[j] : lims[j + 1]][dist[lims[j] : lims[j + 1]] < t2[b]] for j, b in enumerate(which)]
 
-    def _gpu_index(self, device):
+    @staticmethod
+    def _knn(gpu, index, q32, k):
+        """k nearest on the GPU copy of `index` (the IVF with its nprobe, or the flat bound index), where it fits
+        faiss-gpu's limits (k, nprobe <= 2048); else on the CPU."""
+        if getattr(index, "nprobe", 1) <= GPU_MAX and k <= GPU_MAX:
+            if hasattr(gpu, "nprobe"):
+                gpu.nprobe = index.nprobe
+            return gpu.search(q32, k)
+        return index.search(q32, k)
+
+    def _gpu_index(self, index, device):
         import faiss
 
         dev = self.device or device
-        if self._gpu is False or dev is None or torch.device(dev).type != "cuda" or faiss.get_num_gpus() == 0:
+        if dev is None or torch.device(dev).type != "cuda" or faiss.get_num_gpus() == 0:
             return None
-        if self._gpu is None:  # once: a copy of the lists on the GPU, the CPU index stays for range searches
+        if self._gpu is None:  # once: a copy on the GPU of the index this search scans; the CPU one stays for ranges
             res = faiss.StandardGpuResources()
-            self._gpu = (res, faiss.index_cpu_to_gpu(res, torch.device(dev).index or 0, self.index))
+            self._gpu = (res, faiss.index_cpu_to_gpu(res, torch.device(dev).index or 0, index))
         return self._gpu[1]
 
     def _verify(self, x: torch.Tensor, ids: np.ndarray, radius: float, overcomp: float) -> Correction:
-        """Exact distances and pushes to the candidates, from differences (x - z) in x's work dtype."""
-        B, L = ids.shape
-        valid = ids >= 0
-        z = np.zeros((B * L, x.shape[1]), dtype=np.float32)
-        if valid.any():
-            z[valid.reshape(-1)] = self.index.reconstruct_batch(ids[valid])
-        diff = x[:, None, :] - torch.from_numpy(z).to(x.device, x.dtype).reshape(B, L, -1)  # x0_b - z_k, exact
-        d = diff.norm(dim=-1).masked_fill(~torch.from_numpy(valid).to(x.device), math.inf)
+        """Exact distances and pushes to the candidates, from differences (x - z) in x's work dtype, one (query,
+        candidate) pair at a time (no padding to the longest list); each row's pushes are summed by a product with a
+        (B, pairs) weight matrix, the same order on every device (index_add_ would race on CUDA)."""
+        B = ids.shape[0]
+        rows, slots = np.nonzero(ids >= 0)  # row-major: each query's candidates together
+        z = self.index.reconstruct_batch(ids[rows, slots]) if rows.size else np.zeros((0, x.shape[1]), np.float32)
+        row = torch.from_numpy(rows).to(x.device)
+        diff = x[row] - torch.from_numpy(z).to(x.device, x.dtype)  # x0_b - z_k, exact
+        d = diff.norm(dim=1)
+        nearest = torch.full((B,), math.inf, dtype=x.dtype, device=x.device).scatter_reduce(0, row, d, "amin")
         inside = (d < radius) & (d > 0)  # a center at x0 itself gives no direction
-        w = torch.where(inside, radius / d.clamp_min(torch.finfo(d.dtype).tiny) - 1.0, torch.zeros_like(d))
-        delta = overcomp * (w[..., None] * diff).sum(1)
-        return Correction(delta, inside.sum(1), d.min(1).values)
+        active = torch.zeros(B, dtype=torch.long, device=x.device).index_add_(0, row, inside.long())
+        pick = inside.nonzero().squeeze(1)
+        weights = torch.zeros(B, len(pick), dtype=x.dtype, device=x.device)
+        weights[row[pick], torch.arange(len(pick), device=x.device)] = radius / d[pick] - 1.0
+        return Correction(overcomp * (weights @ diff[pick]), active, nearest)
 
 
 @contextmanager
@@ -298,23 +354,6 @@ def one_faiss_thread():
         yield
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def cell_radii(index) -> tuple[np.ndarray, float]:
-    """R_l = max over cell l of ||y - c_l|| (exact differences, float64), rounded up by SLACK (0 for empty cells),
-    and the largest item norm (for the half-space bound's rounding allowance)."""
-    import faiss
-
-    inv, d = index.invlists, index.d
-    radii, top = np.zeros(index.nlist), 0.0
-    for l in range(index.nlist):
-        n = inv.list_size(l)
-        if n:
-            codes = faiss.rev_swig_ptr(inv.get_codes(l), n * d * 4)
-            y = np.frombuffer(codes, dtype=np.float32, count=n * d).reshape(n, d).astype(np.float64)
-            radii[l] = np.sqrt(((y - index.quantizer.reconstruct(l).astype(np.float64)) ** 2).sum(1)).max()
-            top = max(top, float(np.sqrt((y**2).sum(1)).max()))
-    return radii * (1 + SLACK), top
 
 
 def _check_finite(part: np.ndarray) -> None:

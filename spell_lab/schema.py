@@ -48,8 +48,10 @@ def step_fields() -> tuple[Field, ...]:
     )
     counts = [("active_shields", "shields within the radius, all sources")]
     counts += [(count_name(s), f"shields within the radius from the {s} source") for s in SOURCES]
-    counts.append(("cells_probed", "index cells the protected-set search probed for this query; -1 where the search "
-                                   "has no cells (exhaustive) or no protected set was searched"))
+    counts.append(("cells_probed", "index cells the protected-set search scanned for this query (faiss IVF: its "
+                                   "nprobe; exact faiss search: its flat bound index, 1, or 0 where the candidate cache "
+                                   "served it); -1 where the search has no cells (exhaustive) or no protected set was "
+                                   "searched"))
     return tuple(Field(n, per_step, "float32", math.nan, d) for n, d in floats) + tuple(
         Field(n, per_step, "int32", -1, d) for n, d in counts)
 

@@ -90,13 +90,21 @@ def test_cache_stays_exact_over_moving_queries(clustered):
 def test_save_and_load_round_trip(tmp_path, clustered, exact_index):
     items, q = clustered
     exact_index.save(tmp_path / "ix")
-    loaded = FaissProtected.load(tmp_path / "ix", exact=True)
-    assert torch.equal(loaded.radii, exact_index.radii) and loaded.eps == exact_index.eps
-    for r in RADII:
-        a, b = exact_index(q, r, 1.0, None), loaded(q, r, 1.0, None)
-        assert torch.equal(a.delta, b.delta) and torch.equal(a.active, b.active) and torch.equal(a.nearest, b.nearest)
+    for mmap in (False, True):  # read whole, or the IVF lists mapped from the file
+        loaded = FaissProtected.load(tmp_path / "ix", exact=True, mmap=mmap)
+        assert torch.equal(loaded.bound.basis, exact_index.bound.basis) and loaded.bound.top == exact_index.bound.top
+        for r in RADII:
+            a, b = exact_index(q, r, 1.0, None), loaded(q, r, 1.0, None)
+            assert torch.equal(a.delta, b.delta) and torch.equal(a.active, b.active)
+            assert torch.equal(a.nearest, b.nearest)
+        approx = loaded.with_search(nprobe=2)(q, RADII[1], 1.0, None)
+        assert torch.equal(approx.active, exact_index.with_search(nprobe=2)(q, RADII[1], 1.0, None).active)
     with pytest.raises(ValueError, match="not a saved FaissProtected index"):
         FaissProtected.load(tmp_path)
+    meta = (tmp_path / "ix" / "meta.json")
+    meta.write_text(meta.read_text().replace('"format": 2', '"format": 1'))
+    with pytest.raises(ValueError, match="rebuild it with FaissProtected"):
+        FaissProtected.load(tmp_path / "ix")
 
 
 def test_builds_from_a_memory_mapped_npy(tmp_path, clustered):
@@ -121,6 +129,10 @@ def test_refusals_say_what_to_change(tmp_path):
         Spell.build(1.0, protected=index).validate(torch.zeros(2, 1, 8))
     with pytest.raises(ValueError, match=r"has no parameter\(s\) \['nprob'\]"):
         protected_spec(tmp_path / "x.npy", "faiss", nprob=2)
+    with pytest.raises(ValueError, match="cache_margin needs exact=True"):
+        FaissProtected(torch.randn(50, 8), cache_margin=1.0)
+    with pytest.raises(ValueError, match="bound_dims must be an integer >= 1"):
+        FaissProtected(torch.randn(50, 8), bound_dims=0)
 
 
 def test_near_duplicates_are_pushed_out():
@@ -168,22 +180,28 @@ def test_spec_builds_through_the_registry_and_the_run_equals_the_exhaustive_one(
     xr.testing.assert_allclose(a["x0"], b["x0"], rtol=1e-5, atol=1e-5)
 
 
-def test_lower_bound_never_exceeds_the_distance_to_a_member(clustered, exact_index):
-    """The probing rule is exact iff each cell's bound is below the true distance from x to its nearest member."""
-    import faiss
-
+def test_bound_never_exceeds_the_distance_and_is_tight_on_the_sets_span(clustered, exact_index):
+    """Exact search keeps every item whose bound ||e(x) - e(y)|| is below r, so it is exact iff the bound never
+    exceeds the true distance: checked on a full-rank set (the bound is loose there) with queries near and far, and on
+    a set spanning 8 dims, where it equals the distance and the candidates are the shields and the nearest only."""
     items, q = clustered
-    ix, inv = exact_index, exact_index.index.invlists
-    cell = np.empty(len(items), dtype=np.int64)
-    for l in range(ix.index.nlist):
-        cell[faiss.rev_swig_ptr(inv.get_ids(l), inv.list_size(l))] = l
-    q64 = torch.cat([q, 3 * q]).double()  # near the set and far from it
-    dc = (q64[:, None] - ix.centroids[None]).norm(dim=-1)
-    lb = ix.lower_bound(dc, dc.argsort(dim=1)[:, :4]).numpy()
-    d = (q64[:, None] - items.double()[None]).norm(dim=-1).numpy()
-    q64 = q64.numpy()
-    true = np.stack([d[:, cell == l].min(1) if (cell == l).any() else np.full(len(q64), np.inf)
-                     for l in range(ix.index.nlist)], axis=1)
-    assert (lb <= true * (1 + 1e-9)).all()
-    ball = (dc - ix.radii).clamp_min(0).numpy()
-    assert (lb > ball + 1e-6).any()  # the half-space bound tightens the ball bound somewhere
+    b = exact_index.bound
+    assert torch.allclose(b.basis.T @ b.basis, torch.eye(b.basis.shape[1], dtype=torch.float64), atol=1e-12)
+    loose = False
+    for x in (q, 3 * q, q + 40 * torch.randn(q.shape, generator=torch.Generator().manual_seed(2))):
+        lb = torch.cdist(b.embed(x.double()), b.embed(items.double()))
+        d = torch.cdist(x.double(), items.double())
+        assert (lb <= d * (1 + 1e-12) + 1e-9).all()
+        loose |= bool((lb < 0.8 * d).any())
+    assert loose  # full rank: the 32 directions do not hold all of it, and the search is still exact (tests above)
+    g = torch.Generator().manual_seed(4)
+    span = torch.linalg.qr(torch.randn(64, 8, generator=g, dtype=torch.float64))[0].float()
+    low = (5 * torch.randn(3000, 8, generator=g)) @ span.T + 2.0
+    x = low[:40] + 0.6 * torch.randn(40, 8, generator=g) @ span.T
+    ix = FaissProtected(low, exact=True)
+    e = ix.bound
+    lb = torch.cdist(e.embed(x.double()), e.embed(low.double()))
+    assert torch.allclose(lb, torch.cdist(x.double(), low.double()), atol=1e-3)
+    c = ix(x, 6.0, 1.0, None)
+    same(ExactProtected(low)(x, 6.0, 1.0, None), c, 6.0)
+    assert int(c.active.sum()) > 2 * len(x) and ix.candidates <= int(c.active.sum()) + len(x)

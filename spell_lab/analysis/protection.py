@@ -14,8 +14,9 @@ Definitions:
   conditions. The held-out digits are among the training images, so they are protected items themselves.
 - *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
   batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
-- *Cells per query*: IVF cells the index probed per query (`cells_probed`), averaged over queries and steps;
-  "—" for the exhaustive search, which has no cells.
+- *Cells per query*: index cells the search scanned per query (`cells_probed`), averaged over queries and steps:
+  the IVF's nprobe; the exact search scans its flat bound index (1) or serves the query from its cache (0); "—" for
+  the exhaustive search, which has no cells.
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def searched_cells(ds: xr.Dataset) -> str:
         return "—"
     if spec.get("index") == "faiss":
         if spec.get("exact"):
-            return "exact (ball-bounded)" + (" + cache" if spec.get("cache_margin") else "")
+            return "exact (bound index)" + (" + cache" if spec.get("cache_margin") else "")
         return str(spec.get("nprobe"))
     return "all (exhaustive)" + (", overlap-aware" if method.get("overlap") not in (None, "single") else "")
 

@@ -38,8 +38,8 @@ CACHE_MARGIN = 0.5  # the candidate cache's margin m, as a multiple of the radiu
 # Searches as plain data: the protected-set index (spell_lab.protect) and extra SPELL parameters (`method`).
 SEARCHES = {
     "exact": dict(index="exact", note="exhaustive exact search"),
-    "ivf_exact": dict(index="faiss", exact=True, nprobe=1, note="exact ball-bounded IVF"),
-    "ivf_exact_cache": dict(index="faiss", exact=True, nprobe=1, cache=True, note="exact ball-bounded IVF + cache"),
+    "ivf_exact": dict(index="faiss", exact=True, nprobe=1, note="exact search over the bound index"),
+    "ivf_exact_cache": dict(index="faiss", exact=True, nprobe=1, cache=True, note="exact search over the bound index + cache"),
     **{f"ivf{k}": dict(index="faiss", exact=False, nprobe=k, note=f"IVFFlat, {k} probe{'s' if k > 1 else ''}")
        for k in (1, 2, 3, 5, 10)},
     "overlap": dict(index="exact", method=dict(overlap="iterate", max_iter=MAX_ITER),
