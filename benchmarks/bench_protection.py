@@ -3,7 +3,7 @@ exact (the bound index, with and without the candidate cache) and approximate IV
 side.
 
     python benchmarks/bench_protection.py [--n 1200000] [--batch 32] [--radius 25] [--cache-margin 2] [--every 1]
-        [--nlist L] [--bound-dims 16] [--more-bound-dims 8 32] [--mmap-index]
+        [--nlist L] [--bound-dims 32] [--more-bound-dims 16] [--more-cache-margins 5 10] [--mmap-index]
 
 The protected set: the digits model's training images in its diffusion space (D = 48 x 48 = 2304), grown to N items
 by clustered noise around them in the 8x8 pixel space (deterministic; item i is image i mod 1797), written as a .npy
@@ -109,6 +109,7 @@ def main():
     ap.add_argument("--nlist", type=int, default=None, help="IVF cells (default round(sqrt(N)))")
     ap.add_argument("--bound-dims", type=int, default=protect.BOUND_DIMS, help="k of the bound embedding")
     ap.add_argument("--more-bound-dims", type=int, nargs="*", default=(), help="more exact rows with other k")
+    ap.add_argument("--more-cache-margins", type=float, nargs="*", default=(), help="more cached rows, other m")
     ap.add_argument("--mmap-index", action="store_true", help="save the index and map its lists from the file")
     ap.add_argument("--dir", default=None, help="where to write the set (default: a temp dir, removed after)")
     args = ap.parse_args()
@@ -137,6 +138,8 @@ def main():
         k = ivf.bound.basis.shape[1]
         searches = {"exhaustive": ExactProtected(load_reference_set(tmp / "set.npy"))}  # the run layer's memory map
         searches[f"exact, bound k={k} + cache"] = ivf.with_search(exact=True, cache_margin=args.cache_margin)
+        for m in args.more_cache_margins:
+            searches[f"exact, bound k={k} + cache m={m:g}"] = ivf.with_search(exact=True, cache_margin=m)
         searches[f"exact, bound k={k}"] = ivf.with_search(exact=True)
         for dims in args.more_bound_dims:
             searches[f"exact, bound k={dims}"] = with_bound(ivf, items, dims)

@@ -12,10 +12,11 @@ carries); `build_index` turns it and the loaded items into a shield source `(x0,
   below r, whatever V is; a V that holds the set's variance makes the bound tight. faiss scans the bound index (on
   the CPU one range search; on CUDA a faiss-gpu k-NN, widened to a CPU range search where its k-th is within r) with
   a threshold widened by a float32 error allowance. Why not the IVF cells' own bounds (design.md section 2): in the
-  digits space the ball and Voronoi half-space bounds selected 24-30% of the cells (measured at 7096111,
-  benchmarks/README.md), where this bound leaves about 1.3 candidates per true shield at k = 32.
+  digits space the ball and Voronoi half-space bounds selected 24-30% of the cells (measured at commit
+  7096111, 16-44x the 2-probe IVF's cost), where this bound leaves about 1.3 candidates per true shield at k = 32.
   With cache_margin m, the centers within r + m of a sample are kept and reused while it has moved less than m: every
-  center within r of the new x0_hat is among them (triangle inequality).
+  center within r of the new x0_hat is among them (triangle inequality); at each call only those whose bound to the
+  new x0_hat is below r are verified, so a wide margin costs a larger cache, not more exact distances.
 The candidates get exact distances and pushes from differences (float32, float64 for float64 input), never the
 expansion.
 """
@@ -96,6 +97,19 @@ class Bound:
         u, k = 2.0**-24, self.index.d
         allowance = 2 * (k + 8) * u * (e.norm(dim=1) + self.top) ** 2
         return ((thr * (1 + SLACK)) ** 2 + allowance).numpy()
+
+    def prune(self, e: torch.Tensor, ids: np.ndarray, thr: float) -> np.ndarray:
+        """`ids` (B, L) with -1 where the bound to e (B, k + 1) is at or above thr, keeping each row's lowest bound
+        (the nearest found): the cached candidates within r + m that the exact verification still needs. Bounds from
+        float64 differences to the stored float32 embeddings, under the same allowance as the scan."""
+        rows, slots = np.nonzero(ids >= 0)
+        if not rows.size:
+            return ids
+        ey = torch.from_numpy(self.index.reconstruct_batch(ids[rows, slots])).double()
+        lb2 = torch.full(ids.shape, math.inf, dtype=torch.float64)
+        lb2[rows, slots] = ((e[rows] - ey) ** 2).sum(1)
+        keep = (lb2 < torch.from_numpy(self.threshold(e, thr))[:, None]) | (lb2 == lb2.min(1, keepdim=True).values)
+        return np.where(keep.numpy() & (ids >= 0), ids, -1)
 
 
 def _as_array(items) -> np.ndarray:
@@ -241,7 +255,8 @@ class FaissProtected:
                           torch.as_tensor(cells, device=x0.device))
 
     def _cached(self, host, radius, device):
-        """Rows that moved m or more since their anchor (or a new batch shape / radius) are searched at r + m."""
+        """Rows that moved m or more since their anchor (or a new batch shape / radius) are searched at r + m; every
+        row's cached candidates are then pruned by their bound to the new x0_hat before the exact verification."""
         m, c = self.cache_margin, self._cache
         B = host.shape[0]
         if c is None or c.anchor.shape != host.shape or c.radius != radius:
@@ -259,7 +274,7 @@ class FaissProtected:
             ids[rows] = -1
             ids[rows, : new.shape[1]] = new
             c.ids, c.anchor[rows] = ids[:, : max(1, int((ids >= 0).sum(1).max()))], host[rows]  # rows left-packed
-        return c.ids, cells
+        return self.bound.prune(self.bound.embed(host.double()), c.ids, radius), cells  # verify the bound's few
 
     def _search(self, host: torch.Tensor, thr: float, device):
         """(B, L) candidate ids (every center within thr, exact; within thr in the probed cells, approximate; and the

@@ -74,12 +74,14 @@ def test_cache_stays_exact_over_moving_queries(clustered):
     items, q = clustered
     g = torch.Generator().manual_seed(5)
     cached = FaissProtected(items, exact=True, cache_margin=1.0)
+    plain = cached.with_search(exact=True)
     ref, r = ExactProtected(items), RADII[1]
     x, hits = q.clone(), 0
     for step in range(8):  # small moves (served from the cache) and one jump (refreshed)
         x = x + (3.0 if step == 4 else 0.3) * torch.nn.functional.normalize(torch.randn(x.shape, generator=g), dim=1)
         c = cached(x, r, 1.0, None)
         same(ref(x, r, 1.0, None), c, r)
+        same(ref(x, r, 1.0, None), plain(x, r, 1.0, None), r)
         hits += int((c.cells_probed == 0).sum())
     assert hits > 0  # some rows were served from the cache without probing a cell
     small = cached(x[:5], r, 1.0, None)  # another batch shape: the cache is rebuilt, still exact
@@ -205,3 +207,21 @@ def test_bound_never_exceeds_the_distance_and_is_tight_on_the_sets_span(clustere
     c = ix(x, 6.0, 1.0, None)
     same(ExactProtected(low)(x, 6.0, 1.0, None), c, 6.0)
     assert int(c.active.sum()) > 2 * len(x) and ix.candidates <= int(c.active.sum()) + len(x)
+
+
+def test_cache_verifies_only_the_candidates_whose_bound_is_below_r():
+    """The cache keeps the centers within r + m of its anchor, but verifies only those whose bound to the new x0_hat
+    is below r (and each row's lowest): no more than a fresh exact search (plus one per row), and still exact."""
+    g = torch.Generator().manual_seed(6)
+    span = torch.linalg.qr(torch.randn(64, 8, generator=g, dtype=torch.float64))[0].float()
+    low = (5 * torch.randn(3000, 8, generator=g)) @ span.T
+    x = low[:40] + 0.6 * torch.randn(40, 8, generator=g) @ span.T
+    cached = FaissProtected(low, exact=True, cache_margin=4.0)
+    plain, ref, r = cached.with_search(exact=True), ExactProtected(low), 6.0
+    for step in range(6):
+        x = x + 0.3 * torch.nn.functional.normalize(torch.randn(40, 8, generator=g) @ span.T, dim=1)
+        c = cached(x, r, 1.0, None)
+        same(ref(x, r, 1.0, None), c, r)
+        plain(x, r, 1.0, None)
+    within = int((torch.cdist(x.double(), low.double()) < r + 4.0).sum())  # what an unpruned cache would verify
+    assert cached.candidates <= plain.candidates + 6 * len(x) < 6 * within // 2
