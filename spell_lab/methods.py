@@ -3,11 +3,15 @@ resolved here into the hooks the sampler calls at every denoiser evaluation:
 
 - interventions on x0_hat: callables `(x0, cond, *, x_t, t, alpha, sigma) -> SpellStep`, applied in order, each
   returning its statistics for the recorder (SPELL's shield sources are one such intervention);
-- a guidance schedule w(t, alpha, sigma, w_run) (None: the run's constant weight w_run);
-- a condition transform `(y, t, noise) -> y'` on the model's continuous condition embedding y (B, ...) (None: the
-  condition as given). `noise(shape)` draws (B, *shape) standard normals, each sample's from its own stream, which
-  is not the sampler's noise stream (`spell_lab.samplers.generate.method_generators`). Returning y itself means
-  "unchanged": the sampler then gives the model the plain condition, bit for bit.
+- a guidance schedule w(t, alpha, sigma, w_run) (None: the run's constant weight w_run), decided once per sampler
+  step: it is called with the step's start (t, alpha, sigma) and its w serves every evaluation of the step;
+- a condition transform `(y, progress, noise) -> y'` on the model's continuous condition embedding y (B, ...) (None:
+  the condition as given), also once per sampler step, at the step's sampling progress (1 at the first step, 1 - i / N
+  at step i of N; `schedules.sampling_progress`), whatever the model's schedule or grid. `noise(shape)` draws
+  (B, *shape) standard normals, each sample's from its own stream, which is not the sampler's noise stream
+  (`spell_lab.samplers.generate.method_generators`). Returning y itself means "unchanged": the sampler then gives
+  the model the plain condition, bit for bit. `condition_uncond`: the transform applies to CFG's unconditional
+  branch too (its own draws, after the conditional branch's).
 
 Adding a method is one `@register` entry and its function; the run layer, the store and the analyses take any.
 """
@@ -29,8 +33,9 @@ class Hooks:
 
     params: dict = field(default_factory=dict)  # the plain data it was resolved from, defaults filled in
     interventions: tuple = ()
-    guidance: Callable | None = None  # (t, alpha, sigma, run's weight) -> w at that evaluation
-    condition: Callable | None = None  # (y, t, noise) -> y', on the model's condition embedding
+    guidance: Callable | None = None  # (t, alpha, sigma, run's weight) at a step's start -> w for the whole step
+    condition: Callable | None = None  # (y, progress, noise) -> y', on the model's condition embedding, per step
+    condition_uncond: bool = False  # the condition transform applies to the unconditional branch too
     shields: Spell | None = None  # the references outputs are judged against (final_nearest_distance)
     memory: Memory | None = None  # earlier rounds' outputs, filled by `end_round`
 
@@ -148,7 +153,12 @@ def fixed_weight(w) -> Callable | None:
 @register("interval", weight=None, sigma_lo=0.0, sigma_hi=math.inf)
 def interval(params: dict, protected=None) -> Hooks:
     """Interval guidance (Kynkaanniemi et al. 2024): the weight inside sigma_t/alpha_t in (sigma_lo, sigma_hi], the
-    conditional model alone (w = 1) outside; weight None: the run's. Covering every step is the neutral point."""
+    conditional model alone (w = 1) outside; weight None: the run's. Covering every step is the neutral point.
+
+    Decided once per sampler step, from the noise level at the step's start: every evaluation of the step (Heun's
+    corrector at sigma_{i+1} too) uses that choice, as the authors' EDM sampler (kynkaat/guidance-interval,
+    sampling/edm_sampler.py) picks the guided or the conditional denoiser once per step i. In a diffusers pipeline
+    the step-end callback applies the same rule (`spell_lab.diffusers.callbacks`)."""
     _no_shields("interval", protected)
     lo, hi, w = float(params["sigma_lo"]), float(params["sigma_hi"]), params["weight"]
     if not lo <= hi:
@@ -169,20 +179,39 @@ def pg(params: dict, protected=None) -> Hooks:
     return Hooks(params, interventions=(ParticleGuidance(float(params["strength"])),))
 
 
-@register("cads", tau1=0.6, tau2=0.9, noise_scale=0.25, psi=1.0)
+CADS_STATS = ("sample", "batch")
+
+
+@register("cads", tau1=0.6, tau2=0.9, noise_scale=0.25, psi=1.0, stats="sample", noise_uncond=False)
 def cads(params: dict, protected=None) -> Hooks:
-    """Condition-annealed sampling (Sadat et al. 2024) on the condition embedding (`cads_embedding`); the
-    unconditional branch of CFG keeps the null condition's embedding. tau1 = tau2 = 1 is the neutral point."""
+    """Condition-annealed sampling (Sadat et al. 2024) on the condition embedding (`cads_embedding`); tau1 = tau2 = 1
+    is the neutral point.
+
+    gamma = `cads_gamma(progress, tau1, tau2)` at each sampler step's sampling progress (1 at the first step, 1 - i / N
+    at step i of N), in every path (built-in samplers, diffusers pipelines), as the reference implementation
+    (v0xie/sd-webui-cads; the authors published none) reads t = 1 - step / steps; never the grid's t, which on shifted
+    flow grids or diffusers' timesteps is another number. One draw of the noise per step and branch.
+
+    Two choices where the paper's description and that reference differ (defaults: the paper's):
+    - stats="sample": the rescaling's mean and std are each sample's own (the paper writes them per condition y);
+      stats="batch" pools the whole batch tensor, as the reference does, which makes a sample depend on its batch.
+    - noise_uncond=False: CFG's unconditional branch keeps the null condition (the paper anneals the condition, and
+      the null condition is none); True noises it too, with its own statistics and draws, as the reference does.
+    """
     _no_shields("cads", protected)
     tau1, tau2, s, psi = (float(params[k]) for k in ("tau1", "tau2", "noise_scale", "psi"))
     if not 0.0 <= tau1 <= tau2:
         raise ValueError(f"cads needs 0 <= tau1 <= tau2 (got {tau1}, {tau2}).")
+    stats = params["stats"]
+    if stats not in CADS_STATS:
+        raise ValueError(f"cads stats must be one of {CADS_STATS} (got {stats!r}): 'sample' rescales each sample by its "
+                         "own mean and std, 'batch' by the whole batch's (the reference implementation).")
 
-    def condition(y, t, noise):
-        g = cads_gamma(t, tau1, tau2)
-        return y if g == 1.0 else cads_embedding(y, g, noise(y.shape[1:]), s, psi)  # gamma 1: y, no draw
+    def condition(y, progress, noise):
+        g = cads_gamma(progress, tau1, tau2)
+        return y if g == 1.0 else cads_embedding(y, g, noise(y.shape[1:]), s, psi, stats)  # gamma 1: y, no draw
 
-    return Hooks(params, condition=condition)
+    return Hooks(params, condition=condition, condition_uncond=bool(params["noise_uncond"]))
 
 
 def _no_shields(name: str, protected) -> None:
@@ -269,8 +298,9 @@ class ParticleGuidance:
 
 
 def cads_gamma(t: float, tau1: float, tau2: float) -> float:
-    """CADS's annealing schedule: 1 for t <= tau1 (near the data), 0 for t >= tau2, (tau2 - t) / (tau2 - tau1)
-    between. tau1 == tau2 is the step: 1 up to tau1, 0 above it (tau1 = tau2 = 1: the condition is never noised)."""
+    """CADS's annealing schedule at the sampling progress t (1 at the first step, 0 at the end): 1 for t <= tau1 (near
+    the data), 0 for t >= tau2, (tau2 - t) / (tau2 - tau1) between. tau1 == tau2 is the step: 1 up to tau1, 0 above it
+    (tau1 = tau2 = 1: the condition is never noised)."""
     if t <= tau1:
         return 1.0
     if t >= tau2:
@@ -278,15 +308,17 @@ def cads_gamma(t: float, tau1: float, tau2: float) -> float:
     return (tau2 - t) / (tau2 - tau1)
 
 
-def cads_embedding(y: torch.Tensor, gamma: float, eps: torch.Tensor, noise_scale: float, psi: float) -> torch.Tensor:
-    """y_hat = sqrt(gamma) y + s sqrt(1 - gamma) eps, rescaled per sample to y's mean and std (over all but the batch
-    dim; torch.std, unbiased), then psi * rescaled + (1 - psi) * y_hat (Sadat et al. 2024, Eq. 4-5)."""
+def cads_embedding(y: torch.Tensor, gamma: float, eps: torch.Tensor, noise_scale: float, psi: float,
+                   stats: str = "sample") -> torch.Tensor:
+    """y_hat = sqrt(gamma) y + s sqrt(1 - gamma) eps, rescaled to y's mean and std (torch.std, unbiased), then
+    psi * rescaled + (1 - psi) * y_hat (Sadat et al. 2024, Eq. 4-5). stats="sample": mean and std over all but the
+    batch dim, per sample; "batch": over the whole tensor (the reference implementation)."""
     y_hat = math.sqrt(gamma) * y + noise_scale * math.sqrt(1.0 - gamma) * eps
     if psi == 0.0:
         return y_hat
-    dims = tuple(range(1, y.ndim))
-    stats = lambda v: (v.mean(dims, keepdim=True), v.std(dims, keepdim=True))  # noqa: E731
-    (m, s), (m_hat, s_hat) = stats(y), stats(y_hat)
+    dims = tuple(range(1, y.ndim)) if stats == "sample" else tuple(range(y.ndim))
+    moments = lambda v: (v.mean(dims, keepdim=True), v.std(dims, keepdim=True))  # noqa: E731
+    (m, s), (m_hat, s_hat) = moments(y), moments(y_hat)
     return psi * ((y_hat - m_hat) / s_hat * s + m) + (1.0 - psi) * y_hat
 
 

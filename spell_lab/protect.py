@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .repellency import Correction, ExactProtected, _work_dtype
+from .repellency import Correction, ExactProtected, _work_dtype, pushes
 
 KNN = 64  # neighbours per query of the first scan; a query whose 64th is within r is widened to a range search
 GPU_MAX = 2048  # faiss-gpu's limit on k and nprobe
@@ -346,10 +346,11 @@ class FaissProtected:
         rows, slots = np.nonzero(ids >= 0)  # row-major: each query's candidates together
         z = self.index.reconstruct_batch(ids[rows, slots]) if rows.size else np.zeros((0, x.shape[1]), np.float32)
         row = torch.from_numpy(rows).to(x.device)
-        diff = x[row] - torch.from_numpy(z).to(x.device, x.dtype)  # x0_b - z_k, exact
+        zt = torch.from_numpy(z).to(x.device, x.dtype)
+        diff = x[row] - zt  # x0_b - z_k, exact
         d = diff.norm(dim=1)
         nearest = torch.full((B,), math.inf, dtype=x.dtype, device=x.device).scatter_reduce(0, row, d, "amin")
-        inside = (d < radius) & (d > 0)  # a center at x0 itself gives no direction
+        inside = pushes(d, radius, x.norm(dim=1)[row], zt.norm(dim=1))  # a center coinciding with x0 gives no direction
         active = torch.zeros(B, dtype=torch.long, device=x.device).index_add_(0, row, inside.long())
         pick = inside.nonzero().squeeze(1)
         weights = torch.zeros(B, len(pick), dtype=x.dtype, device=x.device)

@@ -2,8 +2,10 @@
 
     delta_b = overcomp * sum_k relu(r / ||x0_b - z_k|| - 1) * (x0_b - z_k)
 
-A center exactly at x0_b (distance 0, e.g. identical predictions at a flow model's t = 1) gives no direction and
-is skipped. Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
+A center that coincides with x0_b gives no direction and is skipped (`pushes`): distance 0, or a distance that float
+rounding alone can produce, at most COINCIDENT_ULPS units of the work dtype's epsilon times the larger of the two norms
+(identical predictions at a flow model's sigma = 1 come out exactly equal from `generate` and up to 1e-16 apart from a
+scheduler's v round trip; both are skipped, so both paths give the same correction). Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
 float64 input) and centers are processed in chunks, so memory is O(B*chunk + B*D), never O(B*K*D).
 """
 
@@ -17,6 +19,7 @@ import torch
 
 from . import schema
 
+COINCIDENT_ULPS = 64  # a pair closer than 64 eps x its larger norm is one point: rounding, not a direction
 DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
 EXACT_WORK = 2**16  # B*K*D up to which distances come from exact differences (slower per element, no cancellation)
 
@@ -60,11 +63,19 @@ def correction_reference(x0, centers, radius, overcomp=1.0, *, skip_self=False, 
         allowed &= ~torch.eye(d.shape[0], d.shape[1], dtype=torch.bool)  # never oneself
     if x_groups is not None:
         allowed &= torch.as_tensor(x_groups)[:, None] == torch.as_tensor(center_groups)[None, :]  # same condition
-    inside = allowed & (d < radius) & (d > 0)  # a center at x0 itself has no direction
+    inside = allowed & pushes(d, radius, x.norm(dim=1)[:, None], z.norm(dim=1)[None, :])
     w = torch.where(inside, radius / d - 1, torch.zeros_like(d))  # relu(r / ||x0 - z|| - 1)
     delta = overcomp * (w[..., None] * diff).sum(1)
     nearest = torch.where(allowed, d, math.inf).min(1).values if d.shape[1] else torch.full((d.shape[0],), math.inf)
     return Correction(delta.reshape(x0.shape), inside.sum(1), nearest)
+
+
+def pushes(d: torch.Tensor, radius: float, x_norm: torch.Tensor, z_norm: torch.Tensor) -> torch.Tensor:
+    """Which pairs push (the one rule of every SPELL path): closer than r, and not coincident, i.e. farther apart than
+    COINCIDENT_ULPS * eps * max(||x0_b||, ||z_k||) in d's dtype, a distance rounding alone can make between equal
+    predictions, which gives no direction. d (B, K), norms broadcastable to it."""
+    floor = (COINCIDENT_ULPS * torch.finfo(d.dtype).eps) * torch.maximum(x_norm, z_norm)
+    return (d < radius) & (d > floor)
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -104,6 +115,7 @@ def correction(
     origin = x.mean(dim=0, keepdim=True)  # distances from centred coordinates: little cancellation in the expansion
     xc = x - origin
     xc_sq = (xc * xc).sum(dim=1, keepdim=True)
+    x_norm = x.norm(dim=1, keepdim=True)
     delta = torch.zeros_like(x)
     active = torch.zeros(B, dtype=torch.long, device=x0.device)
     nearest = torch.full((B,), math.inf, dtype=wd, device=x0.device)
@@ -122,7 +134,7 @@ def correction(
             d = d.scatter(1, idx, torch.where(d.gather(1, idx).isinf(), math.inf, exact))  # masked pairs stay out
             near = (idx, diff)
         nearest = torch.minimum(nearest, d.min(dim=1).values)
-        inside = (d < radius) & (d > 0)  # a center at x0 itself gives no direction: no push, not counted
+        inside = pushes(d, radius, x_norm, zk.norm(dim=1)[None, :])  # no push, not counted where coincident
         active += inside.sum(dim=1)
         w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # the ReLU
         if near is not None:

@@ -1,7 +1,8 @@
 """Noise schedules: continuous time t in [0, 1] -> (alpha_t, sigma_t), with x_t = alpha_t * x0 + sigma_t * eps.
 
 Time runs from noise (t = 1) to data (t = 0); every schedule has alpha(0) = 1, sigma(0) = 0 so that a sampler's
-last step returns x0_hat itself. `grid(steps)` gives the descending times a sampler visits (steps + 1 values).
+last step returns x0_hat itself. `grid(steps)` gives the descending times a sampler visits (steps + 1 values, the
+last 0): `steps` is the number of sampler steps.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ import torch
 def uniform_grid(steps: int) -> torch.Tensor:
     """steps + 1 times from 1 (noise) to 0 (data), evenly spaced: the schedule shapes the sigmas."""
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def sampling_progress(steps: int) -> torch.Tensor:
+    """The progress of each sampler step, 1 at the first step, 1 - i / steps at step i (0 at the end; steps + 1 values):
+    the t that CADS's schedule reads on every model, schedule and grid, as the reference implementation does
+    (v0xie/sd-webui-cads: t = 1 - step / steps). On a uniform grid (VP) it is the grid itself, bit for bit."""
+    return uniform_grid(steps)
 
 
 @dataclass(frozen=True)
@@ -36,9 +44,11 @@ class VPLinear:
 
 @dataclass(frozen=True)
 class EDM:
-    """Karras et al. (2022): alpha = 1 and sigma on the rho-ramp; uniform t gives the EDM step spacing.
+    """Karras et al. (2022): alpha = 1, sigma = sigma_max * t (EDM's own time is sigma itself; t is it over sigma_max).
 
-    sigma(t) = ((smin^(1/rho) + t (smax^(1/rho) - smin^(1/rho)))^rho - smin) * smax / (smax - smin), so sigma(0) = 0.
+    `grid(N)` is their discretisation, as k-diffusion's `get_sigmas_karras` and EDM/EDM2's samplers build it: N levels
+    sigma_i = (smax^(1/rho) + i / (N - 1) (smin^(1/rho) - smax^(1/rho)))^rho, i = 0 .. N - 1 (sigma_max ... sigma_min),
+    then 0. So N steps visit sigma_max ... sigma_min and step to the data; `--steps` counts them as k-diffusion does.
     """
 
     sigma_min: float = 0.002
@@ -48,13 +58,15 @@ class EDM:
 
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64)
-        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
-        ramp = (lo + t * (hi - lo)) ** self.rho
-        sigma = (ramp - self.sigma_min) * self.sigma_max / (self.sigma_max - self.sigma_min)
-        return torch.ones_like(t), torch.where(t > 0, sigma, torch.zeros_like(sigma))  # exactly 0 at t = 0
+        return torch.ones_like(t), self.sigma_max * t
 
     def grid(self, steps: int) -> torch.Tensor:
-        return uniform_grid(steps)
+        if steps < 1:
+            raise ValueError(f"the EDM grid needs steps >= 1 (got {steps}).")
+        ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)  # [0] for one step: sigma_max alone, then 0
+        lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+        sigmas = (hi + ramp * (lo - hi)) ** self.rho
+        return torch.cat([sigmas / self.sigma_max, sigmas.new_zeros(1)])
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,23 @@ pipeline, through `callback_on_step_end`: the pattern diffusers documents for dy
                         guidance=7.0, seeds=seeds, pipeline_kwargs=dict(prompt_embeds=..., negative_prompt_embeds=...))
     pipe(**cb.call_kwargs(), num_inference_steps=28, ...)       # generate_pipeline(..., method=...) does this
 
-The callback runs after each step, so it sets what step i + 1 sees; step 0's weight and condition go into the
-pipeline call itself (`call_kwargs`). The noise levels of the steps come from a copy of the scheduler, in the same
-coordinates as `SpellScheduler`'s records (sigma / alpha is the VP/EDM noise level).
+The callback runs after each denoiser evaluation (diffusers calls it once per timestep), so it sets what the next one
+sees; the first evaluation's weight and condition go into the pipeline call itself (`call_kwargs`). Both are decided
+once per sampler step, as in the built-in samplers (`spell_lab.methods`): a second-order scheduler (Heun,
+FlowMatchHeun: `order` 2, 2N - 1 timesteps for N steps) evaluates step j twice, and its corrector keeps the step's
+choice. The noise levels come from a copy of the scheduler, in the same coordinates as `SpellScheduler`'s records
+(sigma / alpha is the VP/EDM noise level).
 
-- Guidance: step i runs at w_i. Where w <= 1 the pipeline runs the conditional branch alone (diffusers turns CFG off
-  for guidance_scale <= 1), so interval guidance outside its interval is guidance 1 bit for bit. Turning CFG on after
-  a start with it off needs the unconditional embeddings: pass `negative_prompt_embeds` (and, for SD3,
-  `negative_pooled_prompt_embeds`).
+- Guidance: step j runs at the weight its starting noise level gives. Where w <= 1 the pipeline runs the conditional
+  branch alone (diffusers turns CFG off for guidance_scale <= 1), so interval guidance outside its interval is
+  guidance 1 bit for bit. Turning CFG on after a start with it off needs the unconditional embeddings: pass
+  `negative_prompt_embeds` (and, for SD3, `negative_pooled_prompt_embeds`).
 - Condition (CADS): the conditional embeddings given as `prompt_embeds` (and `pooled_prompt_embeds` where the
-  pipeline has them) are annealed; the unconditional branch keeps the negative embeddings, as in CADS. Each sample's
-  noise comes from its own stream derived from its seed (`spell_lab.samplers.generate.method_generators`), apart
-  from the pipeline's generators. Prompts as strings are refused: encode them first (`pipe.encode_prompt`).
+  pipeline has them) are annealed at each step's sampling progress 1 - j / N (never the timestep / 1000 or the flow
+  sigma); the unconditional branch keeps the negative embeddings, or is annealed too with `noise_uncond` (then pass
+  the negative embeddings). Each sample's noise comes from its own stream derived from its seed
+  (`spell_lab.samplers.generate.method_generators`), apart from the pipeline's generators. Prompts as strings are
+  refused: encode them first (`pipe.encode_prompt`).
 """
 
 from __future__ import annotations
@@ -29,15 +34,17 @@ import torch
 
 from ..methods import Hooks
 from ..samplers.generate import method_generators, stacked_normal
+from ..schedules import sampling_progress
 from .scheduler import evaluation, scheduler_family, scheduler_prediction
 
 CONDITION_TENSORS = ("prompt_embeds", "pooled_prompt_embeds")  # concatenated [uncond, cond] under CFG
 NEGATIVE = {"prompt_embeds": "negative_prompt_embeds", "pooled_prompt_embeds": "negative_pooled_prompt_embeds"}
 
 
-def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor]:
-    """The `Evaluation` (t, alpha, sigma) of every pipeline step and the timesteps, from a copy of the scheduler (the
-    pipeline's own is untouched). One per timestep: diffusers calls the callback once per timestep."""
+def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor, list]:
+    """The `Evaluation` (t, alpha, sigma) of every pipeline evaluation, the timesteps, and the sampler step each
+    evaluation belongs to, from a copy of the scheduler (the pipeline's own is untouched). One per timestep: diffusers
+    calls the callback once per timestep."""
     s = copy.deepcopy(getattr(scheduler, "inner", scheduler))
     s.set_timesteps(steps)
     family = scheduler_family(s)
@@ -47,7 +54,15 @@ def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor]:
         if family != "vp":
             s._step_index = i  # the sigma that `step` i consumes
         out.append(evaluation(s, family, prediction, t))
-    return out, s.timesteps.cpu()
+    n = len(out)
+    if getattr(s, "order", 1) == 2:  # Heun: step 0's predictor, then (corrector of j - 1, predictor of j) pairs
+        if n != 2 * steps - 1:
+            raise ValueError(f"{type(s).__name__} has {n} timesteps for {steps} steps, not the 2 steps - 1 of a Heun "
+                             "scheduler; run the method with another scheduler.")
+        step_of = [(k + 1) // 2 for k in range(n)]
+    else:
+        step_of = list(range(n))
+    return out, s.timesteps.cpu(), step_of
 
 
 def needs_callback(hooks: Hooks) -> bool:
@@ -67,16 +82,28 @@ class MethodCallback:
             raise ValueError("a method that changes guidance or the condition brings its own callback_on_step_end; "
                              "run without yours.")
         self.hooks, self.names = hooks, [n for n in CONDITION_TENSORS if n in pipe._callback_tensor_inputs]
-        self.levels, self.timesteps = step_levels(pipe.scheduler, steps)
+        self.levels, self.timesteps, self.step_of = step_levels(pipe.scheduler, steps)
+        start = {}
+        for k, j in enumerate(self.step_of):
+            start.setdefault(j, self.levels[k])  # a step's first evaluation is at its starting noise level
         run = float(guidance)
-        self.weights = [run if hooks.guidance is None else float(hooks.guidance(e.t, e.alpha, e.sigma, run))
-                        for e in self.levels]
+        per_step = [run if hooks.guidance is None else float(hooks.guidance(e.t, e.alpha, e.sigma, run))
+                    for e in (start[j] for j in range(steps))]
+        self.weights = [per_step[j] for j in self.step_of]  # one per evaluation, the step's
+        self.progress = sampling_progress(steps)
         self.y = {n: pipeline_kwargs[n] for n in self.names if pipeline_kwargs.get(n) is not None}
         self.negatives = {n: pipeline_kwargs.get(NEGATIVE[n]) for n in self.names}
+        self.y_null = {}  # the clean unconditional embeddings, annealed at each step (noise_uncond)
         if hooks.condition is not None:
             if "prompt_embeds" not in self.y:
                 raise ValueError(f"method {hooks.params.get('name')!r} anneals the prompt embeddings: pass "
                                  "prompt_embeds= (encode the prompts first, e.g. with pipe.encode_prompt).")
+            if hooks.condition_uncond:
+                missing = [NEGATIVE[n] for n in self.y if self.negatives[n] is None]
+                if missing:
+                    raise ValueError(f"method {hooks.params.get('name')!r} with noise_uncond anneals the unconditional "
+                                     f"embeddings too: pass {', '.join(missing)}.")
+                self.y_null = {n: self.negatives[n] for n in self.y}
             gens = method_generators(seeds, "cpu", "condition")  # CPU: a sample's draws depend on its seed only
             self.noise = lambda shape, like: stacked_normal(gens, shape, "cpu").to(like.device, like.dtype)
         if self.weights[0] <= 1 < max(self.weights):
@@ -99,20 +126,24 @@ class MethodCallback:
             out["guidance_scale"] = self.weights[0]
         return out
 
-    def _conditions(self, i: int) -> dict:
-        """The conditional embeddings of step i (the given ones themselves where the transform leaves them)."""
+    def _conditions(self, k: int) -> dict:
+        """The embeddings of evaluation k's step: the conditional ones under their names, the annealed unconditional
+        ones (noise_uncond) under the negative names; the given ones themselves where the transform leaves them."""
         if self.hooks.condition is None:
             return {}
-        t = self.levels[i].t
-        return {n: self.hooks.condition(y, t, lambda shape, y=y: self.noise(shape, y)) for n, y in self.y.items()}
+        p = float(self.progress[self.step_of[k]])
+        anneal = lambda y: self.hooks.condition(y, p, lambda shape: self.noise(shape, y))  # noqa: E731
+        out = {n: anneal(y) for n, y in self.y.items()}  # conditional branch first, then the unconditional
+        out.update({NEGATIVE[n]: anneal(y) for n, y in self.y_null.items()})
+        return out
 
     def __call__(self, pipe, i: int, timestep, kwargs: dict) -> dict:
         if i == 0 and not torch.equal(pipe.scheduler.timesteps.cpu(), self.timesteps):
             raise RuntimeError("the pipeline's timesteps differ from the scheduler's own set_timesteps(steps) (custom "
                                "timesteps, sigmas or shifting?); run the method without them.")
         nxt = i + 1
-        if nxt >= len(self.weights):
-            return {}
+        if nxt >= len(self.weights) or self.step_of[nxt] == self.step_of[i]:
+            return {}  # the end, or Heun's corrector: the step keeps its weight and condition
         was_on = pipe.do_classifier_free_guidance
         if self.hooks.guidance is not None:
             pipe._guidance_scale = self.weights[nxt]
@@ -122,12 +153,14 @@ class MethodCallback:
         for n in self.names:
             if kwargs.get(n) is None:
                 continue
-            moved = n in new and new[n] is not self.current.get(n)
+            u = NEGATIVE[n]
+            moved = any(m in new and new[m] is not self.current.get(m) for m in (n, u))
             if on == was_on and not moved:
                 continue  # nothing changed for this tensor: the pipeline keeps its own, bit for bit
             uncond, cond = kwargs[n].chunk(2) if was_on else (self.negatives.get(n), kwargs[n])
-            self.negatives[n] = uncond  # the pipeline's own unconditional embeddings, kept for later steps
-            cond = new.get(n, cond)
-            self.current[n] = cond
+            if u not in new:
+                self.negatives[n] = uncond  # the pipeline's own unconditional embeddings, kept for later steps
+            uncond, cond = new.get(u, uncond), new.get(n, cond)
+            self.current[n], self.current[u] = cond, uncond
             out[n] = torch.cat([uncond, cond]) if on else cond
         return out

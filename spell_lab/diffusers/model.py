@@ -7,7 +7,6 @@ class-conditional pipelines (DiT), or the single condition 0 for unconditional o
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -17,7 +16,8 @@ from ..methods import Hooks
 from ..repellency import Spell
 from ..samplers.generate import Generation
 from .pipelines import generate_pipeline, load_pipeline
-from .scheduler import evaluation, scheduler_family, scheduler_prediction
+from .callbacks import step_levels
+from .scheduler import scheduler_family
 
 SCHEDULERS = {  # --sampler name -> diffusers scheduler class swapped in from the pipeline's config
     "ddim": "DDIMScheduler",
@@ -73,15 +73,7 @@ class PipelineModel(nn.Module):
 
     def evaluation_grid(self, sampler, steps: int):
         """t, alpha, sigma of every denoiser evaluation, read from a copy of the scheduler as `step` will see them."""
-        sched = copy.deepcopy(self.pipe.scheduler)
-        family = scheduler_family(sched)
-        prediction = scheduler_prediction(sched, family)
-        sched.set_timesteps(steps)
-        evs = []
-        for i, ts in enumerate(sched.timesteps):
-            if family != "vp":
-                sched._step_index = i  # the i-th `step` call reads sigmas[i] (Heun's timesteps repeat, as its calls do)
-            evs.append(evaluation(sched, family, prediction, ts))
+        evs = step_levels(self.pipe.scheduler, steps)[0]
         return [e.t for e in evs], [e.alpha for e in evs], [e.sigma for e in evs]
 
     def generate(self, cond, seeds, *, sampler=None, steps=None, guidance=None, spell: Spell | None = None,

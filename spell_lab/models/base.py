@@ -36,18 +36,21 @@ class Denoiser(nn.Module):
 
 
 def guided_x0(model: Denoiser, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, guidance: float,
-              embedding: torch.Tensor | None = None) -> torch.Tensor:
+              embedding: torch.Tensor | None = None, null_embedding: torch.Tensor | None = None) -> torch.Tensor:
     """Classifier-free guidance on x0_hat: x0_u + w (x0_c - x0_u); w = 1 is the conditional model.
 
     Guidance is linear in the model output and x_t is fixed, so guiding x0_hat equals guiding eps, v or the score.
     Conditional and unconditional halves run as one batch. `embedding` (B, E): the conditional branch's condition
-    embedding in place of the labels `cond` (CADS); the unconditional branch keeps the null condition's embedding.
+    embedding in place of the labels `cond` (CADS); the unconditional branch keeps the null condition's embedding, or
+    takes `null_embedding` (B, E) where given (CADS with noise_uncond).
     """
     c = cond if embedding is None else embedding
     if guidance == 1.0:
         return model(x, t, c)
     null = torch.full_like(cond, NULL_CONDITION)
-    null = null if embedding is None else model.embed_condition(null).to(embedding.dtype)
+    if embedding is not None or null_embedding is not None:  # one branch as an embedding: both as embeddings
+        c = c if embedding is not None else model.embed_condition(cond)
+        null = (null_embedding if null_embedding is not None else model.embed_condition(null)).to(c.dtype)
     x0_c, x0_u = model(torch.cat([x, x]), t, torch.cat([c, null])).chunk(2)
     return x0_u + guidance * (x0_c - x0_u)
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from ..methods import Hooks
-from ..models.base import Denoiser, guided_x0
+from ..models.base import NULL_CONDITION, Denoiser, guided_x0
 from ..repellency import Spell
+from ..schedules import sampling_progress
 from .loops import get_sampler
 from .record import Recorder
 
@@ -79,15 +80,17 @@ def generate(
     a_s = model.schedule.alpha_sigma(torch.tensor(times, dtype=torch.float64))
     coefs = {t: (float(a), float(s)) for t, a, s in zip(times, *a_s)}  # host floats, computed once
     t_dev = dict(zip(times, torch.tensor(times, dtype=dtype).to(device)))  # one transfer: no per-step copy or sync
-    weight = {t: guidance if hooks.guidance is None else float(hooks.guidance(t, *coefs[t], guidance))
-              for t in times}  # w(t), on the host, once
+    # w per sampler step, decided at the step's start ts[i] (its first evaluation) for all of its evaluations
+    weight = [guidance if hooks.guidance is None else float(hooks.guidance(t, *coefs[t], guidance))
+              for t in (float(t) for t in ts[:-1])]  # on the host, once
 
-    condition = _condition_transform(hooks, model, cond, seeds, device)
+    condition = _condition_transform(hooks, model, cond, seeds, device, len(ts) - 1)
 
-    def denoise(x_t, t):
+    def denoise(x_t, t, step):
         t = float(t)
         alpha, sigma = coefs[t]
-        x0 = guided_x0(model, x_t, t_dev[t], cond, weight[t], embedding=condition(t))
+        y, y_null = condition(step)
+        x0 = guided_x0(model, x_t, t_dev[t], cond, weight[step], embedding=y, null_embedding=y_null)
         if not intervenes:
             return x0
         step = hooks.intervene(x0, cond, x_t=x_t, t=t, alpha=alpha, sigma=sigma)
@@ -100,18 +103,28 @@ def generate(
     return Generation(x, recorder.result() if recorder is not None else {})
 
 
-def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device):
-    """t -> the conditional branch's embedding at t, or None for the plain labels (no transform, or the transform
-    returned the embedding itself: the labels path then runs, bit for bit)."""
+def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device, steps: int):
+    """step -> the (conditional, unconditional) branches' embeddings of that sampler step; None for a branch means its
+    plain labels (no transform, or the transform returned the embedding itself: the labels path then runs, bit for
+    bit). The transform sees the sampling progress of the step (`schedules.sampling_progress`), not the grid's t, and
+    runs once per step: every evaluation of the step (Heun's corrector too) gets the same embeddings."""
     if hooks.condition is None:
-        return lambda t: None
+        return lambda step: (None, None)
     with torch.no_grad():
         y = model.embed_condition(cond)
+        y_null = model.embed_condition(torch.full_like(cond, NULL_CONDITION)) if hooks.condition_uncond else None
     gens = method_generators(seeds, device, "condition")
     noise = lambda shape: stacked_normal(gens, shape, device, y.dtype)  # noqa: E731
+    progress = sampling_progress(steps)
+    made = {}
 
-    def at(t):
-        y_t = hooks.condition(y, t, noise)
-        return None if y_t is y else y_t
+    def at(step):
+        if step not in made:  # the step's first evaluation: draw its noise (conditional branch first)
+            made.clear()
+            p = float(progress[step])
+            y_t = hooks.condition(y, p, noise)
+            u_t = hooks.condition(y_null, p, noise) if y_null is not None else None
+            made[step] = (None if y_t is y else y_t, None if u_t is y_null else u_t)
+        return made[step]
 
     return at

@@ -1,6 +1,8 @@
 """Sampler loops over a denoiser, k-diffusion style: each is a short function of (denoise, x, ts, schedule).
 
-`denoise(x, t) -> x0_hat` already includes guidance, SPELL and recording; the samplers only step. `ts` is the
+`denoise(x, t, i) -> x0_hat` already includes guidance, SPELL and recording; the samplers only step. `i` is the sampler
+step the evaluation belongs to (Heun's corrector at ts[i + 1] belongs to step i): a method's per-step choices (interval
+guidance's weight, CADS's condition) are made once per step, from the step's start, as the methods' authors do. `ts` is the
 descending time grid ending at t = 0 (alpha = 1, sigma = 0), so every sampler's last step returns x0_hat' itself.
 `noise()` draws one standard normal per sample from that sample's own generator (ancestral samplers only).
 """
@@ -19,7 +21,7 @@ def ddim(denoise, x, ts, schedule, noise=None):
     """DDIM with eta = 0 (Song et al., 2021, Eq. 12): x_next = alpha' x0_hat + sigma' eps_hat."""
     a, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        x0 = denoise(x, ts[i])
+        x0 = denoise(x, ts[i], i)
         eps = (x - a[i] * x0) / s[i]
         x = a[i + 1] * x0 + s[i + 1] * eps
     return x
@@ -33,7 +35,7 @@ def ddpm(denoise, x, ts, schedule, noise=None):
     """
     a, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        x0 = denoise(x, ts[i])
+        x0 = denoise(x, ts[i], i)
         a_ts = a[i] / a[i + 1]
         var_ts = s[i] ** 2 - a_ts**2 * s[i + 1] ** 2
         mean = (a_ts * s[i + 1] ** 2 / s[i] ** 2) * x + (a[i + 1] * var_ts / s[i] ** 2) * x0
@@ -46,7 +48,7 @@ def euler(denoise, x, ts, schedule, noise=None):
     """Euler on the probability-flow ODE in sigma (Karras et al., 2022, Algorithm 1 with Euler steps); alpha = 1."""
     _, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        d = (x - denoise(x, ts[i])) / s[i]
+        d = (x - denoise(x, ts[i], i)) / s[i]
         x = x + (s[i + 1] - s[i]) * d
     return x
 
@@ -55,10 +57,10 @@ def heun(denoise, x, ts, schedule, noise=None):
     """Heun's 2nd order method (Karras et al., 2022, Algorithm 1); Euler on the last step to sigma = 0."""
     _, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        d = (x - denoise(x, ts[i])) / s[i]
+        d = (x - denoise(x, ts[i], i)) / s[i]
         x_next = x + (s[i + 1] - s[i]) * d
         if i + 2 < len(ts):  # not the last step
-            d_next = (x_next - denoise(x_next, ts[i + 1])) / s[i + 1]
+            d_next = (x_next - denoise(x_next, ts[i + 1], i)) / s[i + 1]  # still step i
             x_next = x + (s[i + 1] - s[i]) * 0.5 * (d + d_next)
         x = x_next
     return x
