@@ -11,7 +11,7 @@ resolved here into the hooks the sampler calls at every denoiser evaluation:
   (B, *shape) standard normals, each sample's from its own stream, which is not the sampler's noise stream
   (`spell_lab.samplers.generate.method_generators`). Returning y itself means "unchanged": the sampler then gives
   the model the plain condition, bit for bit. `condition_uncond`: the transform applies to CFG's unconditional
-  branch too (its own draws, after the conditional branch's).
+  branch too (its draws from a stream of its own: the conditional branch's noise is the same either way).
 
 Adding a method is one `@register` entry and its function; the run layer, the store and the analyses take any.
 """

@@ -350,7 +350,7 @@ class FaissProtected:
         diff = x[row] - zt  # x0_b - z_k, exact
         d = diff.norm(dim=1)
         nearest = torch.full((B,), math.inf, dtype=x.dtype, device=x.device).scatter_reduce(0, row, d, "amin")
-        inside = pushes(d, radius, x.norm(dim=1)[row], zt.norm(dim=1))  # a center coinciding with x0 gives no direction
+        inside = pushes(d, radius, x.norm(dim=1)[row], zt.norm(dim=1), x.dtype)  # coinciding with x0: no direction
         active = torch.zeros(B, dtype=torch.long, device=x.device).index_add_(0, row, inside.long())
         pick = inside.nonzero().squeeze(1)
         weights = torch.zeros(B, len(pick), dtype=x.dtype, device=x.device)

@@ -63,18 +63,19 @@ def correction_reference(x0, centers, radius, overcomp=1.0, *, skip_self=False, 
         allowed &= ~torch.eye(d.shape[0], d.shape[1], dtype=torch.bool)  # never oneself
     if x_groups is not None:
         allowed &= torch.as_tensor(x_groups)[:, None] == torch.as_tensor(center_groups)[None, :]  # same condition
-    inside = allowed & pushes(d, radius, x.norm(dim=1)[:, None], z.norm(dim=1)[None, :])
+    inside = allowed & pushes(d, radius, x.norm(dim=1)[:, None], z.norm(dim=1)[None, :], x0.dtype)
     w = torch.where(inside, radius / d - 1, torch.zeros_like(d))  # relu(r / ||x0 - z|| - 1)
     delta = overcomp * (w[..., None] * diff).sum(1)
     nearest = torch.where(allowed, d, math.inf).min(1).values if d.shape[1] else torch.full((d.shape[0],), math.inf)
     return Correction(delta.reshape(x0.shape), inside.sum(1), nearest)
 
 
-def pushes(d: torch.Tensor, radius: float, x_norm: torch.Tensor, z_norm: torch.Tensor) -> torch.Tensor:
+def pushes(d: torch.Tensor, radius: float, x_norm: torch.Tensor, z_norm: torch.Tensor, dtype: torch.dtype):
     """Which pairs push (the one rule of every SPELL path): closer than r, and not coincident, i.e. farther apart than
-    COINCIDENT_ULPS * eps * max(||x0_b||, ||z_k||) in d's dtype, a distance rounding alone can make between equal
-    predictions, which gives no direction. d (B, K), norms broadcastable to it."""
-    floor = (COINCIDENT_ULPS * torch.finfo(d.dtype).eps) * torch.maximum(x_norm, z_norm)
+    COINCIDENT_ULPS * eps * max(||x0_b||, ||z_k||), eps that of the work dtype of inputs of `dtype` (float32 for
+    half and float32 inputs, float64 for float64): a distance rounding alone can make between equal predictions,
+    which gives no direction. d (B, K), norms broadcastable to it."""
+    floor = (COINCIDENT_ULPS * torch.finfo(_work_dtype(dtype)).eps) * torch.maximum(x_norm, z_norm)
     return (d < radius) & (d > floor)
 
 
@@ -134,7 +135,7 @@ def correction(
             d = d.scatter(1, idx, torch.where(d.gather(1, idx).isinf(), math.inf, exact))  # masked pairs stay out
             near = (idx, diff)
         nearest = torch.minimum(nearest, d.min(dim=1).values)
-        inside = pushes(d, radius, x_norm, zk.norm(dim=1)[None, :])  # no push, not counted where coincident
+        inside = pushes(d, radius, x_norm, zk.norm(dim=1)[None, :], wd)  # no push, not counted where coincident
         active += inside.sum(dim=1)
         w = torch.where(inside, radius / d.clamp_min(torch.finfo(wd).tiny) - 1.0, torch.zeros_like(d))  # the ReLU
         if near is not None:

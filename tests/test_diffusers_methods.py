@@ -7,11 +7,11 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import EulerDiscreteScheduler  # noqa: E402
+from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler  # noqa: E402
 from test_diffusers import tiny_dit, tiny_sd, tiny_sd3  # noqa: E402
 
 from spell_lab.diffusers import MethodCallback, SpellScheduler, generate_pipeline  # noqa: E402
-from spell_lab.methods import resolve  # noqa: E402
+from spell_lab.methods import Hooks, cads_gamma, resolve  # noqa: E402
 
 SEEDS = [5, 6, 7, 8]
 STEPS = 6
@@ -64,6 +64,75 @@ def test_interval_guidance_switches_cfg_off_outside_and_on_inside():
     without_negatives = {k: v for k, v in kw.items() if k != "negative_prompt_embeds"}
     with pytest.raises(ValueError, match="negative_prompt_embeds"):
         run(pipe, without_negatives, middle)
+
+
+def test_interval_guidance_in_a_heun_pipeline_is_decided_once_per_step():
+    """HeunDiscreteScheduler evaluates step j at sigma_j and (its corrector) at sigma_{j+1}: 2N - 1 timesteps. As in
+    the authors' EDM sampler the step's starting sigma decides for both; re-derived here from the scheduler's sigmas."""
+    pipe, kw = tiny_sd(HeunDiscreteScheduler())
+    kw = {k: v.repeat_interleave(2, 0) for k, v in kw.items()} | dict(height=16, width=16)
+    ref = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    ref.set_timesteps(STEPS)
+    own, start = [], []  # each evaluation's sigma, and the sigma its step started at (diffusers' own state machine)
+    for k, t in enumerate(ref.timesteps):
+        own.append(float(ref.sigmas[k]))  # the sigma `step` k's model output was evaluated at
+        if ref.state_in_first_order:  # a predictor: a new step starts here
+            start.append(own[-1])
+        else:
+            start.append(start[-1])
+        ref.step(torch.zeros(1, 1), t, torch.zeros(1, 1))
+    levels = torch.unique_consecutive(ref.sigmas.double()).tolist()  # sigma_0 .. sigma_{N-1}, 0
+    lo, hi = (levels[2] + levels[3]) / 2, (levels[0] + levels[1]) / 2  # edges inside steps 0 and 2
+    middle = resolve({"name": "interval", "sigma_lo": lo, "sigma_hi": hi})
+    weights = MethodCallback(pipe, middle, steps=STEPS, guidance=3.0, seeds=SEEDS, pipeline_kwargs=kw).weights
+    per_step = [3.0 if lo < s <= hi else 1.0 for s in start]
+    per_evaluation = [3.0 if lo < s <= hi else 1.0 for s in own]
+    assert weights == per_step and per_step != per_evaluation
+    out, g1 = run(pipe, kw, middle), run(pipe, kw, guidance=1.0)
+    first_on = weights.index(3.0)  # step 1's predictor: step 0's corrector (at sigma_1, inside) stays unguided
+    assert first_on == 2 and per_evaluation.index(3.0) == 1
+    score = lambda g: g.records["score_norm"]  # noqa: E731
+    assert torch.equal(score(out)[:, :first_on], score(g1)[:, :first_on])
+    assert not torch.equal(score(out)[:, first_on], score(g1)[:, first_on])
+
+
+@pytest.mark.parametrize("case, scheduler", [(sd3_case, None), (sd_case, HeunDiscreteScheduler)])
+def test_condition_transforms_see_the_sampling_progress_once_per_step(case, scheduler):
+    """CADS reads t = 1 - step / steps (v0xie/sd-webui-cads), not the shifted flow sigma or timestep / 1000."""
+    pipe, kw = case()
+    if scheduler is not None:
+        pipe.scheduler = scheduler.from_config(pipe.scheduler.config)
+    seen = []
+
+    def spy(y, progress, noise):
+        seen.append(progress)
+        return y
+
+    plain = run(pipe, kw)
+    out = run(pipe, kw, Hooks({"name": "spy"}, condition=spy))
+    assert same(out, plain)
+    expected = [1 - j / STEPS for j in range(STEPS)]
+    tensors = 2 if case is sd3_case else 1  # SD3 anneals prompt_embeds and pooled_prompt_embeds
+    assert seen == pytest.approx([p for p in expected for _ in range(tensors)], abs=1e-15)  # once per step
+    if case is sd3_case:
+        t = out.records["t"].tolist()  # the flow sigma, shifted (shift 3)
+        assert sum(abs(cads_gamma(a, 0.6, 0.9) - cads_gamma(b, 0.6, 0.9)) > 0.1 for a, b in zip(t, expected)) >= 2
+
+
+def test_cads_noise_uncond_anneals_the_negative_embeddings_too():
+    pipe, kw = sd_case()
+    g = torch.Generator().manual_seed(1)
+    kw["negative_prompt_embeds"] = torch.randn(kw["negative_prompt_embeds"].shape, generator=g)
+    base = {"name": "cads", "noise_scale": 1.0}  # (zero negatives would stay zero: rescaled to their std, 0)
+    plain, cads = run(pipe, kw), run(pipe, kw, resolve(base))
+    assert same(run(pipe, kw, resolve({**base, "tau1": 1.0, "tau2": 1.0, "noise_uncond": True})), plain)
+    both = run(pipe, kw, resolve({**base, "noise_uncond": True}))
+    assert not torch.equal(both.x0, cads.x0)
+    # without guidance there is no unconditional branch, and the conditional one draws from its own stream
+    assert torch.equal(run(pipe, kw, resolve({**base, "noise_uncond": True}), guidance=1.0).x0,
+                       run(pipe, kw, resolve(base), guidance=1.0).x0)
+    with pytest.raises(ValueError, match="negative_prompt_embeds"):
+        run(pipe, {k: v for k, v in kw.items() if k != "negative_prompt_embeds"}, resolve({**base, "noise_uncond": True}))
 
 
 @pytest.mark.parametrize("case", [sd_case, sd3_case])

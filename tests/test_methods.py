@@ -141,6 +141,33 @@ def test_cads_embedding_is_the_papers_rescaled_mix():
     torch.testing.assert_close(cads_embedding(y, 0.3, eps, 0.25, 0.0), y_hat)
 
 
+def test_cads_batch_statistics_are_the_reference_implementations():
+    """stats="batch": v0xie/sd-webui-cads's add_noise, which takes torch.mean / torch.std of the whole tensor."""
+    g = torch.Generator().manual_seed(4)
+    y, eps = torch.randn(3, 4, 5, generator=g).double() * 2 + 1, torch.randn(3, 4, 5, generator=g).double()
+    y_hat = math.sqrt(0.3) * y + 0.25 * math.sqrt(0.7) * eps
+    rescaled = (y_hat - torch.mean(y_hat)) / torch.std(y_hat) * torch.std(y) + torch.mean(y)
+    torch.testing.assert_close(cads_embedding(y, 0.3, eps, 0.25, 0.6, "batch"), 0.6 * rescaled + 0.4 * y_hat)
+    assert not torch.allclose(cads_embedding(y, 0.3, eps, 0.25, 0.6, "sample"), 0.6 * rescaled + 0.4 * y_hat)
+    with pytest.raises(ValueError, match="stats must be one of"):
+        resolve({"name": "cads", "stats": "pooled"})
+
+
+def test_cads_reference_choices_keep_the_neutral_point_and_act_where_stated(digits):
+    seeds, kw = [5, 6, 7, 8, 9, 10], dict(steps=5, guidance=2.0)
+    plain = generate(digits, DIGITS_COND, seeds, **kw)
+    base = {"name": "cads", "tau1": 0.2, "tau2": 0.7, "noise_scale": 1.0}
+    for extra in ({"noise_uncond": True}, {"stats": "batch"}):
+        assert same(generate(digits, DIGITS_COND, seeds, method=resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0,
+                                                                           **extra}), **kw), plain), extra
+        assert not torch.equal(generate(digits, DIGITS_COND, seeds, method=resolve({**base, **extra}), **kw).x0,
+                               generate(digits, DIGITS_COND, seeds, method=resolve(base), **kw).x0), extra
+    # the unconditional branch draws from its own stream: without guidance (no unconditional branch) nothing changes
+    w1 = dict(steps=5, guidance=1.0)
+    assert torch.equal(generate(digits, DIGITS_COND, seeds, method=resolve({**base, "noise_uncond": True}), **w1).x0,
+                       generate(digits, DIGITS_COND, seeds, method=resolve(base), **w1).x0)
+
+
 def test_cads_neutral_is_the_plain_sampler_and_otherwise_changes_outputs_per_sample(digits):
     seeds = [5, 6, 7, 8, 9, 10]
     for sampler in ("ddim", "ddpm"):  # ddpm draws from the samples' own noise streams every step

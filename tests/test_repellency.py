@@ -183,3 +183,27 @@ def test_protected_near_duplicates_get_exact_distances_and_pushes():
     assert torch.equal(c.active, ref.active) and torch.allclose(c.delta.double(), ref.delta, atol=1e-4)
     moved = (q + c.delta)[:, None].double() - items[None].double()
     assert float(moved.norm(dim=-1).min()) >= 1.0 * (1 - 1e-5)  # every output leaves its shield
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_predictions_equal_up_to_rounding_are_one_point_in_every_path(dtype):
+    """Identical predictions (distance 0) and predictions a few ulps apart (a scheduler's round trip through v at
+    sigma = 1) give no direction: neither is pushed, in the chunked, expanded and reference paths and the faiss-free
+    protected source alike. Pairs a little farther apart than rounding are pushed to the sphere."""
+    g = torch.Generator().manual_seed(3)
+    base = (3 * torch.randn(1, 16, generator=g, dtype=torch.float64)).to(dtype)
+    eps = torch.finfo(dtype).eps
+    ulps = torch.zeros(4, 16, dtype=dtype)
+    ulps[1, 0], ulps[2, 5], ulps[3, :] = 2 * eps, -3 * eps, eps  # relative perturbations of a few ulps
+    x = base * (1 + ulps)
+    assert 0 < torch.pdist(x.double()).max() < 64 * eps * float(base.norm())  # equal up to rounding, not all equal
+    far = 100 + torch.randn(5000, 16, generator=g).to(dtype)  # a large set: the expansion path, refined
+    assert x.shape[0] * (far.shape[0] + 4) * 16 > EXACT_WORK
+    for c in (correction(x, x, 2.5, skip_self=True), correction_reference(x, x, 2.5, skip_self=True),
+              ExactProtected(x)(x, 2.5, 1.0, None), ExactProtected(torch.cat([far, x]))(x, 2.5, 1.0, None)):
+        assert not c.delta.any() and not c.active.any()
+    apart = base + torch.tensor([[1e-3], [-1e-3]], dtype=dtype)  # 8e-3 apart: far above rounding
+    c = correction(apart, apart, 2.5, skip_self=True)
+    assert c.active.tolist() == [1, 1]  # each pushed r - d along their difference: 2r - d apart
+    d = float(torch.pdist(apart.double()))
+    assert float(torch.pdist((apart + c.delta).double())) == pytest.approx(2 * 2.5 - d, rel=1e-5)

@@ -55,11 +55,11 @@ def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor, list]:
             s._step_index = i  # the sigma that `step` i consumes
         out.append(evaluation(s, family, prediction, t))
     n = len(out)
-    if getattr(s, "order", 1) == 2:  # Heun: step 0's predictor, then (corrector of j - 1, predictor of j) pairs
+    if getattr(s, "order", 1) == 2:  # Heun: (predictor at sigma_j, corrector at sigma_{j+1}) pairs, the last alone
         if n != 2 * steps - 1:
             raise ValueError(f"{type(s).__name__} has {n} timesteps for {steps} steps, not the 2 steps - 1 of a Heun "
                              "scheduler; run the method with another scheduler.")
-        step_of = [(k + 1) // 2 for k in range(n)]
+        step_of = [k // 2 for k in range(n)]
     else:
         step_of = list(range(n))
     return out, s.timesteps.cpu(), step_of
@@ -104,8 +104,9 @@ class MethodCallback:
                     raise ValueError(f"method {hooks.params.get('name')!r} with noise_uncond anneals the unconditional "
                                      f"embeddings too: pass {', '.join(missing)}.")
                 self.y_null = {n: self.negatives[n] for n in self.y}
-            gens = method_generators(seeds, "cpu", "condition")  # CPU: a sample's draws depend on its seed only
-            self.noise = lambda shape, like: stacked_normal(gens, shape, "cpu").to(like.device, like.dtype)
+            # CPU: a sample's draws depend on its seed only; one stream per branch, as in the built-in samplers
+            self.noise = {branch: _noise(method_generators(seeds, "cpu", stream))
+                          for branch, stream in (("cond", "condition"), ("uncond", "condition_uncond"))}
         if self.weights[0] <= 1 < max(self.weights):
             missing = [NEGATIVE[n] for n in self.names if n in self.y and self.negatives[n] is None]
             if missing or "prompt_embeds" not in self.y:
@@ -132,9 +133,9 @@ class MethodCallback:
         if self.hooks.condition is None:
             return {}
         p = float(self.progress[self.step_of[k]])
-        anneal = lambda y: self.hooks.condition(y, p, lambda shape: self.noise(shape, y))  # noqa: E731
-        out = {n: anneal(y) for n, y in self.y.items()}  # conditional branch first, then the unconditional
-        out.update({NEGATIVE[n]: anneal(y) for n, y in self.y_null.items()})
+        anneal = lambda y, b: self.hooks.condition(y, p, lambda shape: self.noise[b](shape, y))  # noqa: E731
+        out = {n: anneal(y, "cond") for n, y in self.y.items()}
+        out.update({NEGATIVE[n]: anneal(y, "uncond") for n, y in self.y_null.items()})
         return out
 
     def __call__(self, pipe, i: int, timestep, kwargs: dict) -> dict:
@@ -164,3 +165,7 @@ class MethodCallback:
             self.current[n], self.current[u] = cond, uncond
             out[n] = torch.cat([uncond, cond]) if on else cond
         return out
+
+
+def _noise(gens):
+    return lambda shape, like: stacked_normal(gens, shape, "cpu").to(like.device, like.dtype)

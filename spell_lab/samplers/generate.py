@@ -107,24 +107,29 @@ def _condition_transform(hooks: Hooks, model: Denoiser, cond, seeds, device, ste
     """step -> the (conditional, unconditional) branches' embeddings of that sampler step; None for a branch means its
     plain labels (no transform, or the transform returned the embedding itself: the labels path then runs, bit for
     bit). The transform sees the sampling progress of the step (`schedules.sampling_progress`), not the grid's t, and
-    runs once per step: every evaluation of the step (Heun's corrector too) gets the same embeddings."""
+    runs once per step: every evaluation of the step (Heun's corrector too) gets the same embeddings. Each branch draws
+    from its own per-sample stream, so the conditional branch's noise is the same with or without the other."""
     if hooks.condition is None:
         return lambda step: (None, None)
     with torch.no_grad():
         y = model.embed_condition(cond)
         y_null = model.embed_condition(torch.full_like(cond, NULL_CONDITION)) if hooks.condition_uncond else None
-    gens = method_generators(seeds, device, "condition")
-    noise = lambda shape: stacked_normal(gens, shape, device, y.dtype)  # noqa: E731
+    noise, noise_null = (_noise(method_generators(seeds, device, stream), device, y.dtype)
+                         for stream in ("condition", "condition_uncond"))  # one stream per branch
     progress = sampling_progress(steps)
     made = {}
 
     def at(step):
-        if step not in made:  # the step's first evaluation: draw its noise (conditional branch first)
+        if step not in made:  # the step's first evaluation: draw its noise
             made.clear()
             p = float(progress[step])
             y_t = hooks.condition(y, p, noise)
-            u_t = hooks.condition(y_null, p, noise) if y_null is not None else None
+            u_t = hooks.condition(y_null, p, noise_null) if y_null is not None else None
             made[step] = (None if y_t is y else y_t, None if u_t is y_null else u_t)
         return made[step]
 
     return at
+
+
+def _noise(gens, device, dtype):
+    return lambda shape: stacked_normal(gens, shape, device, dtype)
