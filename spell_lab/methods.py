@@ -204,8 +204,8 @@ def cads(params: dict, protected=None) -> Hooks:
         raise ValueError(f"cads needs 0 <= tau1 <= tau2 (got {tau1}, {tau2}).")
     stats = params["stats"]
     if stats not in CADS_STATS:
-        raise ValueError(f"cads stats must be one of {CADS_STATS} (got {stats!r}): 'sample' rescales each sample by its "
-                         "own mean and std, 'batch' by the whole batch's (the reference implementation).")
+        raise ValueError(f"cads stats must be one of {CADS_STATS} (got {stats!r}): 'sample' rescales each sample by "
+                         "its own mean and std, 'batch' by the whole batch's (the reference implementation).")
 
     def condition(y, progress, noise):
         g = cads_gamma(progress, tau1, tau2)

@@ -5,7 +5,11 @@
 A center that coincides with x0_b gives no direction and is skipped (`pushes`): distance 0, or a distance that float
 rounding alone can produce, at most COINCIDENT_ULPS units of the work dtype's epsilon times the larger of the two norms
 (identical predictions at a flow model's sigma = 1 come out exactly equal from `generate` and up to 1e-16 apart from a
-scheduler's v round trip; both are skipped, so both paths give the same correction). Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
+scheduler's v round trip; both are skipped, so both paths give the same correction). The rule needs accurate
+distances: exact differences (small problems, the refined nearest of a protected set, the faiss verification); the
+matmul expansion of large unrefined problems resolves distances only to about sqrt(eps) of the norms.
+
+Pure tensor code: nothing here knows models, samplers or files. Distances are computed in float32 (float64 for
 float64 input) and centers are processed in chunks, so memory is O(B*chunk + B*D), never O(B*K*D).
 """
 

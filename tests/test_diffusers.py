@@ -195,7 +195,7 @@ def test_exactness_through_real_schedulers(name):
 
 
 SAME_IN_PROJECT = [name for name in sorted(EXACT) if EXACT[name][1] is not None]
-AGREEMENT = [(name, "memory+protected") for name in SAME_IN_PROJECT] + [(name, "intra-batch") for name in SAME_IN_PROJECT]
+AGREEMENT = [(name, sources) for sources in ("memory+protected", "intra-batch") for name in SAME_IN_PROJECT]
 # flow matching starts at sigma = 1, where the oracle's x0_hat is the same for every sample: intra-batch distances are
 # 0 in the project and rounding noise (~1e-16) after diffusers' v round trip; both are one point (`repellency.pushes`)
 

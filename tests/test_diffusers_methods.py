@@ -132,7 +132,8 @@ def test_cads_noise_uncond_anneals_the_negative_embeddings_too():
     assert torch.equal(run(pipe, kw, resolve({**base, "noise_uncond": True}), guidance=1.0).x0,
                        run(pipe, kw, resolve(base), guidance=1.0).x0)
     with pytest.raises(ValueError, match="negative_prompt_embeds"):
-        run(pipe, {k: v for k, v in kw.items() if k != "negative_prompt_embeds"}, resolve({**base, "noise_uncond": True}))
+        run(pipe, {k: v for k, v in kw.items() if k != "negative_prompt_embeds"},
+            resolve({**base, "noise_uncond": True}))
 
 
 @pytest.mark.parametrize("case", [sd_case, sd3_case])

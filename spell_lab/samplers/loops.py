@@ -2,8 +2,10 @@
 
 `denoise(x, t, i) -> x0_hat` already includes guidance, SPELL and recording; the samplers only step. `i` is the sampler
 step the evaluation belongs to (Heun's corrector at ts[i + 1] belongs to step i): a method's per-step choices (interval
-guidance's weight, CADS's condition) are made once per step, from the step's start, as the methods' authors do. `ts` is the
-descending time grid ending at t = 0 (alpha = 1, sigma = 0), so every sampler's last step returns x0_hat' itself.
+guidance's weight, CADS's condition) are made once per step, from the step's start, as the methods' authors do.
+`ts` is the descending time grid ending at t = 0 (alpha = 1, sigma = 0), so every sampler's last step returns x0_hat'
+itself; on the EDM schedule it is Karras et al.'s grid, so `euler` and `heun` are k-diffusion's `sample_euler` and
+`sample_heun` (no churn) over `get_sigmas_karras(steps, ...)`.
 `noise()` draws one standard normal per sample from that sample's own generator (ancestral samplers only).
 """
 
