@@ -7,7 +7,7 @@ import pytest
 import torch
 
 pytest.importorskip("diffusers")
-from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler  # noqa: E402
+from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler  # noqa: E402
 from test_diffusers import tiny_dit, tiny_sd, tiny_sd3  # noqa: E402
 
 from spell_lab.diffusers import MethodCallback, SpellScheduler, generate_pipeline  # noqa: E402
@@ -94,6 +94,31 @@ def test_interval_guidance_in_a_heun_pipeline_is_decided_once_per_step():
     score = lambda g: g.records["score_norm"]  # noqa: E731
     assert torch.equal(score(out)[:, :first_on], score(g1)[:, :first_on])
     assert not torch.equal(score(out)[:, first_on], score(g1)[:, first_on])
+
+
+def test_interval_guidance_with_pndm_keeps_its_first_steps_pair_together():
+    """SD 1.x's default PNDM (PLMS) averages its first two evaluations into step 0 (the second, at t_1, is its
+    corrector; `counter` 1 in diffusers' state), then one evaluation per step: N + 1 in all."""
+    pipe, kw = tiny_sd(PNDMScheduler(skip_prk_steps=True))
+    kw = {k: v.repeat_interleave(2, 0) for k, v in kw.items()} | dict(height=16, width=16)
+    ref = PNDMScheduler.from_config(pipe.scheduler.config)
+    ref.set_timesteps(STEPS)
+    abar = ref.alphas_cumprod.double()
+    level = lambda t: float(((1 - abar[int(t)]) / abar[int(t)]).sqrt())  # noqa: E731  (sigma / alpha)
+    own, start = [], []
+    for t in ref.timesteps:
+        own.append(level(t))
+        start.append(start[-1] if ref.counter == 1 else own[-1])  # counter 1: step 0's corrector
+        ref.step(torch.zeros(1, 1), t, torch.zeros(1, 1))
+    assert len(own) == STEPS + 1
+    hi = (own[0] + own[1]) / 2  # inside step 0: its corrector is below sigma_hi, its start above
+    middle = resolve({"name": "interval", "sigma_hi": hi})
+    weights = MethodCallback(pipe, middle, steps=STEPS, guidance=3.0, seeds=SEEDS, pipeline_kwargs=kw).weights
+    assert weights == [3.0 if s <= hi else 1.0 for s in start] and weights[:3] == [1.0, 1.0, 3.0]
+    assert same(run(pipe, kw, resolve("interval")), run(pipe, kw))
+    out, g1 = run(pipe, kw, middle), run(pipe, kw, guidance=1.0)
+    assert torch.equal(out.records["score_norm"][:, :2], g1.records["score_norm"][:, :2])
+    assert not torch.equal(out.x0, g1.x0)
 
 
 @pytest.mark.parametrize("case, scheduler", [(sd3_case, None), (sd_case, HeunDiscreteScheduler)])

@@ -10,7 +10,7 @@ The callback runs after each denoiser evaluation (diffusers calls it once per ti
 sees; the first evaluation's weight and condition go into the pipeline call itself (`call_kwargs`). Both are decided
 once per sampler step, as in the built-in samplers (`spell_lab.methods`): a second-order scheduler (Heun,
 FlowMatchHeun: `order` 2, 2N - 1 timesteps for N steps) evaluates step j twice, and its corrector keeps the step's
-choice. The noise levels come from a copy of the scheduler, in the same coordinates as `SpellScheduler`'s records
+choice; so does PNDM's first step (`sampler_steps`). The noise levels come from a copy of the scheduler, in the same coordinates as `SpellScheduler`'s records
 (sigma / alpha is the VP/EDM noise level).
 
 - Guidance: step j runs at the weight its starting noise level gives. Where w <= 1 the pipeline runs the conditional
@@ -41,10 +41,9 @@ CONDITION_TENSORS = ("prompt_embeds", "pooled_prompt_embeds")  # concatenated [u
 NEGATIVE = {"prompt_embeds": "negative_prompt_embeds", "pooled_prompt_embeds": "negative_pooled_prompt_embeds"}
 
 
-def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor, list]:
-    """The `Evaluation` (t, alpha, sigma) of every pipeline evaluation, the timesteps, and the sampler step each
-    evaluation belongs to, from a copy of the scheduler (the pipeline's own is untouched). One per timestep: diffusers
-    calls the callback once per timestep."""
+def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor]:
+    """The `Evaluation` (t, alpha, sigma) of every pipeline evaluation and the timesteps, from a copy of the scheduler
+    (the pipeline's own is untouched). One per timestep: diffusers calls the callback once per timestep."""
     s = copy.deepcopy(getattr(scheduler, "inner", scheduler))
     s.set_timesteps(steps)
     family = scheduler_family(s)
@@ -54,15 +53,22 @@ def step_levels(scheduler, steps: int) -> tuple[list, torch.Tensor, list]:
         if family != "vp":
             s._step_index = i  # the sigma that `step` i consumes
         out.append(evaluation(s, family, prediction, t))
-    n = len(out)
-    if getattr(s, "order", 1) == 2:  # Heun: (predictor at sigma_j, corrector at sigma_{j+1}) pairs, the last alone
-        if n != 2 * steps - 1:
-            raise ValueError(f"{type(s).__name__} has {n} timesteps for {steps} steps, not the 2 steps - 1 of a Heun "
-                             "scheduler; run the method with another scheduler.")
-        step_of = [k // 2 for k in range(n)]
-    else:
-        step_of = list(range(n))
-    return out, s.timesteps.cpu(), step_of
+    return out, s.timesteps.cpu()
+
+
+def sampler_steps(scheduler, evaluations: int, steps: int) -> list[int]:
+    """The sampler step each of a pipeline's evaluations belongs to. Heun's schedulers (`order` 2) evaluate step j at
+    sigma_j and, its corrector, at sigma_{j+1}: 2 steps - 1 evaluations, the last step alone. PNDM (PLMS) starts with
+    the same pair: its first step takes two evaluations, then one each (steps + 1). The others: one per step."""
+    if getattr(getattr(scheduler, "inner", scheduler), "order", 1) == 2 and evaluations == 2 * steps - 1:
+        return [k // 2 for k in range(evaluations)]
+    if evaluations == steps + 1:
+        return [0] + list(range(steps))
+    if evaluations == steps:
+        return list(range(steps))
+    raise ValueError(f"{type(getattr(scheduler, 'inner', scheduler)).__name__} runs {evaluations} evaluations for "
+                     f"{steps} steps, and which step each belongs to is not known; run the method with another "
+                     "scheduler (e.g. Euler, DDIM, Heun, PNDM).")
 
 
 def needs_callback(hooks: Hooks) -> bool:
@@ -82,7 +88,8 @@ class MethodCallback:
             raise ValueError("a method that changes guidance or the condition brings its own callback_on_step_end; "
                              "run without yours.")
         self.hooks, self.names = hooks, [n for n in CONDITION_TENSORS if n in pipe._callback_tensor_inputs]
-        self.levels, self.timesteps, self.step_of = step_levels(pipe.scheduler, steps)
+        self.levels, self.timesteps = step_levels(pipe.scheduler, steps)
+        self.step_of = sampler_steps(pipe.scheduler, len(self.levels), steps)
         start = {}
         for k, j in enumerate(self.step_of):
             start.setdefault(j, self.levels[k])  # a step's first evaluation is at its starting noise level

@@ -73,7 +73,7 @@ class PipelineModel(nn.Module):
 
     def evaluation_grid(self, sampler, steps: int):
         """t, alpha, sigma of every denoiser evaluation, read from a copy of the scheduler as `step` will see them."""
-        evs = step_levels(self.pipe.scheduler, steps)[0]
+        evs, _ = step_levels(self.pipe.scheduler, steps)
         return [e.t for e in evs], [e.alpha for e in evs], [e.sigma for e in evs]
 
     def generate(self, cond, seeds, *, sampler=None, steps=None, guidance=None, spell: Spell | None = None,
