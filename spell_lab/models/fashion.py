@@ -201,8 +201,8 @@ def load_fashion(device="cpu", path: Path | str = WEIGHTS_DIR) -> FashionDenoise
     path = Path(path)
     info = read_info(path)
     try:
-        transformer = DiTTransformer2DModel.from_pretrained(path / "transformer")
-        vae = AutoencoderKL.from_pretrained(path / "vae")
+        transformer = DiTTransformer2DModel.from_pretrained(path / "transformer", low_cpu_mem_usage=False)
+        vae = AutoencoderKL.from_pretrained(path / "vae", low_cpu_mem_usage=False)
     except (OSError, ValueError) as err:
         raise WeightsError(f"fashion weights in {path} are unreadable ({err}); restore them or rebuild them with "
                            f"`{TRAIN_COMMAND}`.") from err
