@@ -54,6 +54,11 @@ def reference_data(model: str, conditions, *, per_condition: int = 256, seed: in
         desc = (f"{len(keep)} held-out digits (the classifier's {holdout:.0%} split, seed {meta.get('seed', 0)}); "
                 f"features: classifier penultimate layer ({clf.feature_dim}-d)")
         return x, labels[keep].numpy(), DigitsFeatures(classifier=clf), desc
+    if model == "fashion":
+        from ..models.fashion import FashionFeatures, held_out
+
+        x, cond, desc = held_out(conditions)
+        return x, cond, FashionFeatures(), desc
     raise ValueError(f"no held-out real data is known for model {model!r}; pass `reference=(x, cond, features)` "
                      f"to analyse_run / metric tables (built-in: gmm, digits).")
 
@@ -70,6 +75,10 @@ def condition_fidelity(model: str):
     """The condition-fidelity score of a built-in model, `(x0, cond) -> (N,)` probability the model's classifier gives
     the requested condition (digits: the shipped classifier, one thread so the figures do not depend on the thread
     count); None for models without a classifier (the column is then left out)."""
+    if model == "fashion":
+        from ..models.fashion import fidelity
+
+        return fidelity
     if model != "digits":
         return None
     from ..models.digits import load_classifier

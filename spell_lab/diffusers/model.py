@@ -54,7 +54,7 @@ class PipelineModel(nn.Module):
         size = (size, size) if isinstance(size, int) else tuple(size)
         self.sample_shape = (net.config.in_channels, *size)
         self.class_conditional = "class_labels" in _params(pipe)
-        self.num_classes = len(prompts) if prompts else (_num_classes(net) if self.class_conditional else 1)
+        self.num_classes = len(prompts) if prompts else (_num_classes(pipe, net) if self.class_conditional else 1)
         self.condition_names = prompts
         self.default_steps = 28 if scheduler_family(pipe.scheduler) == "flow" else 50
         self.default_guidance = _default_guidance(pipe)
@@ -114,7 +114,10 @@ def _params(pipe):
     return inspect.signature(pipe.__call__).parameters
 
 
-def _num_classes(net) -> int:
+def _num_classes(pipe, net) -> int:
+    """The pipeline's named classes (DiTPipeline's id2label) where it has them, else the network's class count."""
+    if getattr(pipe, "labels", None):
+        return len(set(pipe.labels.values()))
     return int(getattr(net.config, "num_embeds_ada_norm", None) or getattr(net.config, "num_class_embeds", None) or 1)
 
 

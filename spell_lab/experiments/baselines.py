@@ -42,7 +42,7 @@ GRIDS = {name: list(s["values"]) for name, s in SWEEPS.items()}
 QUICK_GRID = 2  # quick size: the first (neutral) and the last (strongest) value of each grid
 SIZE_ROUNDS = {"quick": (4, 4), "default": (8,) * 4, "full": (8,) * 8}
 SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # evenly spaced; None: every condition
-REFERENCE_MODELS = ("gmm", "digits")
+REFERENCE_MODELS = ("gmm", "digits", "fashion")
 
 
 def group_name(sweep: str, i: int) -> str:

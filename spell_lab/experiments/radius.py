@@ -31,7 +31,7 @@ PROTOCOLS = {
 }
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-REFERENCE_MODELS = ("gmm", "digits")  # models with held-out real data (spell_lab.analysis.radius.reference_data)
+REFERENCE_MODELS = ("gmm", "digits", "fashion")  # models with held-out real data (spell_lab.analysis.radius.reference_data)
 CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import NULL_CONDITION, Denoiser, guided_x0
 
-BUILTIN = ("gmm", "digits")
+BUILTIN = ("gmm", "digits", "fashion")
 
 
 def load_model(name: str, device="cpu", **kwargs) -> Denoiser:
@@ -17,6 +17,10 @@ def load_model(name: str, device="cpu", **kwargs) -> Denoiser:
         from .digits import load_digits
 
         return load_digits(device=device, **kwargs)
+    if name == "fashion":
+        from .fashion import load_fashion
+
+        return load_fashion(device=device, **kwargs)
     raise ValueError(
         f"unknown built-in model {name!r}; built-in models are {BUILTIN}. "
         "A diffusers pipeline is given by its hub id or a local directory (see spell_lab.diffusers)."

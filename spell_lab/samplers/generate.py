@@ -71,8 +71,9 @@ def generate(
         raise ValueError(f"got {len(seeds)} seeds for {cond.shape[0]} conditions: give one seed per sample.")
     gens = sample_generators(seeds, device)
     ts = model.schedule.grid(steps)
-    s1 = float(model.schedule.alpha_sigma(ts[0])[1])
-    x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)  # x_1 ~ N(0, sigma_1^2), alpha_1 x0 neglected
+    # x_1 ~ N(0, s1^2): sigma_1 (alpha_1 x0 neglected), or the schedule's own init_noise_sigma (diffusers' convention)
+    s1 = getattr(model.schedule, "init_noise_sigma", None) or float(model.schedule.alpha_sigma(ts[0])[1])
+    x = s1 * stacked_normal(gens, model.sample_shape, device, dtype)
     hooks.validate(x)
     times = eval_times(ts)
     recorder = Recorder(len(seeds), len(times), device) if record else None

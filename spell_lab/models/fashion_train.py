@@ -1,0 +1,327 @@
+"""Training the built-in `fashion` model (VAE, latent DiT, classifier) from Fashion-MNIST, seeded and resumable:
+
+    python -m spell_lab.models.fashion_train [--data DIR] [--work runs/fashion_train] [--into-package]
+
+Stages, each a Lightning fit with a progress bar and a checkpoint every few hundred steps (re-running the same
+command resumes the stage that was interrupted; finished stages are kept): `vae`, `latents` (the training set
+encoded, and the latent scale chosen by the rule below), `denoiser`, `classifier`, then `export` writes the weights
+in diffusers' layout to WORK/weights (or, with --into-package, into the package's own weights folder).
+
+Latent scale rule: scaling_factor = 25 / (RATIO * m), where m is the median within-class distance of the encoded
+training images at unit scale (the posterior means divided by their global std), so that r = 25 sits at RATIO of the
+within-class median, where the digits model's Appendix D selection put it (analysis/digits). `calibrate --select`
+then checks the selection on the trained model (analysis/fashion).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import fashion as fm
+from .fashion_data import CLASS_NAMES, load_split, stratified_part, write_heldout
+
+RATIO = 0.733  # r / within-class median at the digits model's selection (analysis/digits/README.md)
+TARGET_RADIUS = 25.0  # the paper's Latent Diffusion radius
+STAGES = ("vae", "latents", "denoiser", "classifier", "export")
+
+
+def _lightning():
+    import lightning as L
+
+    return L
+
+
+# ------------------------------------------------------------------------------------------------------ stages
+
+
+class VAETask(_lightning().LightningModule):
+    """AutoencoderKL with an L1 + L2 reconstruction loss and a small KL term (LDM's KL-regularised autoencoder,
+    without the perceptual and adversarial terms, which need downloaded networks)."""
+
+    def __init__(self, lr: float, kl_weight: float, steps: int):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.vae, self.lr, self.kl_weight, self.steps = AutoencoderKL(**fm.vae_config()), lr, kl_weight, steps
+
+    def training_step(self, batch, _):
+        x = batch[0]
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample()).sample
+        l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
+        kl = post.kl().mean() / x[0].numel()
+        self.log_dict({"l2": l2, "kl": kl}, prog_bar=True)
+        return l1 + l2 + self.kl_weight * kl
+
+    def configure_optimizers(self):
+        return _adamw_cosine(self.vae.parameters(), self.lr, self.steps)
+
+
+class DenoiserTask(_lightning().LightningModule):
+    """The DiT on scaled latents: epsilon loss at a uniform timestep, label dropout to the null class, EMA."""
+
+    def __init__(self, lr: float, steps: int, p_uncond: float, ema_decay: float):
+        super().__init__()
+        from diffusers import DiTTransformer2DModel
+        from diffusers.models.embeddings import LabelEmbedding
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.net = DiTTransformer2DModel(**fm.transformer_config())
+        for m in self.net.modules():  # label dropout is done once per sample below, not once per block
+            if isinstance(m, LabelEmbedding):
+                m.dropout_prob = 0.0
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+        self.register_buffer("abar", fm.ld_alphas_cumprod().float())
+        self.lr, self.steps, self.p_uncond = lr, steps, p_uncond
+
+    def training_step(self, batch, _):
+        mean, std, labels = batch
+        z = mean + std * torch.randn_like(mean)  # a fresh draw from each image's posterior
+        n = torch.randint(0, len(self.abar), (len(z),), device=z.device)
+        eps = torch.randn_like(z)
+        a = self.abar[n].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * z + (1 - a).sqrt() * eps
+        drop = torch.rand(len(z), device=z.device) < self.p_uncond
+        labels = torch.where(drop, torch.full_like(labels, fm.NULL_CLASS), labels)
+        loss = F.mse_loss(self.net(x_t, timestep=n, class_labels=labels).sample, eps)
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, *_):
+        self.ema.update_parameters(self.net)
+
+    def configure_optimizers(self):
+        return _adamw_cosine(self.net.parameters(), self.lr, self.steps)
+
+
+class ClassifierTask(_lightning().LightningModule):
+    """The classifier on real training images with shifts, flips and blur (so that it also reads decoded images)."""
+
+    def __init__(self, lr: float, steps: int):
+        super().__init__()
+        self.clf, self.lr, self.steps = fm.FashionClassifier(), lr, steps
+
+    def training_step(self, batch, _):
+        x, y = batch
+        loss = F.cross_entropy(self.clf(augment(x)), y)
+        self.log("loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return _adamw_cosine(self.clf.parameters(), self.lr, self.steps)
+
+
+def augment(x: torch.Tensor) -> torch.Tensor:
+    """Random shifts of up to 2 pixels, horizontal flips and, for half the batch, a 3x3 blur of random strength."""
+    B = len(x)
+    flip = torch.rand(B, device=x.device) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    dx, dy = torch.randint(-2, 3, (2,)).tolist()
+    x = torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    s = torch.rand(B, 1, 1, 1, device=x.device) * (torch.rand(B, 1, 1, 1, device=x.device) < 0.5)
+    k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=x.device) / 16
+    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.view(1, 1, 3, 3))
+    return (1 - s) * x + s * blurred
+
+
+def _adamw_cosine(params, lr, steps):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, min(200, steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + np.cos(np.pi * min(i, steps) / steps)) * 0.95 + 0.05)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# -------------------------------------------------------------------------------------------------- the runner
+
+
+def _fit(task, data, stage_dir: Path, steps: int, batch: int, seed: int, progress: bool) -> float:
+    """Fit `task` for `steps` on the tensors `data`, resuming from stage_dir/last.ckpt; returns the seconds spent."""
+    L = _lightning()
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader, TensorDataset
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    loader = DataLoader(TensorDataset(*data), batch_size=batch, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))
+    ckpt = ModelCheckpoint(dirpath=stage_dir, save_last=True, every_n_train_steps=250, save_top_k=0)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, callbacks=[ckpt],
+                        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+    last = stage_dir / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(task, loader, ckpt_path=str(last) if last.is_file() else None)
+    return time.perf_counter() - start
+
+
+def _done(work: Path, stage: str) -> dict | None:
+    f = work / stage / "done.json"
+    return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _finish(work: Path, stage: str, facts: dict) -> dict:
+    facts = facts | {"load_average_5min": round(os.getloadavg()[1], 2)}
+    (work / stage / "done.json").write_text(json.dumps(facts, indent=1))
+    print(f"{stage}: {json.dumps(facts)}", flush=True)
+    return facts
+
+
+def stage_vae(args, work: Path, images: torch.Tensor) -> dict:
+    task = VAETask(args.vae_lr, args.kl_weight, args.vae_steps)
+    seconds = _fit(task, (images,), work / "vae", args.vae_steps, args.vae_batch, args.seed, args.progress)
+    task.vae.save_pretrained(work / "vae" / "model")
+    return {"steps": args.vae_steps, "batch": args.vae_batch, "seconds": round(seconds)}
+
+
+@torch.no_grad()
+def stage_latents(args, work: Path, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Encode the training set (posterior mean and std); choose the scaling factor by the module's rule."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "model").eval()
+    means, stds = [], []
+    for i in range(0, len(images), 500):
+        post = vae.encode(images[i:i + 500]).latent_dist
+        means.append(post.mean), stds.append(post.std)
+    mean, std = torch.cat(means), torch.cat(stds)
+    latent_std = float(mean.std())
+    idx = torch.from_numpy(stratified_part(labels.numpy(), 256, args.seed))
+    unit = (mean[idx] / latent_std).flatten(1).double()
+    medians = [float(torch.pdist(unit[labels[idx] == c]).median()) for c in range(fm.NUM_CLASSES)]
+    m = float(np.mean(medians))
+    scaling = TARGET_RADIUS / (RATIO * m) / latent_std
+    rec = vae.decode(mean[:2000]).sample
+    torch.save({"mean": mean, "std": std}, work / "latents" / "latents.pt")
+    return {"latent_std": latent_std, "unit_within_class_median": m, "per_class_medians": medians,
+            "scaling_factor": scaling, "reconstruction_mse_first_2000": float((rec - images[:2000]).pow(2).mean())}
+
+
+def stage_denoiser(args, work: Path, labels: torch.Tensor, scaling: float) -> dict:
+    lat = torch.load(work / "latents" / "latents.pt")
+    task = DenoiserTask(args.dit_lr, args.dit_steps, args.p_uncond, args.ema)
+    seconds = _fit(task, (lat["mean"] * scaling, lat["std"] * scaling, labels), work / "denoiser", args.dit_steps, args.dit_batch, args.seed,
+                   args.progress)
+    task.ema.module.save_pretrained(work / "denoiser" / "model")
+    return {"steps": args.dit_steps, "batch": args.dit_batch, "seconds": round(seconds)}
+
+
+def stage_classifier(args, work: Path, images, labels, test_images, test_labels) -> dict:
+    task = ClassifierTask(args.clf_lr, args.clf_steps)
+    seconds = _fit(task, (images, labels), work / "classifier", args.clf_steps, args.clf_batch, args.seed,
+                   args.progress)
+    clf = task.clf.eval()
+    from safetensors.torch import save_file
+
+    (work / "classifier" / "model").mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(work / "classifier" / "model" /
+                                                                             "model.safetensors"))
+    with torch.no_grad():
+        pred = torch.cat([clf(test_images[i:i + 1000]).argmax(1) for i in range(0, len(test_images), 1000)])
+    per_class = [float((pred[test_labels == c] == c).float().mean()) for c in range(fm.NUM_CLASSES)]
+    return {"steps": args.clf_steps, "batch": args.clf_batch, "seconds": round(seconds),
+            "test_accuracy": float((pred == test_labels).float().mean()), "test_accuracy_per_class": per_class}
+
+
+def export(args, work: Path, facts: dict) -> Path:
+    """The weights in diffusers' layout (a DiTPipeline) plus classifier, held-out part and spell_lab.json, written
+    to a temporary directory and moved into place."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    out = Path(args.out) if args.out else (fm.WEIGHTS_DIR if args.into_package else work / "weights")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae = AutoencoderKL.from_pretrained(work / "vae" / "model")
+    vae.register_to_config(scaling_factor=facts["latents"]["scaling_factor"])
+    pipe = DiTPipeline(transformer=DiTTransformer2DModel.from_pretrained(work / "denoiser" / "model"), vae=vae,
+                       scheduler=DDIMScheduler(**fm.scheduler_config()))
+    pipe.save_pretrained(tmp)
+    index = json.loads((tmp / "model_index.json").read_text())
+    index["id2label"] = {str(i): name for i, name in enumerate(CLASS_NAMES)}  # DiTPipeline(id2label=...) on load
+    (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    shutil.copytree(work / "classifier" / "model", tmp / "classifier")
+    write_heldout(tmp / "heldout.npz", args.data)
+    (tmp / fm.INFO_FILE).write_text(json.dumps({"default_guidance": args.default_guidance, "training": facts,
+                                                "command": "python -m spell_lab.models.fashion_train"}, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def train(args) -> Path:
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    for stage in STAGES[:-1]:
+        (work / stage).mkdir(parents=True, exist_ok=True)
+    raw, labels = load_split("train", args.data)
+    test_raw, test_labels = load_split("test", args.data)
+    images, test_images = fm.pad_images(raw), fm.pad_images(test_raw)
+    labels, test_labels = torch.from_numpy(labels), torch.from_numpy(test_labels)
+    facts = {}
+    facts["vae"] = _done(work, "vae") or _finish(work, "vae", stage_vae(args, work, images))
+    facts["latents"] = _done(work, "latents") or _finish(work, "latents", stage_latents(args, work, images, labels))
+    facts["denoiser"] = _done(work, "denoiser") or _finish(
+        work, "denoiser", stage_denoiser(args, work, labels, facts["latents"]["scaling_factor"]))
+    facts["classifier"] = _done(work, "classifier") or _finish(
+        work, "classifier", stage_classifier(args, work, images, labels, test_images, test_labels))
+    out = export(args, work, facts)
+    total = sum(facts[s].get("seconds", 0) for s in ("vae", "denoiser", "classifier"))
+    print(f"wrote {out} (training {total} s; classifier test accuracy {facts['classifier']['test_accuracy']:.4f})")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m spell_lab.models.fashion_train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=None, help="directory of the four Fashion-MNIST IDX files "
+                   "(default: /usr/share/datasets/fashion-mnist, from `apt-get install dataset-fashion-mnist`)")
+    p.add_argument("--work", default="runs/fashion_train", help="checkpoints and stage results (resumable)")
+    p.add_argument("--out", default=None, help="weights folder (default WORK/weights)")
+    p.add_argument("--into-package", action="store_true", help="write the weights into the package's own folder")
+    p.add_argument("--vae-steps", type=int, default=1200)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--dit-steps", type=int, default=6000)
+    p.add_argument("--dit-batch", type=int, default=96)
+    p.add_argument("--dit-lr", type=float, default=5e-4)
+    p.add_argument("--p-uncond", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--clf-steps", type=int, default=1500)
+    p.add_argument("--clf-batch", type=int, default=64)
+    p.add_argument("--clf-lr", type=float, default=2e-3)
+    p.add_argument("--default-guidance", type=float, default=2.0, help="the model's default CFG weight")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads; one is 3-6x faster than two for these small "
+                   "layers on a busy 2-core machine (measured 2026-12-06)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    sizes = {k: getattr(args, k) for k in ("vae_steps", "vae_batch", "dit_steps", "dit_batch", "clf_steps",
+                                            "clf_batch", "threads")}
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v < 1]
+    if bad:
+        raise ValueError(f"sizes must be >= 1 (got {', '.join(bad)}).")
+    if args.out and args.into_package:
+        raise ValueError("--out and --into-package exclude each other; pick one.")
+    load_split("train", args.data)  # a missing dataset stops here, before any directory exists
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ..experiments.common import run_cli
+
+    sys.exit(run_cli(main))
