@@ -8,7 +8,7 @@ accuracy on the decoded images (overall and per class), the Fréchet distance of
 images' (all classes pooled, and the mean of the per-class FDs), precision and recall (k = 5, pooled), and the
 within-class median distance in the diffusion space (the radius calibration's statistic). Held-out images: the whole
 test set when the dataset is installed (or --data names it), else the shipped stratified part; the report says which.
-Writes metrics.json and the grids (the default weight, no guidance, real images) into --out.
+Writes metrics.json and the grids (10 per class: one per weight, the real images, their VAE reconstructions).
 """
 
 from __future__ import annotations
@@ -87,9 +87,7 @@ def evaluate(args) -> dict:
               f"FD {row['fd_pooled']:.2f}, precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
               f"within-class median {row['within_class_median']['pooled']:.1f} "
               f"(real {report['real']['within_class_median']['pooled']:.1f})", flush=True)
-        if w in (1.0, model.default_guidance):
-            name = "grid.png" if w == model.default_guidance else f"grid_w{w:g}.png"
-            save_grid(model.to_images(first_per_class(x, cond)), fm.NUM_CLASSES, out_dir / name)
+        save_grid(model.to_images(first_per_class(x, cond)), fm.NUM_CLASSES, out_dir / f"grid_w{w:g}.png")
     save_grid(model.to_images(first_per_class(real_x, real_labels)), fm.NUM_CLASSES, out_dir / "grid_real_vae.png")
     real_uint8 = fm.to_uint8(first_per_class(real_images, real_labels))
     save_grid(real_uint8, fm.NUM_CLASSES, out_dir / "grid_real.png")

@@ -268,6 +268,9 @@ def train(args) -> Path:
     facts = {}
     facts["vae"] = _done(work, "vae") or _finish(work, "vae", stage_vae(args, work, images))
     facts["latents"] = _done(work, "latents") or _finish(work, "latents", stage_latents(args, work, images, labels))
+    if args.scaling_factor is not None:  # a later iteration of the rule, from a trained model's own selection
+        facts["latents"] = facts["latents"] | {"scaling_factor_rule": facts["latents"]["scaling_factor"],
+                                               "scaling_factor": args.scaling_factor}
     facts["denoiser"] = _done(work, "denoiser") or _finish(
         work, "denoiser", stage_denoiser(args, work, labels, facts["latents"]["scaling_factor"]))
     facts["classifier"] = _done(work, "classifier") or _finish(
@@ -289,6 +292,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--scaling-factor", type=float, default=None,
+                   help="the latent scale (default: the rule in this module's docstring, from the encoded data)")
     p.add_argument("--dit-steps", type=int, default=6000)
     p.add_argument("--dit-batch", type=int, default=96)
     p.add_argument("--dit-lr", type=float, default=5e-4)
