@@ -30,9 +30,10 @@ import pandas as pd
 import xarray as xr
 
 from . import plots
-from .load import load_run as _load, measured, method_of
+from .load import load_run as _load, measured, method_of, model_name
 from .pareto import hypervolume_2d, pareto_mask
-from .quality import condition_fidelity, condition_metrics, generated, reference_data
+from ..models import condition_fidelity, reference_data
+from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(?P<sweep>[a-z_]+)-(?P<i>\d+)$")
 FRONTS = {  # name -> (quality on x, diversity on y)
@@ -239,7 +240,7 @@ def log_to_wandb(fronts: pd.DataFrame, hv: pd.DataFrame, per_condition: pd.DataF
                  project: str = "spell_lab", group: str, run_dir, mode: str = "offline") -> list:
     """One W&B run: the fronts and hypervolume tables, the per-condition metrics and the figures; each method's
     hypervolumes as summary numbers."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+    from .wandb_log import RunLog, config_from_attrs, log_runs
 
     summary = {f"{front}/{sweep}": v for sweep, row in hv.iterrows() for front, v in row.items()
                if front.startswith(("hv_", "vs_cfg_"))}
@@ -266,8 +267,7 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
     run_dir = Path(run_dir)
     datasets = load_run(run_dir) if datasets is None else datasets
     first = datasets[baseline_groups(datasets)[0]]
-    model = first.attrs.get("model") or {}
-    model = model.get("name") if isinstance(model, dict) else str(model)
+    model = model_name(first.attrs)
     desc = "given by the caller"
     if reference is None:
         conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))

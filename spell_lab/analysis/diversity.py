@@ -31,8 +31,9 @@ import pandas as pd
 import xarray as xr
 
 from . import plots
-from .load import Groups, load_run as _load, measured
-from .quality import condition_fidelity, condition_metrics, generated, reference_data
+from .load import Groups, load_run as _load, measured, model_name
+from ..models import condition_fidelity, reference_data
+from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(without|spell)-s(\d+)$")
 ARMS = {"without": "without SPELL", "spell": "+ SPELL"}
@@ -87,8 +88,6 @@ def load_run(run_dir) -> Groups:
 
 
 def model_of(ds: xr.Dataset) -> str:
-    from .wandb_log import model_name
-
     return model_name(dict(ds.attrs))
 
 

@@ -72,6 +72,13 @@ def method_of(ds: xr.Dataset) -> dict:
             "intra_batch": bool(setting.get("intra_batch", False)), "memory": bool(setting.get("memory", False))}
 
 
+def model_name(attrs: dict) -> str:
+    """The model a group was generated with (its `model` attribute: a spec dict, its JSON, or a name)."""
+    model = attrs.get("model")
+    model = json.loads(model) if isinstance(model, str) and model.startswith("{") else model
+    return str(model.get("name") if isinstance(model, dict) else model)
+
+
 def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], none_found: str,
              keep: tuple[str, ...] = ()) -> dict[str, xr.Dataset]:
     """The run's groups that `select(datasets)` names, in its order, checked and loaded (`keep`: large variables to

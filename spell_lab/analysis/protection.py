@@ -10,7 +10,7 @@ Definitions:
 - *Too close*: an output within the radius r of a protected item, judged afterwards from the stored x0 by an
   exhaustive search of the whole set in float64 (`nearest_items`), whatever index the run searched with.
   `own_inside_pct` is what the run's own search saw at the end (`inside_shield`): an approximate index misses some.
-- *Precision, recall*: per condition against the held-out digits (`quality.reference_data`; k = 5), averaged over
+- *Precision, recall*: per condition against the held-out digits (`spell_lab.models.reference_data`; k = 5), averaged over
   conditions. The held-out digits are among the training images, so they are protected items themselves.
 - *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
   batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
@@ -34,8 +34,9 @@ import xarray as xr
 
 from . import plots
 from .gallery import baseline_partner, images
-from .load import load_run as _load
-from .quality import condition_metrics, generated, reference_data
+from .load import load_run as _load, model_name
+from ..models import reference_data
+from .quality import condition_metrics, generated
 
 BASELINE = "baseline"
 ORDER = ("baseline", "exact", "ivf_exact", "ivf_exact_cache", "ivf1", "ivf2", "ivf3", "ivf5", "ivf10", "overlap")
@@ -383,7 +384,7 @@ def load_set(run_dir) -> np.ndarray:
 
 
 def log_to_wandb(table, per_condition, figures, *, attrs, project, group, run_dir, mode) -> list:
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+    from .wandb_log import RunLog, config_from_attrs, log_runs
 
     summary = {f"{name}/{c}": v for name, row in table.iterrows() for c, v in row.items() if c != "searched_cells"}
     run = RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
@@ -405,7 +406,7 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
     desc = "given by the caller"
     if reference is None:
         conds = np.unique(np.concatenate([ds["condition"].values for ds in datasets.values()]))
-        *reference, desc = reference_data("digits", conds)
+        *reference, desc = reference_data(model_name(next(iter(datasets.values())).attrs), conds)
     judged = judge(datasets, items, radius)
     table, per = protection_table(datasets, items, radius, reference, k, judged)
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"

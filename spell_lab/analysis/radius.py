@@ -34,8 +34,9 @@ import xarray as xr
 from . import plots
 from .activity import active, active_share, activity_numbers, ever_active, last_active_t
 from .gallery import condition_label, images
-from .load import load_run as _load, measured
-from .quality import condition_metrics, generated, reference_data
+from .load import load_run as _load, measured, model_name
+from ..models import reference_data
+from .quality import condition_metrics, generated
 
 BASELINE = "r00"
 GROUP = re.compile(r"^r\d+$")
@@ -348,7 +349,7 @@ def log_to_wandb(table: pd.DataFrame, per_condition: pd.DataFrame, figures: dict
     """One W&B run for the whole ablation, with one logged row per radius (x axis: radius), so W&B draws each
     metric against the radius directly; the tables and the figures beside them; the baseline row as summary.
     Offline by default, written under run_dir; mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+    from .wandb_log import RunLog, config_from_attrs, log_runs
 
     curves = table.reset_index(drop=True).select_dtypes("number")
     summary = {f"baseline/{k}": v for k, v in table.loc[BASELINE].items()} if BASELINE in table.index else {}
@@ -376,8 +377,7 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
     first = datasets[radius_groups(datasets)[0]]
     desc = "given by the caller"
     if reference is None:
-        model = first.attrs.get("model") or {}
-        model = model.get("name") if isinstance(model, dict) else str(model)
+        model = model_name(first.attrs)
         conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
         *reference, desc = reference_data(model, conds)
     real_x, real_cond, features = reference

@@ -35,7 +35,7 @@ from . import plots
 from .activity import (_active_np, active, active_by_source, active_share, activity_numbers, last_active_t,
                        stopped_share)
 from .gallery import gallery_selection, plot_gallery
-from .load import load_run as _load, measured_all as measured
+from .load import load_run as _load, measured_all as measured, model_name
 
 REFERENCE = "baseline"
 SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue's contract
@@ -400,7 +400,7 @@ def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, projec
     {"png": path} or Figure) beside the setup's own (`own_figures`), a per-sample table and the per-t curves
     (measured samples). Offline by default, written under run_dir;
     mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name, sample_rows
+    from .wandb_log import RunLog, config_from_attrs, log_runs, sample_rows
 
     images = {k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()}
     every = datasets

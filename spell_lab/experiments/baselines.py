@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..methods import method_params
+from ..models.registry import require_reference
 from ..plan import Setting
 from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for,
                      print_summary, reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
@@ -42,7 +43,6 @@ GRIDS = {name: list(s["values"]) for name, s in SWEEPS.items()}
 QUICK_GRID = 2  # quick size: the first (neutral) and the last (strongest) value of each grid
 SIZE_ROUNDS = {"quick": (4, 4), "default": (8,) * 4, "full": (8,) * 8}
 SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # evenly spaced; None: every condition
-REFERENCE_MODELS = ("gmm", "digits")
 
 
 def group_name(sweep: str, i: int) -> str:
@@ -98,9 +98,7 @@ def main(argv=None) -> int:
     set_wandb_mode(cfg.wandb)
     size = size_of(cfg)
     grids = {**GRIDS, **(cfg.grids or {})}
-    if cfg.model not in REFERENCE_MODELS:  # before any sampling: the metrics need held-out real data
-        raise ValueError(f"the baselines compare metrics against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}).")
+    require_reference(cfg.model, "the baselines comparison")  # before any sampling: the metrics need real data
     baseline_settings(cfg.sweeps, grids, size, [0], cfg.seed, 1.0)  # flags checked before the model loads
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
+from ..models.registry import default_name, names
+
 SIZES = ("quick", "default", "full")
 
 
@@ -21,7 +23,7 @@ QUICK_STEPS = 12  # sampler steps of the smoke-test size
 # The flags the entry points share, by name; each command takes only those it uses (an unused flag is refused by
 # the parser, never silently dropped).
 FLAGS = {
-    "model": (("--model",), dict(type=str, default="digits", help="gmm, digits, or a diffusers hub id / local directory")),
+    "model": (("--model",), dict(type=str, default=default_name(), help=f"a built-in model ({', '.join(names())}) or a diffusers hub id / local directory")),
     "sampler": (("--sampler",), dict(type=str | None, default=None, help="ddim, ddpm, euler, heun, flow_euler (default: the model's)")),
     "steps": (("--steps",), dict(type=int | None, default=None, help="sampling steps (default: the model's)")),
     "guidance": (("--guidance",), dict(type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")),
@@ -105,9 +107,9 @@ def set_wandb_mode(mode: str) -> None:
 
 def load_model_for(cfg, device="cpu"):
     """A built-in model by name; anything else is a diffusers pipeline id or directory, loaded offline."""
-    from ..models import BUILTIN, load_model
+    from ..models import is_builtin, load_model
 
-    if cfg.model in BUILTIN:
+    if is_builtin(cfg.model):
         return load_model(cfg.model, device=device), {"name": cfg.model}
     from ..diffusers.model import load_pipeline_model  # heavy import only when a pipeline is asked for
 

@@ -18,18 +18,11 @@ import sys
 from pathlib import Path
 
 from ..methods import spell_method
+from ..models.registry import default_name, entry, require_reference, selected_radius
 from ..plan import Setting
 from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
                      reports, run_cli, run_dir_for, sampling_for, set_wandb_mode, size_of, wandb_line)
 
-# The selected radius of each built-in model (Appendix D: CFG weight, then radius, by F(P, C)), as plain data.
-SELECTED = {
-    # calibrate --select on the shipped model: w = 2, median 32.64, r = 26.11 = 0.80x median (analysis/digits)
-    "digits": dict(radius=26.11, source="python -m spell_lab.experiments.calibrate --select (analysis/digits)"),
-    # calibrate --select --model gmm selects r = 0: the smallest grid radius (2.45 = 0.13x the median 18.34) is
-    # wider than the spread within a mixture mode and drops precision from 0.95 to 0.19 (analysis/diversity)
-    "gmm": dict(radius=None, source="python -m spell_lab.experiments.calibrate --select --model gmm selects 0"),
-}
 SIZE_CONDITIONS = {"quick": 2, "default": None, "full": None}  # None: every condition of the model
 SIZE_PER_CONDITION = {"quick": 8, "default": 64, "full": 128}  # the paper: up to 128 images per class/prompt
 SIZE_BATCH = {"quick": 4, "default": 8, "full": 8}  # the paper's Latent Diffusion batch (Appendix D)
@@ -44,19 +37,18 @@ def seed_of(seed: int, seed_set: int) -> int:
 
 
 def radius_for(model: str, given: dict | None) -> float:
-    """--radius's value for the model, else its selected radius; refused where there is none."""
+    """--radius's value for the model, else its selected radius (its registry entry); refused where there is none."""
     given = given or {}
-    if model in given:
-        r = float(given[model])
-    elif model in SELECTED and SELECTED[model]["radius"] is not None:
-        r = float(SELECTED[model]["radius"])
-    else:
-        why = SELECTED[model]["source"] if model in SELECTED else "no selected radius is known for it"
-        raise ValueError(f"model {model!r} has no selected radius ({why}); give one, e.g. --radius '{{{model}: 1.0}}', "
-                         f"or find it with `python -m spell_lab.experiments.calibrate --select --model {model}`.")
+    r = float(given[model]) if model in given else selected_radius(model)
     if not (math.isfinite(r) and r > 0):
         raise ValueError(f"--radius for {model} must be > 0 (got {r}); the without-SPELL arm is radius 0 already.")
     return r
+
+
+def selected_of(model: str) -> dict:
+    """The model's selected radius and its source, as the run's config records them."""
+    e = entry(model)
+    return dict(radius=e.selected_radius, source=e.radius_source)
 
 
 def diversity_settings(radius: float, overcomp: float, per_condition: int, batch: int, seed_sets: int, conditions,
@@ -89,7 +81,7 @@ def diversity_settings(radius: float, overcomp: float, per_condition: int, batch
 def parser():
     flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # built-in models: real data needed
     p = base_parser("diversity", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--models", type=str, nargs="+", default=["digits"],
+    p.add_argument("--models", type=str, nargs="+", default=[default_name()],
                    help="built-in models, one store each, e.g. --models digits gmm (gmm needs --radius)")
     p.add_argument("--radius", type=dict[str, float] | None, default=None,
                    help="radius per model instead of its selected one, e.g. --radius '{gmm: 1.0}'")
@@ -103,13 +95,9 @@ def parser():
 
 def check(cfg, size: str):
     """Every flag checked before a model loads or anything is written: (models, radii, per_condition, batch)."""
-    from .radius import REFERENCE_MODELS
-
     models = list(dict.fromkeys(cfg.models))
-    bad = [m for m in models if m not in REFERENCE_MODELS]
-    if bad:
-        raise ValueError(f"the diversity benchmark measures against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --models {' '.join(bad)}).")
+    for m in models:
+        require_reference(m, "the diversity benchmark")
     unknown = sorted(set(cfg.radius or {}) - set(models))
     if unknown:
         raise ValueError(f"--radius names {unknown}, which --models does not run ({' '.join(models)}).")
@@ -153,7 +141,7 @@ def main(argv=None) -> int:
         settings = diversity_settings(radii[name], cfg.overcomp, per_condition, batch, cfg.seed_sets, conditions,
                                       cfg.seed)
         config = config_dict(cfg) | {"model": name, "size": size, "radius": radii[name],
-                                     "selected": SELECTED.get(name, {}), "per_condition": per_condition, "batch": batch}
+                                     "selected": selected_of(name), "per_condition": per_condition, "batch": batch}
         result, seconds = launch("diversity", sub, settings=settings, model=model, spec=spec,
                                  sampling=sampling_for(sub, model, size), name=name, config=config,
                                  condition_names=getattr(model, "condition_names", None))

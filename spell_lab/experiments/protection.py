@@ -33,6 +33,7 @@ from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict
                      wandb_line)
 
 EXPERIMENT = "protection"
+MODEL = "digits"  # the benchmark protects this built-in model's own training images (protected_items)
 MAX_ITER = 8  # overlap-aware correction: corrections per evaluation at most
 CACHE_MARGIN = 0.5  # the candidate cache's margin m, as a multiple of the radius
 # Searches as plain data: the protected-set index (spell_lab.protect) and extra SPELL parameters (`method`).
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
     if (cfg.calibration_per_condition or 2) < 2:
         raise ValueError("--calibration_per_condition must be >= 2.")
     build_settings(searches, "protected.npy", cfg.radius or 1.0, cfg.overcomp, [0], per_condition, cfg.batch, 0)
-    model, spec = load_model("digits"), {"name": "digits"}
+    model, spec = load_model(MODEL), {"name": MODEL}
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
     items = protected_items(model, cfg.set_size or SIZE_SET[size], cfg.augment_seed)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from ..methods import spell_method
+from ..models.registry import require_reference
 from ..plan import Setting
 from .calibrate import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid, run_calibration
 from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
@@ -31,7 +32,6 @@ PROTOCOLS = {
 }
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-REFERENCE_MODELS = ("gmm", "digits")  # models with held-out real data (spell_lab.analysis.radius.reference_data)
 CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
 
 
@@ -86,10 +86,7 @@ def main(argv=None) -> int:
     if grid_size < 2:
         raise ValueError(f"--grid_size must be >= 2 (got {grid_size}).")
     radius_settings(cfg.radii or [0.0], cfg.protocol, per_condition, cfg.batch, cfg.overcomp, [0], 0)  # early check
-    if cfg.model not in REFERENCE_MODELS:  # before any sampling: the metrics need held-out real data
-        raise ValueError(f"the radius ablation measures against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}); use "
-                         f"spell_lab.analysis.radius.metric_tables with your own real data for other models.")
+    require_reference(cfg.model, "the radius ablation")  # before any sampling: the metrics need held-out real data
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
