@@ -457,9 +457,9 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
 
 def _gallery_flags(p) -> None:
     g = p.add_argument_group("gallery (Fig. 6)")
-    g.add_argument("--gallery", metavar="SETUP", default=None,
+    g.add_argument("--gallery", metavar="SETUP", type=str | None, default=None,
                    help="the setup the gallery draws (default: iterative where present, else the first)")
-    g.add_argument("--classes", metavar="C", nargs="+", default=None,
+    g.add_argument("--classes", metavar="C", type=str, nargs="+", default=None,
                    help="the conditions it shows, by value or name, e.g. --classes 3 5 (default: the first two)")
 
 

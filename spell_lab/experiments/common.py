@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -11,7 +10,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
+
+from .. import cli
 
 from ..models.registry import default_name, names
 
@@ -48,11 +49,9 @@ GENERATION = tuple(FLAGS)  # a command that generates into a run store takes eve
 
 def base_parser(experiment: str, description: str, flags=GENERATION) -> ArgumentParser:
     """The parser with `--config` and the shared `flags` this command uses (names of FLAGS)."""
-    p = ArgumentParser(prog=f"python -m spell_lab.experiments.{experiment}", description=description, env_prefix="SPELL_LAB",
-                       exit_on_error=False)  # run_cli turns a bad flag into one line and exit code 2
     preset = Path(__file__).resolve().parents[2] / "experiments" / f"{experiment}.yaml"
-    p.add_argument("--config", action=ActionConfigFile,
-                   help="a YAML file of these flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
+    p = cli.parser(f"python -m spell_lab.experiments.{experiment}", description, config_help="a YAML file of these "
+                   "flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
     for name in flags:
         args, kwargs = FLAGS[name]
         if name == "out":
@@ -97,6 +96,16 @@ def conditions_for(model, n: int | None, classes=None, *, spaced: bool = True) -
     if n is None:
         return everything
     return everything[:: max(1, len(everything) // n)][:n] if spaced else everything[:n]
+
+
+def calibration_of(cfg, model, size: str, conditions, per_condition: int | None = None, grid_size: int | None = None):
+    """The calibration run (spell_lab.calibration.run_calibration) at the flags' seed and sampling."""
+    from ..calibration import GRID_SIZE, SIZE_PER_CONDITION, run_calibration
+
+    sampling = sampling_for(cfg, model, size)
+    return run_calibration(model, conditions, per_condition or SIZE_PER_CONDITION[size], seed=cfg.seed,
+                           sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                           grid_size=grid_size or GRID_SIZE)
 
 
 def set_wandb_mode(mode: str) -> None:
@@ -183,24 +192,17 @@ def run_lines(result, seconds: float) -> list[tuple[str, str]]:
 
 
 def run_cli(main, argv=None) -> int:
-    """Run an entry point; a user error (ValueError, a missing file, a store of another configuration) prints one
-    clear line, no traceback, and exits 2."""
+    """Run an entry point (spell_lab.cli.run: a user error is one line and exit code 2); an interrupted run prints
+    the command that resumes it and exits 130."""
     from ..run.launch import RunInterrupted
-    from ..store import StoreMismatchError
 
-    try:
-        return main(argv)
-    except argparse.ArgumentError as e:  # a flag the parser refused: its message on one line
-        print(f"error: {' '.join(line.strip() for line in str(e).splitlines())} (see --help)", file=sys.stderr)
-        return 2
-    except (StoreMismatchError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RunInterrupted as stop:
+    def interrupted(stop) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         again = " ".join(["python", "-m", f"spell_lab.experiments.{stop.experiment}", *map(shlex.quote, args)])
         print(f"\n{stop}. Run the same command again to resume where it stopped:\n    {again}", file=sys.stderr)
         return 130
+
+    return cli.run(main, argv, {RunInterrupted: interrupted})
 
 
 class Timer:

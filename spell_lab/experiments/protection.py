@@ -53,7 +53,6 @@ SIZE_CONDITIONS = {"quick": 2, "default": 10, "full": 10}
 SIZE_PER_CONDITION = {"quick": 6, "default": 12, "full": 64}  # >= 6: per-condition precision/recall use k = 5
 SIZE_SET = {"quick": None, "default": None, "full": 100_000}  # None: the training images only
 TOO_CLOSE = {"quick": 0.3, "default": 0.076, "full": 0.076}  # the radius rule's target share (see the docstring)
-CALIBRATION_SEED_OFFSET = 1_000_000
 K = 5
 RADIUS_ENV = "SPELL_LAB_PROTECTION_RADIUS"  # rank 0 calibrates; DDP ranks it launches reuse its radius
 
@@ -113,7 +112,7 @@ def calibrate_radius(model, items, conditions, per_condition, sampling, seed, sh
     import torch
 
     from ..analysis.protection import nearest_items
-    from .calibrate import calibration_batch
+    from ..calibration import CALIBRATION_SEED_OFFSET, calibration_batch
 
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:

@@ -20,8 +20,8 @@ from pathlib import Path
 from ..methods import spell_method
 from ..models.registry import require_reference
 from ..plan import Setting
-from .calibrate import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid, run_calibration
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
+from ..calibration import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
+from .common import (GENERATION, Timer, base_parser, calibration_of, conditions_for, config_dict, launch, load_model_for, print_summary,
                      reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
 
 # Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     if is_child_rank() and os.environ.get(CALIBRATION_ENV):
         cal = json.loads(os.environ[CALIBRATION_ENV])  # the same grid as rank 0, bit for bit, and no extra batch
     else:
-        cal = run_calibration(model, cfg, size, conditions, cfg.calibration_per_condition, grid_size)
+        cal = calibration_of(cfg, model, size, conditions, cfg.calibration_per_condition, grid_size)
         os.environ[CALIBRATION_ENV] = json.dumps(cal)
         print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
               f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)

@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..calibration import best_guidance, best_radius, grid_steps, with_f
-from .calibrate import run_calibration
-from .common import Timer, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
+from .common import Timer, calibration_of, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
 from .radius import SIZE_GRID, radius_settings
 
 GUIDANCE_GRID = {"quick": (1.0, 3.0), "default": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
@@ -101,7 +100,7 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     w_best, f_w = best_guidance(cfg_table)
     cal_cfg = cfg.clone()
     cal_cfg.guidance = w_best
-    cal = run_calibration(model, cal_cfg, size, conditions, per_condition, grid_size)  # as the radius experiment
+    cal = calibration_of(cal_cfg, model, size, conditions, per_condition, grid_size)  # as the radius experiment
     print(f"calibration at w = {w_best:g}: median {cal['median']:.4g}; grid "
           + "  ".join(f"{r:.4g}" for r in cal["grid"]), flush=True)
     with Timer() as t_r:

@@ -18,11 +18,11 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__, schema
-from .plan import Setting
+from .. import __version__, schema
+from ..plan import Setting
 
 
-class StoreMismatchError(RuntimeError):
+class StoreMismatchError(ValueError):
     """The store on disk was written by a different configuration."""
 
 
@@ -160,10 +160,3 @@ def open_run(run: str | Path) -> dict[str, xr.Dataset]:
 def run_attrs(run: str | Path) -> dict:
     return dict(zarr.open_group(str(store_path(run)), mode="r").attrs)
 
-
-if __name__ == "__main__":  # python -m spell_lab.store RUN [--export-images DIR]: browse a run's store
-    import sys
-
-    from .store_view import main
-
-    sys.exit(main())
