@@ -2,12 +2,14 @@
 (a per-step guidance_scale through the step-end callback), particle guidance (the scheduler wrapper, which sees x_t)
 and CADS (the prompt embeddings through the callback); each the plain pipeline bit for bit at its neutral point."""
 
-import numpy as np
+from functools import partial
+
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 from diffusers import EulerDiscreteScheduler  # noqa: E402
+from conftest import same_outputs  # noqa: E402
 from test_diffusers import tiny_dit, tiny_sd, tiny_sd3  # noqa: E402
 
 from spell_lab.diffusers import MethodCallback, SpellScheduler, generate_pipeline  # noqa: E402
@@ -33,10 +35,8 @@ def run(pipe, kw, method=None, guidance=3.0, seeds=SEEDS, groups=None):
     return generate_pipeline(pipe, None, seeds, steps=STEPS, guidance=guidance, method=method, groups=groups, **kw)
 
 
-def same(a, b):
-    """Bit for bit: latents, images and every record (but nearest_distance, which only the SPELL runs measure)."""
-    return torch.equal(a.x0, b.x0) and np.array_equal(a.images, b.images) and all(
-        torch.equal(a.records[k], b.records[k]) for k in a.records if k != "nearest_distance")
+# bit for bit: latents, images and every record but nearest_distance, which only the SPELL runs measure
+same = partial(same_outputs, skip=("nearest_distance",))
 
 
 @pytest.mark.parametrize("case", [sd_case, sd3_case])

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import spell_lab
@@ -169,6 +170,7 @@ class EveryoneIsNear:
         return Correction(torch.zeros_like(x0), torch.ones(b, dtype=torch.long), torch.full((b,), 0.5))
 
 
+@pytest.mark.e2e
 def test_a_fake_source_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "SOURCES", schema.SOURCES + ("fake",))  # the one-place change
     monkeypatch.setitem(protect.INDEXES, "fake", EveryoneIsNear)  # its index kind
@@ -204,6 +206,7 @@ class Shift:
         return SpellStep(x0 + delta, delta, {}, torch.full((x0.shape[0],), math.inf))
 
 
+@pytest.mark.e2e
 def test_a_fake_method_runs_end_to_end(tmp_path, monkeypatch):
     def shift(params, protected=None):
         return Hooks(params, interventions=(Shift(params["amount"]),), guidance=lambda t, a, s, w: params["weight"])

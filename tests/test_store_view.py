@@ -19,9 +19,9 @@ def make_run(out, *args):
     return out
 
 
-@pytest.fixture(scope="module")
-def gmm_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("gmm") / "run", "--model", "gmm", "--radius", "3")
+@pytest.fixture
+def gmm_run(gmm_quick_run):
+    return gmm_quick_run
 
 
 @pytest.fixture(scope="module")

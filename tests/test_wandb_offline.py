@@ -20,6 +20,7 @@ def no_network_prefix() -> list[str]:
     return []
 
 
+@pytest.mark.e2e
 def test_offline_run_lands_in_the_run_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}  # the package's own default decides
     env.pop("SPELL_LAB_RUN_DIR", None)
@@ -48,6 +49,7 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     assert len(rerun) == 3 and {r.name.rsplit("-", 1)[1] for r in rerun} == ids  # the same runs, updated
 
 
+@pytest.mark.e2e
 def test_disabled_writes_no_wandb(tmp_path):
     from spell_lab.experiments import sparsity
 

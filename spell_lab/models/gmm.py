@@ -72,9 +72,13 @@ def load_gmm(device="cpu", **kwargs) -> GaussianMixture:
 
 
 def held_out(conditions, per_condition: int, seed: int):
-    """`per_condition` exact samples of each condition's mixture of the built-in gmm (the mean of a uniformly drawn
-    component + std x noise, seeded): (x, cond, description)."""
-    gmm = GaussianMixture()
+    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture."""
+    return mixture_samples(GaussianMixture(), conditions, per_condition, seed)
+
+
+def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int, seed: int):
+    """`per_condition` exact samples of each condition's mixture (the mean of a uniformly drawn component + std x
+    noise, seeded): (x, cond, description)."""
     g = torch.Generator().manual_seed(seed)
     xs, cs = [], []
     for c in conditions:
@@ -82,4 +86,5 @@ def held_out(conditions, per_condition: int, seed: int):
         noise = torch.randn(per_condition, gmm.means.shape[-1], generator=g)
         xs.append((gmm.means[c, j] + gmm.std * noise).reshape(per_condition, *gmm.sample_shape))
         cs.append(torch.full((per_condition,), c))
-    return torch.cat(xs), torch.cat(cs).numpy(), f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
+    desc = f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
+    return torch.cat(xs), torch.cat(cs).numpy(), desc
