@@ -1,4 +1,4 @@
-"""spell_lab.analysis.sparsity on small synthetic Datasets with hand-known answers (store contract, design.md s.5)."""
+"""spell_lab.analysis.sparsity on small synthetic Datasets with hand-known answers (store contract, docs/design.md s.5)."""
 
 import json
 import math
@@ -234,7 +234,7 @@ def synthetic_run(setups=tuple(SETUP_SOURCES), *, steps=24, conditions=2, rounds
 
 
 def write_store(datasets: dict, run_dir):
-    """The run directory layout of design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
+    """The run directory layout of docs/design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
     store = run_dir / "store.zarr"
     for name, ds in datasets.items():
         ds.to_zarr(store, group=name, zarr_format=3, mode="a" if store.exists() else "w", consolidated=False)

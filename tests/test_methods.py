@@ -66,7 +66,7 @@ def test_baselines_refuse_what_they_cannot_do(tmp_path):
 
 
 def pg_reference(x, cond, strength, sigma_ve):
-    """design.md section 2's formula, sample by sample, in float64."""
+    """docs/design.md section 2's formula, sample by sample, in float64."""
     f = x.reshape(len(x), -1).double()
     out = torch.zeros_like(f)
     if sigma_ve < 1:

@@ -4,7 +4,7 @@ Pure functions over the run stores and held-out real data, one figure, and the e
 
     python -m spell_lab.analysis.diversity RUN_DIR [--wandb offline|disabled|online]
 
-Layout (design.md section 5; a store holds one model): RUN_DIR/<model>/store.zarr, one store per model, each with
+Layout (docs/design.md section 5; a store holds one model): RUN_DIR/<model>/store.zarr, one store per model, each with
 the groups `without-s<k>` and `spell-s<k>` of seed set k (the same seeds in both; seed sets are disjoint). The
 combined table, its CSV and Markdown, the per-seed-set and per-condition tables and the figures go to
 RUN_DIR/figures; a run directory that is itself one model's store is read as a one-model run.

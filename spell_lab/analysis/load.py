@@ -1,6 +1,6 @@
 """Loading a run for analysis: the one `load_run` and the one `measured`, shared by every experiment's analysis.
 
-A store group is checked against the schema (design.md section 5), its small variables are read once, images stay
+A store group is checked against the schema (docs/design.md section 5), its small variables are read once, images stay
 lazy, and the samples of work units never written (an interrupted run) are left out and counted.
 """
 
@@ -25,7 +25,7 @@ def check_dataset(ds: xr.Dataset, name: str = "dataset", hint: str = "python -m 
     missing = [v for v in required() if v not in ds.variables] + [c for c in ("t",) if c not in ds.coords]
     if missing or "sample" not in ds.dims or "step" not in ds.dims:
         raise ValueError(
-            f"group {name!r} is not a run-store group (design.md section 5): missing {missing or 'dims sample/step'}; "
+            f"group {name!r} is not a run-store group (docs/design.md section 5): missing {missing or 'dims sample/step'}; "
             f"it has {sorted(ds.variables)}. Regenerate it with `{hint}`."
         )
     return ds

@@ -1,7 +1,7 @@
 """The protection benchmark (paper Section 4.6, Table 2, Figure 7; Appendix G): how many outputs land too close to
 a protected item under each shield search, at what quality and time.
 
-Pure functions over the run store's Datasets (design.md section 5) and the run's `protected.npy`, figure functions
+Pure functions over the run store's Datasets (docs/design.md section 5) and the run's `protected.npy`, figure functions
 that return matplotlib Figures, and the edges: `analyse_run` (files, W&B) and `main`
 
     python -m spell_lab.analysis.protection RUN_DIR [--wandb offline|disabled|online]

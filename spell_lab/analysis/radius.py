@@ -1,6 +1,6 @@
 """The radius ablation (paper Section 4.3, Figure 3; Appendix D calibration; Appendix F on larger radii).
 
-Pure functions over the run store's Datasets (design.md section 5) and held-out real data, figure functions that
+Pure functions over the run store's Datasets (docs/design.md section 5) and held-out real data, figure functions that
 return matplotlib Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `analyse_run`, `main`
 
     python -m spell_lab.analysis.radius RUN_DIR [--wandb offline|disabled|online]

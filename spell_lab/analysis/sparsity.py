@@ -1,6 +1,6 @@
 """How often, how strongly and how long SPELL acts, per sampling step (paper Section 4.4, Appendix F, Figures 5, 6, 9-15).
 
-Pure functions over the run store's Datasets (design.md section 5), figure functions that return matplotlib
+Pure functions over the run store's Datasets (docs/design.md section 5), figure functions that return matplotlib
 Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `main` (the command line)
 
     python -m spell_lab.analysis.sparsity RUN_DIR [--wandb offline|disabled|online] [--gallery SETUP] [--classes 3 5]

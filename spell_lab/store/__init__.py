@@ -1,4 +1,4 @@
-"""The run store (design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
+"""The run store (docs/design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
 
 The whole layout is created up front from the run's plan; each work unit then writes its own sample region
 (chunks along `sample` are one unit wide, so ranks never share a chunk) and finally sets `unit_complete[unit]`.

@@ -1,4 +1,4 @@
-"""Browse a run store without a model (design.md section 5): `python -m spell_lab.store RUN`.
+"""Browse a run store without a model (docs/design.md section 5): `python -m spell_lab.store RUN`.
 
     describe(run, groups=None)                the run, then per group its size, units, attributes and a summary
     export_images(run, out_dir, groups=None)  the stored images of the complete units as PNG files
