@@ -120,15 +120,3 @@ class Groups(dict):
 
     units_missing = 0
     units_total = 0
-
-
-def latest_run(root: str) -> Path:
-    """The most recently modified run directory under root (relative paths also tried from the parent of cwd,
-    so notebooks/ finds ../runs)."""
-    experiment = Path(root).name
-    for base in (Path(root), Path("..") / root):
-        runs = sorted((p for p in base.glob("*") if (p / "store.zarr").exists()), key=lambda p: p.stat().st_mtime)
-        if runs:
-            return runs[-1].resolve()
-    raise FileNotFoundError(f"no run under {root}; run `python -m spell_lab.experiments.{experiment}` first "
-                            f"or set SPELL_RUN_DIR to a run directory.")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,9 @@ import seaborn as sns
 import torch
 import xarray as xr
 
-from . import plots
+from . import driver, plots
 from .gallery import baseline_partner, images
-from .load import load_run as _load, model_name
+from .load import model_name
 from ..models import reference_data
 from .quality import condition_metrics, generated
 
@@ -369,12 +368,6 @@ def make_figures(datasets, table, judged, items, radius) -> dict:
 
 # ----------------------------------------------------------------------------------------------- edges
 
-def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's groups as checked Datasets (x0 read: the judge and the metrics need it)."""
-    return _load(run_dir, experiment="protection", select=groups, keep=("x0",),
-                 none_found="has no groups; make one with `python -m spell_lab.experiments.protection`")
-
-
 def load_set(run_dir) -> np.ndarray:
     path = Path(run_dir) / SET_FILE
     if not path.exists():
@@ -383,25 +376,21 @@ def load_set(run_dir) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def log_to_wandb(table, per_condition, figures, *, attrs, project, group, run_dir, mode) -> list:
-    from .wandb_log import RunLog, config_from_attrs, log_runs
+def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
+    from .wandb_log import RunLog, config_from_attrs
 
+    table = result["table"]
+    attrs = dict(datasets[groups(datasets)[0]].attrs) | {"reference": result["reference"]}
     summary = {f"{name}/{c}": v for name, row in table.iterrows() for c, v in row.items() if c != "searched_cells"}
-    run = RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
-                 tags=("protection", model_name(attrs)), tables={"table2": table, "per_condition": per_condition,
-                                                                 "paper_table2": PAPER_TABLE2},
-                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()})
-    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="protection-analysis")
+    return [RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
+                   tags=("protection", model_name(attrs)), tables={"table2": table, "per_condition": result["per_condition"],
+                                                                   "paper_table2": PAPER_TABLE2}, images=images)]
 
 
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
-    """Judge every output against RUN_DIR/protected.npy, build Table 2, render the figures (RUN_DIR/figures), write
-    the table as CSV and Markdown and log to W&B; no model runs. Returns {"table", "per_condition", "judged",
-    "figures", "figures_dir", "wandb_dirs", "reference", "radius", "overlap_share"}."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
-    items = load_set(run_dir)
+def statistics(datasets: dict, run_dir, reference=None, k: int = 5) -> dict:
+    """Judge every output against RUN_DIR/protected.npy and build Table 2 (reference: (x, cond, features) or None for
+    the built-in model's held-out data)."""
+    items = load_set(run_dir)  # a missing set is one line, before anything is written
     radius = protection_radius(datasets)
     desc = "given by the caller"
     if reference is None:
@@ -409,34 +398,20 @@ def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_l
         *reference, desc = reference_data(model_name(next(iter(datasets.values())).attrs), conds)
     judged = judge(datasets, items, radius)
     table, per = protection_table(datasets, items, radius, reference, k, judged)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = {name: plots.save(fig, out_dir, name) for name, fig in
-                   make_figures(datasets, table, judged, items, radius).items()}
-    table.to_csv(out_dir / "table2.csv")
-    per.to_csv(out_dir / "table2_per_condition.csv", index=False)
-    (out_dir / "table2.md").write_text(table_markdown(table) + "\n")
-    first = datasets[groups(datasets)[0]]
-    attrs = dict(first.attrs) | {"reference": desc}
-    wandb_dirs = log_to_wandb(table, per, figures, attrs=attrs, project=project,
-                              group=group or f"protection-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
-    return {"table": table, "per_condition": per, "judged": judged, "figures": figures, "figures_dir": out_dir,
-            "wandb_dirs": wandb_dirs, "reference": desc, "radius": radius,
-            "overlap_share": overlap_share(items, radius)}
+    return {"table": table, "per_condition": per, "judged": judged, "items": items, "reference": desc,
+            "radius": radius, "overlap_share": overlap_share(items, radius)}
 
 
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    def load(run_dir):
-        load_set(run_dir)  # a missing set is one line, before anything is written
-        return load_run(run_dir)
-
-    return rerender_main(argv, experiment="protection", load_run=load, analyse_run=analyse_run,
-                         format_table=format_table,
-                         extra_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "
-                                                  f"{res['overlap_share']:.0%} of items; real data: {res['reference']}"])
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="protection", select=groups, keep=("x0",), statistics=statistics,
+    figures=lambda datasets, r: make_figures(datasets, r["table"], r["judged"], r["items"], r["radius"]),
+    files=lambda r: {"table2.csv": r["table"].to_csv(), "table2_per_condition.csv": r["per_condition"].to_csv(index=False),
+                     "table2.md": table_markdown(r["table"]) + "\n"},
+    wandb_runs=wandb_runs, format_table=format_table,
+    none_found="has no groups; make one with `python -m spell_lab.experiments.protection`",
+    summary_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "
+                               f"{res['overlap_share']:.0%} of items; real data: {res['reference']}"]))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def report(root: Path, results, cfg) -> int:
                                  f"{len(s.conditions)} conditions x {s.unit_size} images (rounds of {s.rounds[0]}), "
                                  f"r = {settings[1].radius:g}, lambda = {settings[1].overcomp:g}"))
     lines += [("metrics/figures", f"{t.seconds:.1f} s"),
-              ("tables", ", ".join(str(p) for p in out["tables"].values())),
+              ("tables", ", ".join(str(p) for p in out["files"].values())),
               ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
               ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb))]
     print_summary("SPELL diversity benchmark (Table 1: mean ± std over seed sets, per-condition metrics averaged)",
