@@ -165,7 +165,7 @@ def test_summary_never_active_is_nan_not_error():
 
 
 def test_summary_table_order_and_baseline_left_out(four):
-    dsets = {"overcomp": four, "baseline": four, "iterative": four, "custom": four}
+    dsets = {"overcomp": four, "baseline": four.assign_attrs(radius=0.0), "iterative": four, "custom": four}  # r = 0: the reference
     table = sp.summary_table(dsets)
     assert list(table.index) == ["iterative", "overcomp", "custom"] and table.index.name == "setup"
     assert list(table.columns) == list(sp.SUMMARY_KEYS)
@@ -244,7 +244,7 @@ def write_store(datasets: dict, run_dir):
 def test_gallery_fallbacks():
     run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
     fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
-    assert "no 'baseline' group" in fig._supxlabel.get_text()
+    assert "no reference group" in fig._supxlabel.get_text()
     assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
     assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
     base_run = synthetic_run(("iterative",), steps=6)

@@ -112,11 +112,44 @@ def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], n
         raise ValueError(f"{run_dir / 'store.zarr'} has no complete work unit yet; run `{hint}` (the same command) "
                          "to generate, then analyse.")
     out.units_missing, out.units_total = int(missing), int(total)
+    out.order, out.reference = run_layout(run_dir, datasets)
     return out
 
 
 class Groups(dict):
-    """A run's loaded groups by name, with how many work units are missing (an interrupted run) of how many."""
+    """A run's loaded groups by name, with how many work units are missing (an interrupted run) of how many, and
+    the run's group order and reference group (`run_layout`)."""
 
     units_missing = 0
     units_total = 0
+    order: list[str] | None = None
+    reference: str | None = None
+
+
+def run_layout(run_dir, datasets: dict) -> tuple[list[str], str | None]:
+    """The group order and the reference group the run wrote into the store's root (`group_order`,
+    `reference_group`); stores made before those attributes: the settings' order in `content`, and the first group
+    that is SPELL at radius 0 (`reference_of`)."""
+    from ..store import run_attrs
+
+    attrs = run_attrs(run_dir)
+    order = attrs.get("group_order") or [s["name"] for s in json.loads(attrs.get("content", "{}")).get("settings", [])]
+    order = [n for n in order if n in datasets] + [n for n in datasets if n not in order]
+    if "reference_group" in attrs:
+        return order, attrs["reference_group"]
+    return order, reference_of({n: datasets[n] for n in order})
+
+
+def order_of(datasets: dict) -> list[str]:
+    """The groups in the run's order (`Groups.order`); a plain dict: its own order."""
+    order = getattr(datasets, "order", None) or []
+    return [n for n in order if n in datasets] + [n for n in datasets if n not in order]
+
+
+def reference_of(datasets: dict) -> str | None:
+    """The group the analyses compare against: the run's `reference_group` (`Groups.reference`), else the first
+    group whose method is SPELL at radius 0 (the same seeds without SPELL); None where there is none."""
+    if getattr(datasets, "reference", None) is not None:
+        return datasets.reference
+    return next((n for n, ds in datasets.items()
+                 if method_of(ds).get("name") == "spell" and float(method_of(ds).get("radius", -1)) == 0.0), None)

@@ -37,7 +37,6 @@ from .load import measured, model_name
 from ..models import reference_data
 from .quality import condition_metrics, generated
 
-BASELINE = "r00"
 GROUP = re.compile(r"^r\d+$")
 QUALITY = ("precision", "recall", "density", "coverage")
 METRICS = QUALITY + ("vendi", "vendi_raw", "fd")
@@ -55,6 +54,12 @@ def group_name(i: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- run groups
+
+def reference_row(table: pd.DataFrame) -> pd.Series | None:
+    """The table's row of radius 0 (the same seeds without SPELL, the baseline every figure draws), or None."""
+    rows = table[table["radius"] == 0]
+    return rows.iloc[0] if len(rows) else None
+
 
 def radius_groups(datasets: dict) -> list[str]:
     """The radius groups (`r00`, `r01`, ...) of a run, in increasing radius."""
@@ -154,7 +159,7 @@ def plot_metrics(table: pd.DataFrame, per_condition: pd.DataFrame | None = None)
     """Fig. 3 (per metric): each metric against the radius; bold, the mean over conditions; thin grey, each
     condition; dashed, the baseline (radius 0, same seeds without SPELL)."""
     fig, axes, bottom = plots.grid(len(METRICS), ncols=4, panel=(3.5, 2.9))
-    base = table.loc[BASELINE] if BASELINE in table.index else None
+    base = reference_row(table)
     color = plots.setup_colors(["mixed"])["mixed"]
     for ax, m, b in zip(axes, METRICS, bottom):
         if per_condition is not None:
@@ -205,8 +210,8 @@ def plot_fronts(table: pd.DataFrame):
     for ax, x in zip(axes, ("recall", "vendi")):
         ax.plot(t[x], t["precision"], color="0.7", lw=1, zorder=1)
         ax.scatter(t[x], t["precision"], c=t["radius"], cmap=cmap, norm=norm, s=55, edgecolor="k", lw=0.5, zorder=2)
-        if BASELINE in t.index:
-            b = t.loc[BASELINE]
+        b = reference_row(t)
+        if b is not None:
             ax.scatter([b[x]], [b["precision"]], marker="*", s=260, c=[cmap(norm(b["radius"]))], edgecolor="k",
                        lw=0.8, zorder=3, label="no SPELL (r = 0)")
             ax.legend(frameon=False, loc="best", fontsize=9)
@@ -346,7 +351,8 @@ def wandb_runs(datasets: dict, result: dict, images: dict, name: str = "radius")
     table = result["table"]
     attrs = dict(datasets[radius_groups(datasets)[0]].attrs) | {"reference": result["reference"]}
     curves = table.reset_index(drop=True).select_dtypes("number")
-    summary = {f"baseline/{k}": v for k, v in table.loc[BASELINE].items()} if BASELINE in table.index else {}
+    base = reference_row(table)
+    summary = {f"baseline/{k}": v for k, v in base.items()} if base is not None else {}
     summary["n_radii"] = len(table)
     return [RunLog(name=name, config=config_from_attrs(attrs), summary=summary, tags=("radius", model_name(attrs)),
                    tables={"radius": table, "per_condition": result["per_condition"]}, images=images, curves=curves,

@@ -34,9 +34,8 @@ from . import driver, plots
 from .activity import (_active_np, active, active_by_source, active_share, activity_numbers, last_active_t,
                        stopped_share)
 from .gallery import gallery_selection, plot_gallery
-from .load import measured_all as measured, model_name
+from .load import measured_all as measured, model_name, reference_of
 
-REFERENCE = "baseline"
 SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue's contract
     "n_samples",
     "active_at_0.8",
@@ -54,7 +53,8 @@ SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue
 
 def setups(datasets: dict) -> list[str]:
     """The analysed setups of a run, in the paper's order; the radius-0 reference group is not one of them."""
-    return plots.ordered(n for n in datasets if n != REFERENCE)
+    ref = reference_of(datasets)
+    return plots.ordered(n for n in datasets if n != ref)
 
 
 # ----------------------------------------------------------------------------------------------- per step
@@ -378,12 +378,13 @@ def make_figures(datasets: dict, gallery: dict | None = None) -> dict:
 def own_figures(datasets: dict, name: str) -> dict:
     """The figures of one setup alone, for its own W&B run: relative magnitude, active share, and its gallery
     where the store has images and the baseline (the reference run gets none)."""
-    if name == REFERENCE:
+    ref = reference_of(datasets)
+    if name == ref:
         return {}
     one = {name: datasets[name]}
     figs = {"setup/relative_magnitude": plot_relative_magnitude(one), "setup/active_share": plot_active_share(one)}
-    if REFERENCE in datasets and ("image" in datasets[name] or "x0" in datasets[name]):
-        figs["setup/gallery"] = plot_gallery({**one, REFERENCE: datasets[REFERENCE]}, name)
+    if ref is not None and ("image" in datasets[name] or "x0" in datasets[name]):
+        figs["setup/gallery"] = plot_gallery({**one, ref: datasets[ref]}, name, baseline=ref)
     return figs
 
 
@@ -396,7 +397,7 @@ def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
     summary = result["table"]
     every = datasets
     datasets = measured(datasets)
-    names = setups(datasets) + [n for n in datasets if n == REFERENCE]
+    names = setups(datasets) + [n for n in datasets if n == reference_of(datasets)]
     return [
         RunLog(
             name=name,
@@ -434,7 +435,7 @@ def _gallery_flags(p) -> None:
 def _gallery_options(args, datasets) -> dict:
     """--gallery/--classes as analyse_run's `gallery` keywords; an unknown setup or class fails here, early."""
     gallery = {"setup": args.gallery, "conditions": args.classes}
-    gallery_selection(datasets, **gallery, baseline=REFERENCE)
+    gallery_selection(datasets, **gallery)
     return {"gallery": gallery}
 
 

@@ -158,7 +158,7 @@ def wandb_line(dirs, mode: str) -> str:
 
 
 def launch(experiment: str, cfg, *, settings, model, spec: dict, sampling: Sampling, name: str, config: dict,
-           condition_names=None):
+           condition_names=None, reference: str | None = None):
     """Generate `settings` into the run directory the flags name (resume, --fresh, devices, progress):
     (RunResult, seconds of generation)."""
     from ..run.launch import run_generation
@@ -168,7 +168,7 @@ def launch(experiment: str, cfg, *, settings, model, spec: dict, sampling: Sampl
             experiment=experiment, settings=settings, model=model, model_spec=spec, sampler=sampling.sampler,
             steps=sampling.steps, guidance=sampling.guidance, out=run_dir_for(experiment, cfg, name), config=config,
             fresh=cfg.fresh, devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes,
-            progress=not cfg.no_progress, condition_names=condition_names,
+            progress=not cfg.no_progress, condition_names=condition_names, reference=reference,
         )
     return result, timer.seconds
 

@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     cfg.out, cfg.fresh = str(path.parent), False  # the directory set_path chose (with --fresh: the new one)
     config = config_dict(cfg) | {"protection": protection | {"set_size": len(items)}, "size": size}
     result, seconds = launch(EXPERIMENT, cfg, settings=settings, model=model, spec=spec, sampling=sampling,
-                             name=name, config=config)
+                             name=name, config=config, reference=BASELINE)
     return report(result, cfg, seconds, protection, settings, len(items)) if reports(result) else 0
 
 

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     name = f"{Path(cfg.model).name}-{cfg.protocol}-{len(settings)}radii-{size}"
     config = config_dict(cfg) | {"calibration": cal, "size": size}
     result, seconds = launch("radius", cfg, settings=settings, model=model, spec=spec, sampling=sampling, name=name,
-                             config=config)
+                             config=config, reference=settings[0].name)  # r00: radius 0 on the same seeds
     return report(result, cfg, seconds, cal, settings) if reports(result) else 0
 
 

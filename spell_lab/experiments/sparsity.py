@@ -33,6 +33,7 @@ QUICK_ROUNDS = {"iterative": (4, 4), "intra": (4,), "mixed": (2,) * 4, "previous
 FULL_ROUNDS = {"main": (8,) * 4}  # Figure 5 used 452 trajectories over 50 prompts
 SIZE_CONDITIONS = {"quick": 2, "default": 50, "full": 50}  # at most 50, evenly spaced (every digit)
 MAIN_CONDITIONS = {"quick": 4, "default": 50, "full": 50}  # `main` (Fig. 5) uses every condition, up to 50
+REFERENCE = "baseline"  # the `iterative` plan at radius 0: the store's reference group
 
 
 def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed, protected=None) -> list[Setting]:
@@ -57,7 +58,7 @@ def build_settings(setups, radius, overcomp, size, conditions, all_conditions, s
         settings.append(Setting(name, method, protected, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, **spec))
     ref = next((s for s in settings if s.name in ("iterative", "overcomp")), None)
     if ref is not None:
-        settings.append(Setting("baseline", spell_method(0.0, 1.0, memory=True), rounds=ref.rounds,
+        settings.append(Setting(REFERENCE, spell_method(0.0, 1.0, memory=True), rounds=ref.rounds,
                                 conditions=ref.conditions, seed=seed, measure_from_round=ref.measure_from_round,
                                 note="iterative plan without SPELL"))
     return settings
@@ -86,7 +87,8 @@ def main(argv=None) -> int:
     name = f"{Path(cfg.model).name}-r{cfg.radius:g}-l{cfg.overcomp:g}-{size}"
     result, seconds = launch("sparsity", cfg, settings=settings, model=model, spec=spec,
                              sampling=sampling, name=name, config=config_dict(cfg),
-                             condition_names=getattr(model, "condition_names", None))
+                             condition_names=getattr(model, "condition_names", None),
+                             reference=REFERENCE if any(s.name == REFERENCE for s in settings) else None)
     return report(result, cfg, seconds) if reports(result) else 0
 
 

@@ -133,6 +133,7 @@ def run_generation(
     num_nodes: int = 1,
     condition_names=None,
     progress: bool = True,
+    reference: str | None = None,
 ) -> RunResult:
     if (devices is not None and devices < 1) or num_nodes < 1:
         raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
@@ -168,7 +169,7 @@ def run_generation(
     create_kwargs = dict(
         experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
         sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
-        content=content, config=config,
+        content=content, config=config, reference=reference,
     )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:

@@ -56,13 +56,17 @@ def create_store(
     image_shape,
     content: dict,
     config: dict,
+    reference: str | None = None,
 ) -> None:
-    """Create the whole layout: every group, array, coordinate and attribute, before the first sample."""
+    """Create the whole layout: every group, array, coordinate and attribute, before the first sample. The root
+    records the groups' order (`group_order`) and the group the analyses compare against (`reference_group`:
+    the same seeds without the intervention; None where the experiment has none)."""
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     root.attrs.update(
         experiment=experiment, fingerprint=fingerprint(content), content=json.dumps(content, default=str),
         config=json.dumps(config, default=str), version=__version__, git_commit=git_commit(), created=now,
+        group_order=[s.name for s in settings], reference_group=reference,
     )
     n = len(times)
     for s in settings:
