@@ -33,7 +33,6 @@ E2E_FIXTURES = {"gmm_quick_run", "quick_run", "quick_select", "reference_run", "
 def command(module, *args, env=None, timeout=900):
     """`python -m module args` in a subprocess of this interpreter, importing this checkout, W&B disabled."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT), **(env or {})}
-    env.pop("SPELL_LAB_RUN_DIR", None)
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=ROOT)
 

@@ -23,7 +23,6 @@ def no_network_prefix() -> list[str]:
 @pytest.mark.e2e
 def test_offline_run_lands_in_the_run_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}  # the package's own default decides
-    env.pop("SPELL_LAB_RUN_DIR", None)
     out = tmp_path / "run"
     cmd = [*no_network_prefix(), sys.executable, "-m", "spell_lab.experiments.sparsity", *ARGS, "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -13,7 +13,6 @@ sets, and the relative change, as CSV, Markdown, W&B and the summary screen (spe
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -29,7 +28,6 @@ SIZE_BATCH = {"quick": 4, "default": 8, "full": 8}  # the paper's Latent Diffusi
 SEED_STRIDE = 100_000  # seed set k: seeds seed + (k + 1) x 100,000 + i, apart from the selection's (0..) and
 # the calibration's (1,000,000+) seeds
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-ROOT_ENV = "SPELL_LAB_DIVERSITY_ROOT"  # rank 0 picks the run directory (--fresh); DDP ranks it launches reuse it
 
 
 def seed_of(seed: int, seed_set: int) -> int:
@@ -112,17 +110,14 @@ def check(cfg, size: str):
 
 def run_root(cfg, name: str) -> Path:
     """The run directory; --fresh: a new one beside an existing run (DDP ranks reuse rank 0's choice)."""
-    from ..run.launch import is_child_rank
+    from ..run import handoff
+    from ..run.launch import run_dirs
 
-    if is_child_rank() and os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV])
-    root, n = run_dir_for("diversity", cfg, name), 1
-    base = root
-    while cfg.fresh and root.exists() and any(root.glob("*/store.zarr")):
-        n += 1
-        root = Path(f"{base}-{n}")
-    os.environ[ROOT_ENV] = str(root)
-    return root
+    def choose() -> str:
+        return str(next(d for d in run_dirs(run_dir_for("diversity", cfg, name))
+                        if not (cfg.fresh and d.exists() and any(d.glob("*/store.zarr")))))
+
+    return Path(handoff.rank_zero("diversity_root", choose))
 
 
 def main(argv=None) -> int:

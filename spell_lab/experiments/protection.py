@@ -16,7 +16,6 @@ to ImageNet without SPELL): a radius at which the baseline leaves about that sha
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -54,7 +53,6 @@ SIZE_PER_CONDITION = {"quick": 6, "default": 12, "full": 64}  # >= 6: per-condit
 SIZE_SET = {"quick": None, "default": None, "full": 100_000}  # None: the training images only
 TOO_CLOSE = {"quick": 0.3, "default": 0.076, "full": 0.076}  # the radius rule's target share (see the docstring)
 K = 5
-RADIUS_ENV = "SPELL_LAB_PROTECTION_RADIUS"  # rank 0 calibrates; DDP ranks it launches reuse its radius
 
 
 def search_spec(name: str, path, radius: float) -> tuple[dict, dict]:
@@ -131,15 +129,18 @@ def calibrate_radius(model, items, conditions, per_condition, sampling, seed, sh
 def set_path(cfg, name: str, items: np.ndarray) -> Path:
     """RUN_DIR/protected.npy for this run: the run directory the flags name (with --fresh, the next free one beside
     it), written once; a directory that holds a run made from another set is refused, left untouched."""
-    from ..run.launch import RUN_DIR_ENV, is_child_rank
+    from ..run import handoff
+    from ..run.launch import run_dirs
 
-    if is_child_rank() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV]) / "protected.npy"  # rank 0 wrote it
+    chosen = handoff.received("run_dir")
+    if chosen is not None:
+        return Path(chosen) / "protected.npy"  # a DDP rank: rank 0 chose the directory and wrote the set
     out = run_dir_for(EXPERIMENT, cfg, name)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
-    candidate, n = out, 1
-    while (candidate / "store.zarr").exists() or (candidate / "protected.npy").exists():
+    for candidate in run_dirs(out):
+        if not ((candidate / "store.zarr").exists() or (candidate / "protected.npy").exists()):
+            break
         path = candidate / "protected.npy"
         same = path.exists() and _same(path, items)
         if same and not cfg.fresh:
@@ -147,8 +148,6 @@ def set_path(cfg, name: str, items: np.ndarray) -> Path:
         if not cfg.fresh:
             raise ValueError(f"{candidate} holds a run made from another protected set (or none); it was left "
                              "untouched. Pass --fresh to start a new run beside it, or --out to choose another directory.")
-        n += 1
-        candidate = Path(f"{out}-{n}")
     candidate.mkdir(parents=True, exist_ok=True)
     tmp = candidate / "protected.tmp.npy"
     np.save(tmp, items)
@@ -215,17 +214,18 @@ def main(argv=None) -> int:
 
 
 def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> dict:
-    from ..run.launch import is_child_rank
+    from ..run import handoff
 
     if cfg.radius is not None:
         return dict(radius=float(cfg.radius), rule="given (--radius)")
-    if is_child_rank() and os.environ.get(RADIUS_ENV):
-        return json.loads(os.environ[RADIUS_ENV])  # the same radius as rank 0, bit for bit
-    cal = calibrate_radius(model, items, conditions, per_condition, sampling, cfg.seed, share)
-    os.environ[RADIUS_ENV] = json.dumps(cal)
-    print(f"radius rule: r = {cal['radius']:g}, the {share:.3g} quantile of {cal['samples']} calibration outputs' "
-          f"nearest protected distance (median {cal['median_nearest']:.4g}; {cal['seconds']:.1f} s)", flush=True)
-    return cal
+
+    def rule() -> dict:  # rank 0 only: the DDP ranks it launches get the same radius, bit for bit
+        cal = calibrate_radius(model, items, conditions, per_condition, sampling, cfg.seed, share)
+        print(f"radius rule: r = {cal['radius']:g}, the {share:.3g} quantile of {cal['samples']} calibration outputs' "
+              f"nearest protected distance (median {cal['median_nearest']:.4g}; {cal['seconds']:.1f} s)", flush=True)
+        return cal
+
+    return handoff.rank_zero("protection_radius", rule)
 
 
 def report(result, cfg, seconds, protection, settings, n_items) -> int:

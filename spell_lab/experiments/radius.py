@@ -11,9 +11,7 @@ sparsity numbers, the figures, W&B and a summary table.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -32,7 +30,6 @@ PROTOCOLS = {
 }
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
 
 
 def radius_settings(radii, protocol: str, per_condition: int, batch: int | None, overcomp: float, conditions,
@@ -91,15 +88,15 @@ def main(argv=None) -> int:
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
 
-    from ..run.launch import is_child_rank
+    from ..run import handoff
 
-    if is_child_rank() and os.environ.get(CALIBRATION_ENV):
-        cal = json.loads(os.environ[CALIBRATION_ENV])  # the same grid as rank 0, bit for bit, and no extra batch
-    else:
+    def calibrate() -> dict:  # rank 0 only: the DDP ranks it launches get the same grid, bit for bit, no extra batch
         cal = calibration_of(cfg, model, size, conditions, cfg.calibration_per_condition, grid_size)
-        os.environ[CALIBRATION_ENV] = json.dumps(cal)
         print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
               f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)
+        return cal
+
+    cal = handoff.rank_zero("radius_calibration", calibrate)
     # 4 significant digits: the grid is part of the run's fingerprint, so a resume must not trip on the last bit
     radii = cfg.radii if cfg.radii is not None else [float(f"{r:.4g}") for r in cal["grid"]]
     settings = radius_settings(radii, cfg.protocol, per_condition, cfg.batch, cfg.overcomp, conditions, cfg.seed)

@@ -10,7 +10,6 @@ Everything is read lazily through xarray; only the per-sample summary arrays and
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
