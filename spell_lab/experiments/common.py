@@ -45,6 +45,12 @@ FLAGS = {
     "no_progress": (("--no_progress",), dict(action="store_true", help="hide the progress bar")),
 }
 GENERATION = tuple(FLAGS)  # a command that generates into a run store takes every shared flag
+# Flags several metric experiments share (each takes those it names; defaults by size are its own plain data).
+FLAGS |= {
+    "per_condition": (("--per_condition",), dict(type=int | None, default=None, help="samples per condition and setting (default: by size, see the experiment's SIZES)")),
+    "batch": (("--batch",), dict(type=int | None, default=None, help="batch size of each round (default: the experiment's)")),
+    "calibration_per_condition": (("--calibration_per_condition",), dict(type=int | None, default=None, help="calibration samples per condition (default: as --per_condition)")),
+}
 
 
 def base_parser(experiment: str, description: str, flags=GENERATION) -> ArgumentParser:

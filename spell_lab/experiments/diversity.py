@@ -13,14 +13,15 @@ sets, and the relative change, as CSV, Markdown, W&B and the summary screen (spe
 from __future__ import annotations
 
 import math
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import spell_method
 from ..models.registry import default_name, entry, require_reference, selected_radius
 from ..plan import Setting
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
-                     reports, run_cli, run_dir_for, sampling_for, set_wandb_mode, size_of, wandb_line)
+from . import skeleton
+from .common import GENERATION, conditions_for, config_dict, launch, load_model_for, run_dir_for, sampling_for
+from .skeleton import Experiment, Generated
 
 SIZE_CONDITIONS = {"quick": 2, "default": None, "full": None}  # None: every condition of the model
 SIZE_PER_CONDITION = {"quick": 8, "default": 64, "full": 128}  # the paper: up to 128 images per class/prompt
@@ -76,21 +77,6 @@ def diversity_settings(radius: float, overcomp: float, per_condition: int, batch
     return out
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # built-in models: real data needed
-    p = base_parser("diversity", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--models", type=str, nargs="+", default=[default_name()],
-                   help="built-in models, one store each, e.g. --models digits gmm (gmm needs --radius)")
-    p.add_argument("--radius", type=dict[str, float] | None, default=None,
-                   help="radius per model instead of its selected one, e.g. --radius '{gmm: 1.0}'")
-    p.add_argument("--overcomp", type=float, default=1.6, help="overcompensation lambda (the paper's LD Table 1: 1.6)")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="images per condition and arm (default by size: quick 8, default 64, full 128)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch of each round (default: quick 4, else 8)")
-    p.add_argument("--seed_sets", type=int, default=3, help="disjoint seed sets (the table's mean ± std is over them)")
-    return p
-
-
 def check(cfg, size: str):
     """Every flag checked before a model loads or anything is written: (models, radii, per_condition, batch)."""
     models = list(dict.fromkeys(cfg.models))
@@ -120,13 +106,10 @@ def run_root(cfg, name: str) -> Path:
     return Path(handoff.rank_zero("diversity_root", choose))
 
 
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     models, radii, per_condition, batch = check(cfg, size)
     root = run_root(cfg, f"{'-'.join(models)}-{size}")
-    results = []
+    launches, lines = [], []
     for name in models:
         sub = cfg.clone()
         sub.model, sub.out, sub.fresh = name, str(root / name), False  # the root is fresh already
@@ -140,30 +123,30 @@ def main(argv=None) -> int:
         result, seconds = launch("diversity", sub, settings=settings, model=model, spec=spec,
                                  sampling=sampling_for(sub, model, size), name=name, config=config,
                                  condition_names=getattr(model, "condition_names", None))
-        results.append((name, result, seconds, settings))
-    return report(root, results, cfg) if reports(results[-1][1]) else 0
+        launches.append((result, seconds))
+        s, done = settings[0], (f", {result.units_done_before} already done" if result.units_done_before else "")
+        lines.append((name, f"{result.units_total} units{done}, {seconds:.1f} s; {len(settings) // 2} seed sets x "
+                            f"{len(s.conditions)} conditions x {s.unit_size} images (rounds of {s.rounds[0]}), "
+                            f"r = {settings[1].radius:g}, lambda = {settings[1].overcomp:g}"))
+    return Generated(root, launches, lambda out: [*lines,
+                                                  ("tables", ", ".join(str(p) for p in out["files"].values()))])
 
 
-def report(root: Path, results, cfg) -> int:
-    from ..analysis.diversity import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(root, wandb_mode=cfg.wandb, project=cfg.wandb_project)
-    lines = [("run directory", str(root))]
-    for name, result, seconds, settings in results:
-        s = settings[0]
-        done = f", {result.units_done_before} already done" if result.units_done_before else ""
-        lines.append((f"{name}", f"{result.units_total} units{done}, {seconds:.1f} s; {len(settings) // 2} seed sets x "
-                                 f"{len(s.conditions)} conditions x {s.unit_size} images (rounds of {s.rounds[0]}), "
-                                 f"r = {settings[1].radius:g}, lambda = {settings[1].overcomp:g}"))
-    lines += [("metrics/figures", f"{t.seconds:.1f} s"),
-              ("tables", ", ".join(str(p) for p in out["files"].values())),
-              ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-              ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb))]
-    print_summary("SPELL diversity benchmark (Table 1: mean ± std over seed sets, per-condition metrics averaged)",
-                  lines, format_table(out["table"]))
-    return 0
-
+EXPERIMENT = Experiment(
+    name="diversity", doc=__doc__, generate=generate,
+    title="SPELL diversity benchmark (Table 1: mean ± std over seed sets, per-condition metrics averaged)",
+    flags=[f for f in GENERATION if f not in ("model", "protected", "prompts")]  # built-in models: real data needed
+    + ["per_condition", "batch"],
+    own_flags={
+        "--models": dict(type=str, nargs="+", default=[default_name()],
+                         help="built-in models, one store each, e.g. --models digits gmm (gmm needs --radius)"),
+        "--radius": dict(type=dict[str, float] | None, default=None,
+                         help="radius per model instead of its selected one, e.g. --radius '{gmm: 1.0}'"),
+        "--overcomp": dict(type=float, default=1.6, help="overcompensation lambda (the paper's LD Table 1: 1.6)"),
+        "--seed_sets": dict(type=int, default=3, help="disjoint seed sets (the table's mean ± std is over them)"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

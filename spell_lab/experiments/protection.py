@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,9 @@ from ..methods import spell_method
 from ..models import load_model
 from ..plan import Setting
 from ..protect import protected_spec
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch,
-                     print_summary, reports, run_cli, run_dir_for, run_lines, sampling_for, set_wandb_mode, size_of,
-                     wandb_line)
+from . import skeleton
+from .common import GENERATION, Timer, conditions_for, config_dict, launch, run_dir_for, sampling_for
+from .skeleton import Experiment, Generated
 
 EXPERIMENT = "protection"
 MODEL = "digits"  # the benchmark protects this built-in model's own training images (protected_items)
@@ -160,33 +160,7 @@ def _same(path: Path, items: np.ndarray) -> bool:
     return held.shape == items.shape and bool(np.array_equal(held, items))
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
-    p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], flags)
-    p.add_argument("--searches", type=str | None, default=None,
-                   help=f"comma-separated subset of {','.join(SEARCHES)} (default by size: quick "
-                        f"{','.join(SIZE_SEARCHES['quick'])}; otherwise all)")
-    p.add_argument("--radius", type=float | None, default=None, help="shield radius (default: the radius rule)")
-    p.add_argument("--too_close", type=float | None, default=None,
-                   help="the radius rule's target: the share of calibration outputs without SPELL inside a shield "
-                        "(default 0.076, the paper's 7.6%%; quick 0.3)")
-    p.add_argument("--overcomp", type=float, default=1.1,
-                   help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)")
-    p.add_argument("--set_size", "--set-size", type=int | None, default=None,
-                   help="protected items: the 1797 training images grown by augmentation (default: 1797; full 100000)")
-    p.add_argument("--augment_seed", type=int, default=0, help="seed of the augmentations")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition and search (default by size: quick 6, default 12, full 64)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: per_condition)")
-    p.add_argument("--calibration_per_condition", type=int | None, default=None,
-                   help="calibration samples per condition (default: as --per_condition)")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     searches = [s.strip() for s in cfg.searches.split(",") if s.strip()] if cfg.searches else list(SIZE_SEARCHES[size])
     per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
     share = TOO_CLOSE[size] if cfg.too_close is None else cfg.too_close
@@ -210,7 +184,14 @@ def main(argv=None) -> int:
     config = config_dict(cfg) | {"protection": protection | {"set_size": len(items)}, "size": size}
     result, seconds = launch(EXPERIMENT, cfg, settings=settings, model=model, spec=spec, sampling=sampling,
                              name=name, config=config, reference=BASELINE)
-    return report(result, cfg, seconds, protection, settings, len(items)) if reports(result) else 0
+    s = settings[0]
+    return Generated(result.run_dir, [(result, seconds)], lambda out: [
+        ("protected set", f"{len(items)} items ({result.run_dir / 'protected.npy'})"),
+        ("radius", f"{protection['radius']:g} ({protection['rule']})"),
+        ("plan", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds per search"),
+        ("judged", "too close = within r of a protected item, exhaustive float64 search of the stored outputs"),
+        ("real data", out["reference"]),
+    ])
 
 
 def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> dict:
@@ -228,25 +209,26 @@ def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> di
     return handoff.rank_zero("protection_radius", rule)
 
 
-def report(result, cfg, seconds, protection, settings, n_items) -> int:
-    from ..analysis.protection import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
-    s = settings[0]
-    lines = run_lines(result, seconds) + [
-        ("protected set", f"{n_items} items ({result.run_dir / 'protected.npy'})"),
-        ("radius", f"{protection['radius']:g} ({protection['rule']})"),
-        ("plan", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds per search"),
-        ("judged", "too close = within r of a protected item, exhaustive float64 search of the stored outputs"),
-        ("real data", out["reference"]),
-        ("analysis", f"{t.seconds:.1f} s"),
-        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
-    print_summary("SPELL protection benchmark (Table 2)", lines, format_table(out["table"]))
-    return 0
-
+ENTRY = Experiment(
+    name=EXPERIMENT, doc=__doc__, title="SPELL protection benchmark (Table 2)", generate=generate,
+    flags=[f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
+    + ["per_condition", "batch", "calibration_per_condition"],
+    own_flags={
+        "--searches": dict(type=str | None, default=None,
+                           help=f"comma-separated subset of {','.join(SEARCHES)} (default by size: quick "
+                                f"{','.join(SIZE_SEARCHES['quick'])}; otherwise all)"),
+        "--radius": dict(type=float | None, default=None, help="shield radius (default: the radius rule)"),
+        "--too_close": dict(type=float | None, default=None,
+                            help="the radius rule's target: the share of calibration outputs without SPELL inside a "
+                                 "shield (default 0.076, the paper's 7.6%%; quick 0.3)"),
+        "--overcomp": dict(type=float, default=1.1,
+                           help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)"),
+        ("--set_size", "--set-size"): dict(type=int | None, default=None, help="protected items: the 1797 training "
+                                           "images grown by augmentation (default: 1797; full 100000)"),
+        "--augment_seed": dict(type=int, default=0, help="seed of the augmentations"),
+    })
+main, command = skeleton.command(ENTRY)
+parser = partial(skeleton.parser, ENTRY)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

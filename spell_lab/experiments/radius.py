@@ -12,15 +12,17 @@ sparsity numbers, the figures, W&B and a summary table.
 from __future__ import annotations
 
 import math
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import spell_method
 from ..models.registry import require_reference
 from ..plan import Setting
 from ..calibration import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
-from .common import (GENERATION, Timer, base_parser, calibration_of, conditions_for, config_dict, launch, load_model_for, print_summary,
-                     reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
+from ..run import handoff
+from . import skeleton
+from .common import GENERATION, calibration_of, conditions_for, config_dict, launch, load_model_for, sampling_for
+from .skeleton import Experiment, Generated
 
 # Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
 PROTOCOLS = {
@@ -57,27 +59,7 @@ def radius_settings(radii, protocol: str, per_condition: int, batch: int | None,
                     seed=seed, note=note) for i, r in enumerate(radii)]
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
-    p = base_parser("radius", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--radii", type=float, nargs="+", default=None,
-                   help="radii to sweep, e.g. --radii 0 10 20 (default: the calibrated grid; 0 is always added)")
-    p.add_argument("--protocol", default="mixed", choices=list(PROTOCOLS),
-                   help="shield sources and batching of every radius")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition and radius (default by size: quick 8, default 16, full 32)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: the protocol's)")
-    p.add_argument("--overcomp", type=float, default=1.0, help="overcompensation lambda (1: the exact correction)")
-    p.add_argument("--grid_size", type=int | None, default=None, help="radii in the calibrated grid (default 16; quick 4)")
-    p.add_argument("--calibration_per_condition", type=int | None, default=None,
-                   help="calibration samples per condition (default: as --per_condition's size default)")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
     grid_size = cfg.grid_size or SIZE_GRID[size]
     if grid_size < 2:
@@ -87,8 +69,6 @@ def main(argv=None) -> int:
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
-
-    from ..run import handoff
 
     def calibrate() -> dict:  # rank 0 only: the DDP ranks it launches get the same grid, bit for bit, no extra batch
         cal = calibration_of(cfg, model, size, conditions, cfg.calibration_per_condition, grid_size)
@@ -104,28 +84,29 @@ def main(argv=None) -> int:
     config = config_dict(cfg) | {"calibration": cal, "size": size}
     result, seconds = launch("radius", cfg, settings=settings, model=model, spec=spec, sampling=sampling, name=name,
                              config=config, reference=settings[0].name)  # r00: radius 0 on the same seeds
-    return report(result, cfg, seconds, cal, settings) if reports(result) else 0
-
-
-def report(result, cfg, seconds, cal, settings) -> int:
-    from ..analysis.radius import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
     s = settings[0]
-    lines = run_lines(result, seconds) + [
+    return Generated(result.run_dir, [(result, seconds)], lambda out: [
         ("groups", f"r00..r{len(settings) - 1:02d}, r00 = radius 0"),
         ("protocol", f"{cfg.protocol}: rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}"),
         ("calibration", f"median {cal['median']:.4g}; grid {format_grid(cal['grid'])} ({cal['seconds']:.1f} s)"),
-        ("metrics/figures", f"{t.seconds:.1f} s"),
         ("real data", out["reference"]),
-        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
-    print_summary("SPELL radius ablation (per-condition metrics, averaged over conditions)", lines,
-                  format_table(out["table"]))
-    return 0
+    ])
 
+
+EXPERIMENT = Experiment(
+    name="radius", doc=__doc__, generate=generate,
+    title="SPELL radius ablation (per-condition metrics, averaged over conditions)",
+    flags=[f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
+    + ["per_condition", "batch", "calibration_per_condition"],
+    own_flags={
+        "--radii": dict(type=float, nargs="+", default=None,
+                        help="radii to sweep, e.g. --radii 0 10 20 (default: the calibrated grid; 0 is always added)"),
+        "--protocol": dict(default="mixed", choices=list(PROTOCOLS), help="shield sources and batching of every radius"),
+        "--overcomp": dict(type=float, default=1.0, help="overcompensation lambda (1: the exact correction)"),
+        "--grid_size": dict(type=int | None, default=None, help="radii in the calibrated grid (default 16; quick 4)"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()
