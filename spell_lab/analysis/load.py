@@ -148,8 +148,9 @@ def order_of(datasets: dict) -> list[str]:
 
 def reference_of(datasets: dict) -> str | None:
     """The group the analyses compare against: the run's `reference_group` (`Groups.reference`), else the first
-    group whose method is SPELL at radius 0 (the same seeds without SPELL); None where there is none."""
-    if getattr(datasets, "reference", None) is not None:
-        return datasets.reference
+    group whose method is SPELL at radius 0 (the same seeds without SPELL); None where there is none, or where it has
+    no complete unit yet (an interrupted run)."""
+    if getattr(datasets, "order", None) is not None:  # loaded by load_run: the run's own answer
+        return datasets.reference if datasets.reference in datasets else None
     return next((n for n, ds in datasets.items()
                  if method_of(ds).get("name") == "spell" and float(method_of(ds).get("radius", -1)) == 0.0), None)
