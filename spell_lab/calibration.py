@@ -1,4 +1,5 @@
-"""Radius calibration and selection (paper Appendix D; design.md section 2), as pure functions.
+"""Radius calibration and selection (paper Appendix D; docs/design.md section 2): pure functions, and the calibration
+run (`calibration_batch`, `run_calibration`) that generates the batch they measure.
 
 - *Calibration*: the median over every within-condition pair (i < j, same condition) of the L2 distance between
   flattened final outputs generated without SPELL, all conditions pooled (the paper's reading); the grid is
@@ -10,11 +11,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import torch
 
 GRID_SIZE = 16  # Appendix D: "We then test 16 values from 0 to 2 times the median distance."
+CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of a sweep
+SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # conditions calibrated by size (None: every one)
+SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}  # calibration samples per condition by size
 
 
 def pairwise_within(x0, cond) -> np.ndarray:
@@ -108,3 +114,32 @@ def rescale_for(selected: float, target: float) -> float:
     if not (selected > 0 and target > 0):
         raise ValueError(f"rescaling needs a selected radius > 0 and a target > 0 (got {selected}, {target}).")
     return float(target) / float(selected)
+
+
+def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampler, steps, guidance):
+    """Final outputs without SPELL, one batch holding `per_condition` samples of every condition: (x0, cond)."""
+    from .samplers import generate
+
+    if per_condition < 2:
+        raise ValueError(f"calibration needs >= 2 samples per condition to have a pair (got {per_condition}).")
+    cond = torch.tensor([int(c) for c in conditions], dtype=torch.long).repeat_interleave(per_condition)
+    seeds = list(range(seed + CALIBRATION_SEED_OFFSET, seed + CALIBRATION_SEED_OFFSET + len(cond)))
+    out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=None, record=False)
+    return out.x0.cpu(), cond
+
+
+def run_calibration(model, conditions, per_condition: int, *, seed: int, sampler: str, steps: int, guidance: float,
+                    grid_size: int = GRID_SIZE) -> dict:
+    """Generate the calibration batch and return a JSON-ready dict: median, grid, and how they were made."""
+    start = time.perf_counter()
+    x0, cond = calibration_batch(model, conditions, per_condition, seed=seed, sampler=sampler, steps=steps,
+                                 guidance=guidance)
+    seconds = time.perf_counter() - start
+    median, grid = calibrate(x0, cond, grid_size)
+    return dict(median=median, grid=[float(r) for r in grid], per_condition=per_condition,
+                conditions=[int(c) for c in conditions], first_seed=seed + CALIBRATION_SEED_OFFSET,
+                sampler=sampler, steps=steps, guidance=guidance, seconds=round(seconds, 2))
+
+
+def format_grid(grid) -> str:
+    return "  ".join(f"{r:.4g}" for r in grid)

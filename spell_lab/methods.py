@@ -1,4 +1,4 @@
-"""The method registry (design.md section 3): a method is plain data, `{"name": "spell", "radius": 25, ...}`,
+"""The method registry (docs/design.md section 3): a method is plain data, `{"name": "spell", "radius": 25, ...}`,
 resolved here into the hooks the sampler calls at every denoiser evaluation:
 
 - interventions on x0_hat: callables `(x0, cond, *, x_t, t, alpha, sigma) -> SpellStep`, applied in order, each
@@ -223,7 +223,7 @@ def _no_shields(name: str, protected) -> None:
 
 
 def particle_guidance(x_t: torch.Tensor, cond: torch.Tensor, strength: float, sigma_ve: float) -> torch.Tensor:
-    """The change of x0_hat by particle guidance (design.md section 2), x_t's shape; zero where sigma_ve < 1.
+    """The change of x0_hat by particle guidance (docs/design.md section 2), x_t's shape; zero where sigma_ve < 1.
 
     Per condition, on the flattened x_t: h_i = median_{j!=i} ||x_i - x_j||^2 / log(n - 1) (the lower middle for an
     even count, as torch.median), K_ij = exp(-||x_i - x_j||^2 / h_i), and the change is

@@ -1,4 +1,4 @@
-"""Conversions between a model's output and x0_hat, with x_t fixed (design.md section 2).
+"""Conversions between a model's output and x0_hat, with x_t fixed (docs/design.md section 2).
 
     epsilon      x0 = (x - sigma * eps) / alpha          eps = (x - alpha * x0) / sigma
     v_prediction x0 = alpha * x - sigma * v  (VP)        v   = (alpha * x - x0) / sigma

@@ -1,4 +1,4 @@
-"""Protected sets as shield sources: the index kinds a protected-set spec names (design.md sections 2 and 8).
+"""Protected sets as shield sources: the index kinds a protected-set spec names (docs/design.md sections 2 and 8).
 
 A spec is plain data, `{"path": "/abs/set.npy", "index": "exact" | "faiss", **index parameters}` (what a `Setting`
 carries); `build_index` turns it and the loaded items into a shield source `(x0, radius, overcomp, cond) -> Correction`.
@@ -11,7 +11,7 @@ carries); `build_index` turns it and the loaded items into a shield source `(x0,
   V and R, then the reverse triangle inequality on R), so every center within r of x is among the items whose bound is
   below r, whatever V is; a V that holds the set's variance makes the bound tight. faiss scans the bound index (on
   the CPU one range search; on CUDA a faiss-gpu k-NN, widened to a CPU range search where its k-th is within r) with
-  a threshold widened by a float32 error allowance. Why not the IVF cells' own bounds (design.md section 2): in the
+  a threshold widened by a float32 error allowance. Why not the IVF cells' own bounds (docs/design.md section 2): in the
   digits space the ball and Voronoi half-space bounds selected 24-30% of the cells (measured at commit
   7096111, 16-44x the 2-probe IVF's cost), where this bound leaves about 1.3 candidates per true shield at k = 32.
   With cache_margin m, the centers within r + m of a sample are kept and reused while it has moved less than m: every

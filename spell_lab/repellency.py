@@ -304,7 +304,7 @@ OVERLAP = ("single", "iterate")
 class Spell:
     """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected).
 
-    overlap="single" is the paper's one correction per evaluation. overlap="iterate" (design.md section 2, the
+    overlap="single" is the paper's one correction per evaluation. overlap="iterate" (docs/design.md section 2, the
     paper's open problem) corrects x0_hat' again, from every source, until no shield is within r or `max_iter`
     corrections were made, so outputs leave a union of overlapping balls too. Its step reports the total change
     and the first pass's active counts and nearest distance (the shields x0_hat itself was in: what the single

@@ -11,10 +11,11 @@ W&B login, since a report lives on the W&B server.
 
 from __future__ import annotations
 
-import argparse
 import netrc
 import os
 import sys
+
+from . import cli
 
 SPARSITY_LINES = {  # panel title -> (x, y keys): the run store's curves as logged by analysis.sparsity
     "Fig. 5a: median relative magnitude of the correction (active trajectories)": ("curve/t", ["curve/rel_median_active"]),
@@ -70,10 +71,10 @@ def has_login() -> bool:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spell_lab.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("--project", default="spell_lab", help="W&B project holding the synced runs")
-    p.add_argument("--entity", default="", help="W&B entity (default: your default entity)")
-    p.add_argument("--group", default=None, help="only the runs of this W&B group, e.g. sparsity-<run-name>")
+    p = cli.parser("python -m spell_lab.report", __doc__.split("\n\n")[0])
+    p.add_argument("--project", type=str, default="spell_lab", help="W&B project holding the synced runs")
+    p.add_argument("--entity", type=str, default="", help="W&B entity (default: your default entity)")
+    p.add_argument("--group", type=str | None, default=None, help="only the runs of this W&B group, e.g. sparsity-<run-name>")
     args = p.parse_args(argv)
     if not has_login():
         print("error: a W&B report lives on the W&B server and needs a login: run `wandb login` (or set "
@@ -88,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

@@ -1,4 +1,4 @@
-"""The run store's fields and the shield-source names, declared once (design.md section 5).
+"""The run store's fields and the shield-source names, declared once (docs/design.md section 5).
 
 The recorder, the run unit, the store, the analyses and the plots all derive their field lists from here, so adding
 a shield source or a field is a change of this file alone. Read `SOURCES` through the module (`schema.SOURCES`) at

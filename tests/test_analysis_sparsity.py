@@ -1,4 +1,4 @@
-"""spell_lab.analysis.sparsity on small synthetic Datasets with hand-known answers (store contract, design.md s.5)."""
+"""spell_lab.analysis.sparsity on small synthetic Datasets with hand-known answers (store contract, docs/design.md s.5)."""
 
 import json
 import math
@@ -165,7 +165,7 @@ def test_summary_never_active_is_nan_not_error():
 
 
 def test_summary_table_order_and_baseline_left_out(four):
-    dsets = {"overcomp": four, "baseline": four, "iterative": four, "custom": four}
+    dsets = {"overcomp": four, "baseline": four.assign_attrs(radius=0.0), "iterative": four, "custom": four}  # r = 0: the reference
     table = sp.summary_table(dsets)
     assert list(table.index) == ["iterative", "overcomp", "custom"] and table.index.name == "setup"
     assert list(table.columns) == list(sp.SUMMARY_KEYS)
@@ -234,7 +234,7 @@ def synthetic_run(setups=tuple(SETUP_SOURCES), *, steps=24, conditions=2, rounds
 
 
 def write_store(datasets: dict, run_dir):
-    """The run directory layout of design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
+    """The run directory layout of docs/design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
     store = run_dir / "store.zarr"
     for name, ds in datasets.items():
         ds.to_zarr(store, group=name, zarr_format=3, mode="a" if store.exists() else "w", consolidated=False)
@@ -244,7 +244,7 @@ def write_store(datasets: dict, run_dir):
 def test_gallery_fallbacks():
     run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
     fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
-    assert "no 'baseline' group" in fig._supxlabel.get_text()
+    assert "no reference group" in fig._supxlabel.get_text()
     assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
     assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
     base_run = synthetic_run(("iterative",), steps=6)
@@ -289,22 +289,22 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     one_line([str(tmp_path / "empty"), "--wandb", "disabled"], "no store.zarr")
     only_base = write_store({"baseline": synthetic_run(("iterative",), steps=4)["baseline"]}, tmp_path / "b")
     one_line([str(only_base), "--wandb", "disabled"], "no sparsity setup groups")
-    with pytest.raises(SystemExit) as stop:
-        sp.main([str(only_base), "--wandb", "loud"])
-    assert stop.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
+    one_line([str(only_base), "--wandb", "loud"], "invalid choice: 'loud'")
 
 
 def test_wandb_offline_one_run_per_setup(tmp_path):
+    from spell_lab.analysis.wandb_log import log_runs
+
     run = synthetic_run(("iterative", "overcomp"), steps=6)
     table = sp.summary_table(run)
     png = sp.plots.save(sp.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
-    dirs = sp.log_to_wandb(run, {"active_share": png}, table, project="spell_lab-test",
-                           group="sparsity-test", run_dir=tmp_path, mode="offline")
+    runs = sp.wandb_runs(run, {"table": table}, {"active_share": png})
+    dirs = log_runs(runs, project="spell_lab-test", group="sparsity-test", run_dir=tmp_path, mode="offline")
     assert len(dirs) == 3  # iterative, overcomp and the baseline reference
     for d in dirs:
         assert d.parent == tmp_path / "wandb" and d.name.startswith("offline-run-")
         assert list(d.glob("*.wandb"))
-    assert sp.log_to_wandb(run, {}, table, group="g", run_dir=tmp_path, mode="disabled") == []
+    assert log_runs(runs, project="p", group="g", run_dir=tmp_path, mode="disabled") == []
 
 
 def test_curves_table(four):

@@ -36,7 +36,7 @@ def test_pareto_mask():
 
 
 def test_condition_fidelity_reads_the_requested_class():
-    from spell_lab.analysis.quality import condition_fidelity, reference_data
+    from spell_lab.models import condition_fidelity, reference_data
 
     x, cond, _, _ = reference_data("digits", [3, 5])
     score = condition_fidelity("digits")

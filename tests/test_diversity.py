@@ -1,28 +1,22 @@
 """The diversity benchmark (Table 1): its settings, the table's arithmetic, the command line end to end on a quick
 run of both built-in models, the re-render, refusals, and its notebook."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import command
+
 from spell_lab.analysis import diversity as dv
 from spell_lab.experiments import diversity as ex
 
-ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--quick", "--models", "digits", "gmm", "--radius", "{gmm: 1.0}", "--steps", "6", "--devices", "1",
          "--no_progress"]
 
 
-def cli(*args, module="spell_lab.experiments.diversity"):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
+def cli(*args):
+    return command("spell_lab.experiments.diversity", *args, env={"WANDB_MODE": "offline"})
 
 
 # ----------------------------------------------------------------------------------------------- settings

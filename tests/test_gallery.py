@@ -73,6 +73,7 @@ def test_cli_gallery_flags(tmp_path, capsys):
         assert not (run_dir / "figures" / "gallery.png").exists()  # refused before writing anything
 
 
+@pytest.mark.e2e
 def test_figures_from_a_real_digits_store(tmp_path):
     from spell_lab.experiments import sparsity as exp
 

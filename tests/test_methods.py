@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from conftest import same_outputs
+
 from spell_lab.methods import cads_embedding, cads_gamma, method_params, particle_guidance, resolve
 from spell_lab.plan import Setting
 from spell_lab.run.launch import run_generation
@@ -21,22 +23,18 @@ def digits():
     return load_digits()
 
 
-def same(a, b):
-    return torch.equal(a.x0, b.x0) and all(torch.equal(a.records[k], b.records[k]) for k in a.records)
-
-
 def test_cfg_at_the_run_weight_is_the_plain_sampler(gmm):
     plain = generate(gmm, COND, range(4), steps=10, guidance=2.5)
-    assert same(generate(gmm, COND, range(4), steps=10, guidance=2.5, method=resolve("cfg")), plain)
+    assert same_outputs(generate(gmm, COND, range(4), steps=10, guidance=2.5, method=resolve("cfg")), plain)
     fixed = generate(gmm, COND, range(4), steps=10, guidance=1.0, method=resolve({"name": "cfg", "weight": 2.5}))
-    assert same(fixed, plain)  # the method's weight overrides the run's
+    assert same_outputs(fixed, plain)  # the method's weight overrides the run's
 
 
 def test_interval_covering_every_step_is_the_plain_sampler_and_an_empty_one_is_w_1(gmm):
     plain = generate(gmm, COND, range(4), steps=10, guidance=3.0)
-    assert same(generate(gmm, COND, range(4), steps=10, guidance=3.0, method=resolve("interval")), plain)
+    assert same_outputs(generate(gmm, COND, range(4), steps=10, guidance=3.0, method=resolve("interval")), plain)
     empty = resolve({"name": "interval", "sigma_lo": 0.0, "sigma_hi": 0.0})
-    assert same(generate(gmm, COND, range(4), steps=10, guidance=3.0, method=empty),
+    assert same_outputs(generate(gmm, COND, range(4), steps=10, guidance=3.0, method=empty),
                 generate(gmm, COND, range(4), steps=10, guidance=1.0))
     middle = resolve({"name": "interval", "sigma_lo": 0.3, "sigma_hi": 5.0})  # the middle steps: w = 3 there
     out = generate(gmm, COND, range(4), steps=10, guidance=3.0, method=middle)
@@ -68,7 +66,7 @@ def test_baselines_refuse_what_they_cannot_do(tmp_path):
 
 
 def pg_reference(x, cond, strength, sigma_ve):
-    """design.md section 2's formula, sample by sample, in float64."""
+    """docs/design.md section 2's formula, sample by sample, in float64."""
     f = x.reshape(len(x), -1).double()
     out = torch.zeros_like(f)
     if sigma_ve < 1:
@@ -111,7 +109,7 @@ def test_pg_at_strength_0_is_the_plain_sampler_and_moves_x0_only_while_sigma_ve_
     for model, cond in ((gmm, torch.tensor([0, 0, 0, 1, 1])), (digits, DIGITS_COND)):
         seeds = range(len(cond))
         plain = generate(model, cond, seeds, steps=6)
-        assert same(generate(model, cond, seeds, steps=6, method=resolve("pg")), plain)
+        assert same_outputs(generate(model, cond, seeds, steps=6, method=resolve("pg")), plain)
         out = generate(model, cond, seeds, steps=6, method=resolve({"name": "pg", "strength": 2.0}))
         assert not torch.equal(out.x0, plain.x0)
         level = out.records["sigma"] / out.records["alpha"]
@@ -158,7 +156,7 @@ def test_cads_reference_choices_keep_the_neutral_point_and_act_where_stated(digi
     plain = generate(digits, DIGITS_COND, seeds, **kw)
     base = {"name": "cads", "tau1": 0.2, "tau2": 0.7, "noise_scale": 1.0}
     for extra in ({"noise_uncond": True}, {"stats": "batch"}):
-        assert same(generate(digits, DIGITS_COND, seeds, method=resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0,
+        assert same_outputs(generate(digits, DIGITS_COND, seeds, method=resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0,
                                                                            **extra}), **kw), plain), extra
         assert not torch.equal(generate(digits, DIGITS_COND, seeds, method=resolve({**base, **extra}), **kw).x0,
                                generate(digits, DIGITS_COND, seeds, method=resolve(base), **kw).x0), extra
@@ -173,7 +171,7 @@ def test_cads_neutral_is_the_plain_sampler_and_otherwise_changes_outputs_per_sam
     for sampler in ("ddim", "ddpm"):  # ddpm draws from the samples' own noise streams every step
         plain = generate(digits, DIGITS_COND, seeds, sampler=sampler, steps=5)
         neutral = resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0})
-        assert same(generate(digits, DIGITS_COND, seeds, sampler=sampler, steps=5, method=neutral), plain)
+        assert same_outputs(generate(digits, DIGITS_COND, seeds, sampler=sampler, steps=5, method=neutral), plain)
         cads = resolve({"name": "cads", "tau1": 0.2, "tau2": 0.7, "noise_scale": 1.0})
         out = generate(digits, DIGITS_COND, seeds, sampler=sampler, steps=5, method=cads)
         assert (out.x0 - plain.x0).flatten(1).norm(dim=1).min() > 0  # every sample moved
@@ -208,7 +206,7 @@ def test_every_method_at_its_neutral_point_is_the_plain_sampler_on_digits(digits
     seeds = range(len(DIGITS_COND))
     plain = generate(digits, DIGITS_COND, seeds, steps=4)
     for m in ["cfg", "interval", "pg", {"name": "cads", "tau1": 1.0, "tau2": 1.0}]:
-        assert same(generate(digits, DIGITS_COND, seeds, steps=4, method=resolve(m)), plain), m
+        assert same_outputs(generate(digits, DIGITS_COND, seeds, steps=4, method=resolve(m)), plain), m
     spell = generate(digits, DIGITS_COND, seeds, steps=4, method=resolve({"name": "spell", "intra_batch": True}))
     assert torch.equal(spell.x0, plain.x0) and not spell.records["correction_norm"].any()  # it measures distances
 
@@ -216,7 +214,7 @@ def test_every_method_at_its_neutral_point_is_the_plain_sampler_on_digits(digits
 def test_spell_on_top_of_a_cfg_weight(gmm):
     spell = {"name": "spell", "radius": 1.5, "intra_batch": True}
     at_run_weight = generate(gmm, COND, range(4), steps=8, guidance=3.0, method=resolve(spell))
-    assert same(generate(gmm, COND, range(4), steps=8, guidance=1.0, method=resolve({**spell, "weight": 3.0})),
+    assert same_outputs(generate(gmm, COND, range(4), steps=8, guidance=1.0, method=resolve({**spell, "weight": 3.0})),
                 at_run_weight)
     assert at_run_weight.records["active_batch"].any()  # SPELL acted: the weight is not all that is compared
     radius_0 = resolve({**spell, "radius": 0.0, "weight": 3.0})

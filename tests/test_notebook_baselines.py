@@ -1,8 +1,11 @@
 """notebooks/baselines.ipynb runs end to end on a real quick run of the baselines command (digits model)."""
 
+import pytest
+
 from spell_lab.experiments import baselines
 
 
+@pytest.mark.e2e
 def test_notebook_reproduces_fronts(tmp_path, execute_notebook):
     run_dir = tmp_path / "quick"
     assert baselines.main(["--quick", "--steps", "6", "--sweeps", "cfg", "spell", "spell_cfg", "--wandb", "disabled",

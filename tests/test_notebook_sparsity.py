@@ -1,8 +1,11 @@
 """notebooks/sparsity.ipynb runs end to end on a real quick run of the sparsity command (gmm model)."""
 
+import pytest
+
 from spell_lab.experiments import sparsity
 
 
+@pytest.mark.e2e
 def test_notebook_reproduces_figures(tmp_path, execute_notebook):
     run_dir = tmp_path / "quick"
     assert sparsity.main(["--model", "gmm", "--radius", "3", "--quick", "--wandb", "disabled", "--no_progress",

@@ -1,4 +1,4 @@
-"""Overlap-aware correction (design.md section 2): with shields that overlap, the paper's single correction can land
+"""Overlap-aware correction (docs/design.md section 2): with shields that overlap, the paper's single correction can land
 x0_hat' inside a neighbouring shield; overlap="iterate" corrects again until no shield is within r."""
 
 import pytest

@@ -1,4 +1,5 @@
-"""pyproject.toml and environment.yml list the same dependencies; the layout of design.md section 4 exists."""
+"""pyproject.toml and environment.yml list the same dependencies; the layout of docs/design.md section 4 exists; every
+reference to the design document resolves inside the repository."""
 
 import tomllib
 from pathlib import Path
@@ -22,3 +23,20 @@ def test_layout_and_ci_call_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(line for line in ci.splitlines() if "pytest" in line).strip()
     assert test_command in readme
+
+
+def test_every_design_reference_resolves_inside_the_repository():
+    import re
+
+    design = (ROOT / "docs/design.md").read_text()
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", design, re.M)}
+    files = [p for d in ("spell_lab", "tests", "analysis", "notebooks", "benchmarks") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".md", ".ipynb")] + [ROOT / "README.md"]
+    cited, bare = set(), []
+    for path in files:
+        text = path.read_text()
+        bare += [f"{path.name}: {m}" for m in re.findall(r"(?<![/\w])design\.md", text)]
+        for nums in re.findall(r"docs/design\.md`? sections? (\d+(?: and \d+)?)", text):
+            cited |= {int(n) for n in nums.split(" and ")}
+    assert not bare, f"cite docs/design.md, the copy in the repository: {bare}"
+    assert cited and cited <= sections, sorted(cited - sections)

@@ -16,6 +16,7 @@ from test_diffusers import tiny_ddpm, tiny_dit
 ARGS = ["--quick", "--steps", "4", "--setups", "iterative,intra", "--wandb", "disabled", "--no_progress"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("make, shape", [(tiny_ddpm, (3, 8, 8)), (tiny_dit, (4, 8, 8))])
 def test_pipeline_directory_writes_the_same_store(tmp_path, make, shape):
     make().save_pretrained(tmp_path / "pipe")
@@ -45,6 +46,7 @@ def test_grid_matches_what_the_scheduler_steps(tmp_path):
     assert np.allclose(gen.records["sigma"], sigma)
 
 
+@pytest.mark.e2e  # an experiment command in a fresh process
 def test_missing_model_stops_at_once_with_no_store(tmp_path):
     out = tmp_path / "run"
     start = time.perf_counter()

@@ -28,7 +28,7 @@ def clustered():
     return items, q
 
 
-def same(a, b, radius):
+def same_correction(a, b, radius):
     """Same shields, same push (1e-5 relative), same nearest distance where it is below r."""
     assert torch.equal(a.active, b.active)
     scale = a.delta.norm(dim=1).clamp_min(1e-12)
@@ -51,7 +51,7 @@ def test_exact_search_finds_every_shield_and_ivf1_misses_some(clustered, exact_i
     for r in RADII:
         e = ref(q, r, 1.0, cond)
         assert e.active.sum() > 0
-        same(e, exact_index(q, r, 1.0, cond), r)
+        same_correction(e, exact_index(q, r, 1.0, cond), r)
         a = ivf1(q, r, 1.0, cond)
         assert (a.active <= e.active).all()
         missed += int((e.active - a.active).sum())
@@ -80,12 +80,12 @@ def test_cache_stays_exact_over_moving_queries(clustered):
     for step in range(8):  # small moves (served from the cache) and one jump (refreshed)
         x = x + (3.0 if step == 4 else 0.3) * torch.nn.functional.normalize(torch.randn(x.shape, generator=g), dim=1)
         c = cached(x, r, 1.0, None)
-        same(ref(x, r, 1.0, None), c, r)
-        same(ref(x, r, 1.0, None), plain(x, r, 1.0, None), r)
+        same_correction(ref(x, r, 1.0, None), c, r)
+        same_correction(ref(x, r, 1.0, None), plain(x, r, 1.0, None), r)
         hits += int((c.cells_probed == 0).sum())
     assert hits > 0  # some rows were served from the cache without probing a cell
     small = cached(x[:5], r, 1.0, None)  # another batch shape: the cache is rebuilt, still exact
-    same(ref(x[:5], r, 1.0, None), small, r)
+    same_correction(ref(x[:5], r, 1.0, None), small, r)
     assert (small.cells_probed > 0).all()
 
 
@@ -114,7 +114,7 @@ def test_builds_from_a_memory_mapped_npy(tmp_path, clustered):
     path = tmp_path / "set.npy"
     np.save(path, items.numpy())
     a = FaissProtected(path, exact=True)(q, RADII[1], 1.0, None)
-    same(ExactProtected(items)(q, RADII[1], 1.0, None), a, RADII[1])
+    same_correction(ExactProtected(items)(q, RADII[1], 1.0, None), a, RADII[1])
 
 
 def test_refusals_say_what_to_change(tmp_path):
@@ -150,6 +150,7 @@ def test_near_duplicates_are_pushed_out():
     assert float(moved.min()) >= 1.0 * (1 - 1e-5)
 
 
+@pytest.mark.e2e
 def test_spec_builds_through_the_registry_and_the_run_equals_the_exhaustive_one(tmp_path):
     """A gmm run with a faiss exact index from a spec equals the exhaustive one to float tolerance: the two sum the
     pushes in other orders (and ExactProtected takes far items from the expansion), so not bit for bit."""
@@ -205,7 +206,7 @@ def test_bound_never_exceeds_the_distance_and_is_tight_on_the_sets_span(clustere
     lb = torch.cdist(e.embed(x.double()), e.embed(low.double()))
     assert torch.allclose(lb, torch.cdist(x.double(), low.double()), atol=1e-3)
     c = ix(x, 6.0, 1.0, None)
-    same(ExactProtected(low)(x, 6.0, 1.0, None), c, 6.0)
+    same_correction(ExactProtected(low)(x, 6.0, 1.0, None), c, 6.0)
     assert int(c.active.sum()) > 2 * len(x) and ix.candidates <= int(c.active.sum()) + len(x)
 
 
@@ -221,7 +222,7 @@ def test_cache_verifies_only_the_candidates_whose_bound_is_below_r():
     for step in range(6):
         x = x + 0.3 * torch.nn.functional.normalize(torch.randn(40, 8, generator=g) @ span.T, dim=1)
         c = cached(x, r, 1.0, None)
-        same(ref(x, r, 1.0, None), c, r)
+        same_correction(ref(x, r, 1.0, None), c, r)
         plain(x, r, 1.0, None)
     within = int((torch.cdist(x.double(), low.double()) < r + 4.0).sum())  # what an unpruned cache would verify
     assert cached.candidates <= plain.candidates + 6 * len(x) < 6 * within // 2

@@ -1,14 +1,12 @@
 """The protection benchmark (Table 2) end to end: the quick run through the real command line, its judge against a
 brute-force reference, the deterministic augmentations, the refused inputs and the re-render command."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+
+from conftest import command
 
 from spell_lab import store
 from spell_lab.analysis.protection import nearest_items, overlap_share
@@ -18,12 +16,6 @@ from spell_lab.models.digits import load_data
 from spell_lab.models.digits_augment import grow
 
 EXACT = ("exact", "ivf_exact", "ivf_exact_cache", "overlap")  # the searches that find every shield within r
-
-
-def command(module, *args):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    env.pop("SPELL_LAB_RUN_DIR", None)
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +38,7 @@ def test_quick_run_exact_searches_leave_no_output_in_a_shield(quick_run):
     assert "SPELL protection benchmark" in stdout and "protected set" in stdout
 
 
+@pytest.mark.e2e
 def test_overlap_aware_correction_clears_the_overlapping_shields_the_single_correction_leaves(tmp_path):
     """At r = 22 on the 1797 training digits (overlapping shields) with 10 DDIM steps, the single correction's last
     push leaves outputs inside another shield: 4 of 640 in `--radius 22 --steps 10 --searches exact,overlap

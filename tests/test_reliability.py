@@ -3,14 +3,12 @@ say how to resume; a table of bad inputs per entry point (exit 2, one line, no t
 protected set whose contents changed is a mismatch, not a silent resume."""
 
 import hashlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import GMM_QUICK, command
 
 from spell_lab import schema, store
 from spell_lab.experiments import calibrate, radius, sparsity
@@ -18,13 +16,7 @@ from spell_lab.experiments.common import run_cli
 from spell_lab.models.gmm import GaussianMixture
 from spell_lab.run.lightning import INTERRUPT_AFTER
 
-QUICK = ["--model", "gmm", "--radius", "3", "--quick", "--wandb", "disabled", "--no_progress"]
-
-
-def command(module, *args, env=None):
-    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    env.pop("SPELL_LAB_RUN_DIR", None)
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=600)
+QUICK = GMM_QUICK
 
 
 def tree_digest(root: Path) -> str:
@@ -34,11 +26,9 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole") / "run"
-    assert sparsity.main([*QUICK, "--out", str(out)]) == 0
-    return store.open_run(out)
+@pytest.fixture
+def uninterrupted(gmm_quick_run):
+    return store.open_run(gmm_quick_run)
 
 
 def values(ds):
@@ -64,6 +54,7 @@ def test_an_interrupted_run_keeps_its_finished_units_and_resumes_exactly(tmp_pat
         xr.testing.assert_equal(values(resumed[name]), values(ds))
 
 
+@pytest.mark.e2e
 def test_a_changed_protected_set_is_a_mismatch_not_a_resume(tmp_path):
     path = tmp_path / "modes.npy"
     modes = GaussianMixture().modes().numpy()

@@ -3,13 +3,13 @@
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+
+from conftest import command
 
 from spell_lab import schema, store
 from spell_lab.experiments import sparsity
@@ -18,11 +18,8 @@ from spell_lab.run.lightning import CRASH_AFTER
 ARGS = ["--model", "gmm", "--radius", "3", "--overcomp", "1.6", "--quick", "--setups", "iterative,mixed,main", "--wandb", "disabled", "--no_progress"]
 
 
-def cli(*args, env=None, cwd=None):
-    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
-    env.pop("SPELL_LAB_RUN_DIR", None)
-    cmd = [sys.executable, "-m", "spell_lab.experiments.sparsity", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+def cli(*args, env=None):
+    return command("spell_lab.experiments.sparsity", *args, env=env)
 
 
 def digest(path: Path) -> str:
@@ -145,6 +142,7 @@ def test_two_processes_equal_one(reference_run, tmp_path):
     assert (out / "figures" / "summary.csv").read_text() == (reference_run / "figures" / "summary.csv").read_text()
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the default is one process")
 def test_the_default_uses_every_core_and_writes_the_same_store(tmp_path):
     args = ["--model", "gmm", "--radius", "3", "--setups", "iterative", "--steps", "400", "--wandb", "disabled",
@@ -165,6 +163,7 @@ def test_bad_setup_and_radius():
         sparsity.main(["--model", "gmm", "--radius", "0", "--quick", "--wandb", "disabled"])
 
 
+@pytest.mark.e2e
 def test_protected_set_from_a_file(tmp_path, gmm_modes_file):
     out = tmp_path / "prot"
     assert sparsity.main([*ARGS[:-5], "--setups", "intra", "--protected", str(gmm_modes_file), "--out", str(out), "--wandb", "disabled"]) == 0

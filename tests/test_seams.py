@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import spell_lab
@@ -21,13 +22,13 @@ from spell_lab.run.launch import run_generation
 
 PACKAGE = Path(spell_lab.__file__).parent
 LAYERS = [  # low to high: a module imports only from its own layer or below
-    {"__init__", "schema", "plan", "activity", "calibration", "schedules", "parameterisation"},
+    {"__init__", "cli", "schema", "plan", "activity", "schedules", "parameterisation"},
     {"repellency"},
     {"protect", "models"},
     {"methods", "metrics"},
     {"samplers"},
-    {"diffusers", "store"},
-    {"run", "store_view"},
+    {"diffusers", "store", "calibration"},
+    {"run"},
     {"analysis"},
     {"experiments", "report"},
 ]
@@ -67,6 +68,79 @@ def upward_imports(root: Path) -> list[str]:
     return found
 
 
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """spell_lab module -> the spell_lab modules it imports, at module level or inside a function (not in a
+    `__main__` block); `from pkg import name` counts as importing pkg.name where that is a module."""
+    def name_of(path: Path) -> str:
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    paths = {name_of(p): p for p in root.rglob("*.py")}
+    graph = {m: set() for m in paths}
+    for m, path in paths.items():
+        tree = ast.parse(path.read_text())
+        main = {id(x) for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test) for x in ast.walk(n)}
+        package = m.split(".") if path.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(tree):
+            if id(node) in main:
+                continue
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(package[: len(package) - node.level + 1] + (node.module or "").split(".")) \
+                    if node.level else node.module or ""
+                base = base.strip(".")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in paths else base for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            for t in targets:
+                while t not in paths and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                if t in paths and t != m:
+                    graph[m].add(t)
+    return graph
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    graph, index, low, stack, on, found = module_graph(root), {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v), on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+                on.discard(group[-1])
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle():
+    assert import_cycles(PACKAGE) == []
+
+
+def test_the_cycle_test_finds_a_lazy_cycle(tmp_path):
+    root = tmp_path / "spell_lab"
+    (root / "experiments").mkdir(parents=True)
+    (root / "experiments" / "a.py").write_text("from .b import x\n")
+    (root / "experiments" / "b.py").write_text("def f():\n    from . import c\n")
+    (root / "experiments" / "c.py").write_text("import spell_lab.experiments.a\n")
+    (root / "store.py").write_text("if __name__ == '__main__':\n    from .experiments import a\n")
+    assert import_cycles(root) == [["spell_lab.experiments.a", "spell_lab.experiments.b", "spell_lab.experiments.c"]]
+
+
 def test_no_module_imports_a_layer_above_it():
     assert upward_imports(PACKAGE) == []
     assert layer_of("store") > layer_of("plan") and layer_of("samplers") > layer_of("models")  # the two old ones
@@ -96,6 +170,7 @@ class EveryoneIsNear:
         return Correction(torch.zeros_like(x0), torch.ones(b, dtype=torch.long), torch.full((b,), 0.5))
 
 
+@pytest.mark.e2e
 def test_a_fake_source_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(schema, "SOURCES", schema.SOURCES + ("fake",))  # the one-place change
     monkeypatch.setitem(protect.INDEXES, "fake", EveryoneIsNear)  # its index kind
@@ -131,6 +206,7 @@ class Shift:
         return SpellStep(x0 + delta, delta, {}, torch.full((x0.shape[0],), math.inf))
 
 
+@pytest.mark.e2e
 def test_a_fake_method_runs_end_to_end(tmp_path, monkeypatch):
     def shift(params, protected=None):
         return Hooks(params, interventions=(Shift(params["amount"]),), guidance=lambda t, a, s, w: params["weight"])

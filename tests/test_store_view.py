@@ -1,4 +1,4 @@
-"""spell_lab.store_view on real stores written by the sparsity command (gmm: no images; digits: images)."""
+"""spell_lab.store.view (python -m spell_lab.store) on real stores written by the sparsity command (gmm: no images; digits: images)."""
 
 import json
 import shutil
@@ -11,7 +11,7 @@ import zarr
 from PIL import Image
 
 from spell_lab.experiments import sparsity
-from spell_lab.store_view import describe, export_images, main
+from spell_lab.store.view import describe, export_images, main
 
 
 def make_run(out, *args):
@@ -19,9 +19,9 @@ def make_run(out, *args):
     return out
 
 
-@pytest.fixture(scope="module")
-def gmm_run(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("gmm") / "run", "--model", "gmm", "--radius", "3")
+@pytest.fixture
+def gmm_run(gmm_quick_run):
+    return gmm_quick_run
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,7 @@ def test_export_images_skips_incomplete_units_and_groups_without_images(digits_r
 def test_module_command_prints_the_description_and_exports(digits_run, tmp_path):
     out = tmp_path / "png"
     done = subprocess.run(
-        [sys.executable, "-m", "spell_lab.store_view", str(digits_run), "--export-images", str(out), "--groups", "baseline"],
+        [sys.executable, "-m", "spell_lab.store", str(digits_run), "--export-images", str(out), "--groups", "baseline"],
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr
@@ -132,7 +132,7 @@ def test_module_command_prints_the_description_and_exports(digits_run, tmp_path)
         (lambda run, tmp: [str(tmp / "missing")], "error: no run store at"),
         (lambda run, tmp: [str(run), "--export-images", str(tmp / "file.png")], "is an existing file"),
         (lambda run, tmp: [str(run), "--groups", "nope"], "error: no group 'nope'"),
-        (lambda run, tmp: [], "error: the following arguments are required: RUN"),
+        (lambda run, tmp: [], "error: the following arguments are required: run"),
     ],
 )
 def test_user_errors_print_one_line_and_exit_2(gmm_run, tmp_path, capsys, args, message):

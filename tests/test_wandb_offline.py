@@ -20,9 +20,9 @@ def no_network_prefix() -> list[str]:
     return []
 
 
+@pytest.mark.e2e
 def test_offline_run_lands_in_the_run_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}  # the package's own default decides
-    env.pop("SPELL_LAB_RUN_DIR", None)
     out = tmp_path / "run"
     cmd = [*no_network_prefix(), sys.executable, "-m", "spell_lab.experiments.sparsity", *ARGS, "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -48,6 +48,7 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     assert len(rerun) == 3 and {r.name.rsplit("-", 1)[1] for r in rerun} == ids  # the same runs, updated
 
 
+@pytest.mark.e2e
 def test_disabled_writes_no_wandb(tmp_path):
     from spell_lab.experiments import sparsity
 

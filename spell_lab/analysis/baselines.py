@@ -22,17 +22,16 @@ from __future__ import annotations
 import json
 import re
 import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import plots
-from .load import load_run as _load, measured, method_of
+from . import driver, plots
+from .load import measured, method_of, model_name
 from .pareto import hypervolume_2d, pareto_mask
-from .quality import condition_fidelity, condition_metrics, generated, reference_data
+from ..models import condition_fidelity, reference_data
+from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(?P<sweep>[a-z_]+)-(?P<i>\d+)$")
 FRONTS = {  # name -> (quality on x, diversity on y)
@@ -235,73 +234,45 @@ def make_figures(table: pd.DataFrame, hv: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------------------------- edges
 
-def log_to_wandb(fronts: pd.DataFrame, hv: pd.DataFrame, per_condition: pd.DataFrame, figures: dict, *, attrs: dict,
-                 project: str = "spell_lab", group: str, run_dir, mode: str = "offline") -> list:
+def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
     """One W&B run: the fronts and hypervolume tables, the per-condition metrics and the figures; each method's
     hypervolumes as summary numbers."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+    from .wandb_log import RunLog, config_from_attrs
 
+    hv = result["table"]
+    attrs = dict(datasets[baseline_groups(datasets)[0]].attrs) | {"reference": result["reference"]}
     summary = {f"{front}/{sweep}": v for sweep, row in hv.iterrows() for front, v in row.items()
                if front.startswith(("hv_", "vs_cfg_"))}
-    run = RunLog(name="baselines", config=config_from_attrs(attrs), summary=summary,
-                 tags=("baselines", model_name(attrs)),
-                 tables={"fronts": fronts.reset_index(), "hypervolume": hv.reset_index(), "per_condition": per_condition},
-                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()})
-    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="baselines-analysis")
+    return [RunLog(name="baselines", config=config_from_attrs(attrs), summary=summary,
+                   tags=("baselines", model_name(attrs)),
+                   tables={"fronts": result["fronts"].reset_index(), "hypervolume": hv.reset_index(),
+                           "per_condition": result["per_condition"]}, images=images)]
 
 
-def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's sweep groups as checked Datasets (x0 read: the metrics need it), unwritten samples dropped."""
-    return _load(run_dir, experiment="baselines", select=baseline_groups, keep=("x0",),
-                 none_found="has no baseline groups (<sweep>-<i>); make one with "
-                            "`python -m spell_lab.experiments.baselines`")
-
-
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
-    """Metrics, fronts.csv / hypervolume.csv / per_condition.csv, the figures (RUN_DIR/figures) and W&B; no model
-    runs. reference: (x, cond, features) or None for the built-in model's held-out data.
-    Returns {"table" (hypervolumes), "fronts", "per_condition", "figures", "figures_dir", "wandb_dirs", "reference",
-    "neutral"}."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
-    first = datasets[baseline_groups(datasets)[0]]
-    model = first.attrs.get("model") or {}
-    model = model.get("name") if isinstance(model, dict) else str(model)
+def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
+    """Metrics against held-out real data (reference: (x, cond, features) or None for the built-in model's), the
+    fronts and each method's hypervolumes ("table"), and the neutral-point check."""
+    model = model_name(datasets[baseline_groups(datasets)[0]].attrs)
     desc = "given by the caller"
     if reference is None:
         conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
         *reference, desc = reference_data(model, conds)
     real_x, real_cond, features = reference
-    table, per = front_table(datasets, real_x, real_cond, features, fidelity=condition_fidelity(model), k=k)
-    hv = hypervolumes(table)
-    fronts = with_hypervolumes(table, hv)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = {name: plots.save(fig, out_dir, name) for name, fig in make_figures(table, hv).items()}
-    fronts.to_csv(out_dir / "fronts.csv")
-    hv.to_csv(out_dir / "hypervolume.csv")
-    per.to_csv(out_dir / "per_condition.csv", index=False)
-    attrs = dict(first.attrs) | {"reference": desc}
-    wandb_dirs = log_to_wandb(fronts, hv, per, figures, attrs=attrs, project=project,
-                              group=group or f"baselines-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
-    return {"table": hv, "fronts": fronts, "per_condition": per, "figures": figures, "figures_dir": out_dir,
-            "wandb_dirs": wandb_dirs, "reference": desc, "neutral": neutral_check(datasets, table)}
+    points, per = front_table(datasets, real_x, real_cond, features, fidelity=condition_fidelity(model), k=k)
+    hv = hypervolumes(points)
+    return {"table": hv, "points": points, "fronts": with_hypervolumes(points, hv), "per_condition": per,
+            "reference": desc, "neutral": neutral_check(datasets, points)}
 
 
-def latest_run(root="runs/baselines") -> Path:
-    from .load import latest_run as latest
-
-    return latest(root)
-
-
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    return rerender_main(argv, experiment="baselines", load_run=load_run, analyse_run=analyse_run,
-                         format_table=format_table,
-                         extra_lines=lambda res: [f"\nneutral points: {res['neutral']}", f"real data: {res['reference']}"])
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="baselines", select=baseline_groups, keep=("x0",), statistics=statistics,
+    figures=lambda datasets, r: make_figures(r["points"], r["table"]),
+    files=lambda r: {"fronts.csv": r["fronts"].to_csv(), "hypervolume.csv": r["table"].to_csv(),
+                     "per_condition.csv": r["per_condition"].to_csv(index=False)},
+    wandb_runs=wandb_runs, format_table=format_table,
+    none_found="has no baseline groups (<sweep>-<i>); make one with `python -m spell_lab.experiments.baselines`",
+    summary_lines=lambda res: [f"\nneutral points: {res['neutral']}", f"real data: {res['reference']}"]))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

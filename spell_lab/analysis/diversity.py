@@ -4,7 +4,7 @@ Pure functions over the run stores and held-out real data, one figure, and the e
 
     python -m spell_lab.analysis.diversity RUN_DIR [--wandb offline|disabled|online]
 
-Layout (design.md section 5; a store holds one model): RUN_DIR/<model>/store.zarr, one store per model, each with
+Layout (docs/design.md section 5; a store holds one model): RUN_DIR/<model>/store.zarr, one store per model, each with
 the groups `without-s<k>` and `spell-s<k>` of seed set k (the same seeds in both; seed sets are disjoint). The
 combined table, its CSV and Markdown, the per-seed-set and per-condition tables and the figures go to
 RUN_DIR/figures; a run directory that is itself one model's store is read as a one-model run.
@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import re
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import plots
-from .load import Groups, load_run as _load, measured
-from .quality import condition_fidelity, condition_metrics, generated, reference_data
+from . import driver, plots
+from .load import measured, model_name
+from ..models import condition_fidelity, reference_data
+from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(without|spell)-s(\d+)$")
 ARMS = {"without": "without SPELL", "spell": "+ SPELL"}
@@ -72,23 +72,7 @@ def model_dirs(run_dir) -> list[Path]:
     return found
 
 
-def load_run(run_dir) -> Groups:
-    """Every model's groups as checked Datasets keyed `<model dir>/<group>` (x0 read: the metrics need it)."""
-    out = Groups()
-    for d in model_dirs(run_dir):
-        groups = _load(d, experiment="diversity", keep=("x0",),
-                       select=lambda ds: sorted(n for n in ds if parse_group(n)),
-                       none_found="has no diversity groups (without-s0, spell-s0, ...); make one with "
-                                  "`python -m spell_lab.experiments.diversity`")
-        out.update({f"{d.name}/{n}": ds for n, ds in groups.items()})
-        out.units_missing += groups.units_missing
-        out.units_total += groups.units_total
-    return out
-
-
 def model_of(ds: xr.Dataset) -> str:
-    from .wandb_log import model_name
-
     return model_name(dict(ds.attrs))
 
 
@@ -262,75 +246,43 @@ def make_figures(datasets: dict, per_seed: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------------------------- edges
 
-def write_tables(out_dir: Path, table, per_seed, per_condition) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"table_csv": out_dir / "diversity_table.csv", "table_md": out_dir / "diversity_table.md",
-             "per_seed_set": out_dir / "diversity_per_seed_set.csv",
-             "per_condition": out_dir / "diversity_per_condition.csv"}
-    table.to_csv(paths["table_csv"])
-    paths["table_md"].write_text(to_markdown(table))
-    per_seed.to_csv(paths["per_seed_set"], index=False)
-    per_condition.to_csv(paths["per_condition"], index=False)
-    return paths
-
-
-def log_to_wandb(table, per_seed, per_condition, figures: dict, datasets: dict, *, project: str, group: str, run_dir,
-                 mode: str) -> list:
+def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
     """One W&B run per model: the Table 1 rows as summary (`without/<metric>`, `spell/<metric>`, `change/<metric>`),
-    the tables and the figures; offline under run_dir by default."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, store_key
+    the tables and the figures."""
+    from .wandb_log import RunLog, config_from_attrs
 
+    table, per_seed, per_condition = result["table"], result["per_seed_set"], result["per_condition"]
     runs = []
     for model, groups in by_model(datasets).items():
         if model not in table.index.get_level_values(0):
             continue
         spell = next(ds for n, ds in sorted(groups.items()) if n.startswith("spell-"))
         summary = {f"{setup}/{col}": v for setup, row in table.loc[model].iterrows() for col, v in row.items()}
-        images = {k: v["png"] for k, v in figures.items() if k == "relative_change" or k == f"gallery_{model}"}
+        own = {k: v for k, v in images.items() if k == "relative_change" or k == f"gallery_{model}"}
         runs.append(RunLog(name=f"diversity-{model}", config=config_from_attrs(dict(spell.attrs)), summary=summary,
-                           tags=("diversity", model_of(spell)), images=images,
+                           tags=("diversity", model_of(spell)), images=own,
                            tables={"table1": table.loc[[model]], "per_seed_set": per_seed[per_seed["model"] == model],
                                    "per_condition": per_condition[per_condition["model"] == model]}))
-    return log_runs(runs, project=project, group=group, run_dir=run_dir, mode=mode, job_type="diversity-analysis",
-                    key="+".join(store_key(d) for d in model_dirs(run_dir)))
+    return runs
 
 
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
-    """Metrics against held-out real data, Table 1 (CSV, Markdown), the figures (RUN_DIR/figures) and W&B; no model
-    runs. Returns {"table", "per_seed_set", "per_condition", "figures", "figures_dir", "tables", "wandb_dirs"}."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
+def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
+    """Per-condition metrics against held-out real data and Table 1 (mean ± std over seed sets, relative change)."""
     per_seed, per_condition = metric_tables(datasets, reference, k)
-    table = benchmark_table(per_seed)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, per_seed).items()}
-    tables = write_tables(out_dir, table, per_seed, per_condition)
-    wandb_dirs = log_to_wandb(table, per_seed, per_condition, figures, datasets, project=project,
-                              group=group or f"diversity-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
-    return {"table": table, "per_seed_set": per_seed, "per_condition": per_condition, "figures": figures,
-            "figures_dir": out_dir, "tables": tables, "wandb_dirs": wandb_dirs}
+    return {"table": benchmark_table(per_seed), "per_seed_set": per_seed, "per_condition": per_condition}
 
 
-def latest_run(root="runs/diversity") -> Path:
-    """The newest diversity run directory (one holding <model>/store.zarr) under root."""
-    for base in (Path(root), Path("..") / root):
-        runs = sorted((p for p in base.glob("*") if p.is_dir() and any(p.glob("*/store.zarr"))),
-                      key=lambda p: p.stat().st_mtime)
-        if runs:
-            return runs[-1].resolve()
-    raise FileNotFoundError(f"no run under {root}; run `python -m spell_lab.experiments.diversity` first "
-                            f"or set SPELL_RUN_DIR to a run directory.")
-
-
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    return rerender_main(argv, experiment="diversity", load_run=load_run, analyse_run=analyse_run,
-                         format_table=format_table,
-                         extra_lines=lambda res: [f"tables: {', '.join(str(p) for p in res['tables'].values())}"])
+TABLE_FILES = ("diversity_table.csv", "diversity_table.md", "diversity_per_seed_set.csv", "diversity_per_condition.csv")
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="diversity", select=lambda ds: sorted(n for n in ds if parse_group(n)), keep=("x0",),
+    stores=model_dirs, statistics=statistics, figures=lambda datasets, r: make_figures(datasets, r["per_seed_set"]),
+    files=lambda r: dict(zip(TABLE_FILES, (r["table"].to_csv(), to_markdown(r["table"]),
+                                           r["per_seed_set"].to_csv(index=False), r["per_condition"].to_csv(index=False)))),
+    wandb_runs=wandb_runs, format_table=format_table,
+    none_found="has no diversity groups (without-s0, spell-s0, ...); make one with "
+               "`python -m spell_lab.experiments.diversity`",
+    summary_lines=lambda res: [f"tables: {', '.join(str(p) for p in res['files'].values())}"]))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

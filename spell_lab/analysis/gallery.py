@@ -12,6 +12,7 @@ from matplotlib.colors import ListedColormap, Normalize
 
 from . import plots
 from .activity import active, ever_active
+from .load import reference_of
 
 
 def images(ds: xr.Dataset, idx: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -117,11 +118,13 @@ def delta_text(moved: float | None, steps: int) -> str:
 
 # ----------------------------------------------------------------------------------------------- what to draw
 
-def gallery_selection(datasets: dict, setup: str | None = None, conditions=None, baseline: str = "baseline",
+def gallery_selection(datasets: dict, setup: str | None = None, conditions=None, baseline: str | None = None,
                       max_conditions: int = 2) -> tuple[str, list]:
     """(setup, conditions) the gallery draws. setup None: `iterative` where present, else the first setup in the
     paper's order; conditions None: the setup's first `max_conditions` in generation order. Conditions are matched
-    by value or name (`--classes 3 5`). A setup or condition the store lacks raises ValueError naming what it has."""
+    by value or name (`--classes 3 5`). A setup or condition the store lacks raises ValueError naming what it has.
+    baseline None: the run's reference group (`load.reference_of`)."""
+    baseline = reference_of(datasets) if baseline is None else baseline
     names = plots.ordered(n for n in datasets if n != baseline)
     if setup is None:
         setup = "iterative" if "iterative" in names else names[0] if names else None
@@ -162,7 +165,8 @@ def _caption(setup, baseline, pair, moved, changed, scale, once_rounds, hidden) 
     lines = [f"{setup}: SPELL acted on the outlined images ({int(changed.sum())} of {changed.size}), never on the "
              "others", "images in generation order (#: place among the condition's samples)"]
     if not pair:
-        lines.append(f"(no {baseline!r} group: the same seeds without SPELL are not shown, so Δ is unknown; "
+        missing = f"{baseline!r} group" if baseline else "reference group (SPELL at radius 0)"
+        lines.append(f"(no {missing}: the same seeds without SPELL are not shown, so Δ is unknown; "
                      "labels give SPELL's active steps)")
     else:
         small = int((changed & np.isfinite(moved) & (moved < 0.05 * scale)).sum())
@@ -194,14 +198,15 @@ def _outline(ax, color, ls="-"):
 
 
 @plots.styled
-def plot_gallery(datasets: dict, setup: str | None = None, baseline: str = "baseline", max_conditions: int = 2,
+def plot_gallery(datasets: dict, setup: str | None = None, baseline: str | None = None, max_conditions: int = 2,
                  max_images: int = 16, ncols: int = 8, conditions=None):
     """Fig. 6: per condition, images in generation order (round, position); each row of SPELL images sits under
     the same seeds without SPELL (group `baseline`). Only images SPELL acted on (`intervened`) are outlined; the
     outline's colour (colorbar) and the label under the image say how far the output moved from the one without
     SPELL (Δ, L2 in the diffusion space) and for how many steps SPELL was active. Rounds before the setup's
     `measure_from_round` (memory only: nothing to repel yet) are drawn once where they equal the baseline.
-    setup and conditions: see `gallery_selection`."""
+    setup and conditions: see `gallery_selection`; baseline None: the run's reference group."""
+    baseline = reference_of(datasets) if baseline is None else baseline
     setup, conditions = gallery_selection(datasets, setup, conditions, baseline, max_conditions)
     ds, base = datasets[setup], datasets.get(baseline)
     cond = ds["condition"].values if "condition" in ds else np.zeros(ds.sizes["sample"], int)

@@ -1,6 +1,6 @@
 """Loading a run for analysis: the one `load_run` and the one `measured`, shared by every experiment's analysis.
 
-A store group is checked against the schema (design.md section 5), its small variables are read once, images stay
+A store group is checked against the schema (docs/design.md section 5), its small variables are read once, images stay
 lazy, and the samples of work units never written (an interrupted run) are left out and counted.
 """
 
@@ -25,7 +25,7 @@ def check_dataset(ds: xr.Dataset, name: str = "dataset", hint: str = "python -m 
     missing = [v for v in required() if v not in ds.variables] + [c for c in ("t",) if c not in ds.coords]
     if missing or "sample" not in ds.dims or "step" not in ds.dims:
         raise ValueError(
-            f"group {name!r} is not a run-store group (design.md section 5): missing {missing or 'dims sample/step'}; "
+            f"group {name!r} is not a run-store group (docs/design.md section 5): missing {missing or 'dims sample/step'}; "
             f"it has {sorted(ds.variables)}. Regenerate it with `{hint}`."
         )
     return ds
@@ -72,6 +72,13 @@ def method_of(ds: xr.Dataset) -> dict:
             "intra_batch": bool(setting.get("intra_batch", False)), "memory": bool(setting.get("memory", False))}
 
 
+def model_name(attrs: dict) -> str:
+    """The model a group was generated with (its `model` attribute: a spec dict, its JSON, or a name)."""
+    model = attrs.get("model")
+    model = json.loads(model) if isinstance(model, str) and model.startswith("{") else model
+    return str(model.get("name") if isinstance(model, dict) else model)
+
+
 def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], none_found: str,
              keep: tuple[str, ...] = ()) -> dict[str, xr.Dataset]:
     """The run's groups that `select(datasets)` names, in its order, checked and loaded (`keep`: large variables to
@@ -105,23 +112,45 @@ def load_run(run_dir, *, experiment: str, select: Callable[[dict], list[str]], n
         raise ValueError(f"{run_dir / 'store.zarr'} has no complete work unit yet; run `{hint}` (the same command) "
                          "to generate, then analyse.")
     out.units_missing, out.units_total = int(missing), int(total)
+    out.order, out.reference = run_layout(run_dir, datasets)
     return out
 
 
 class Groups(dict):
-    """A run's loaded groups by name, with how many work units are missing (an interrupted run) of how many."""
+    """A run's loaded groups by name, with how many work units are missing (an interrupted run) of how many, and
+    the run's group order and reference group (`run_layout`)."""
 
     units_missing = 0
     units_total = 0
+    order: list[str] | None = None
+    reference: str | None = None
 
 
-def latest_run(root: str) -> Path:
-    """The most recently modified run directory under root (relative paths also tried from the parent of cwd,
-    so notebooks/ finds ../runs)."""
-    experiment = Path(root).name
-    for base in (Path(root), Path("..") / root):
-        runs = sorted((p for p in base.glob("*") if (p / "store.zarr").exists()), key=lambda p: p.stat().st_mtime)
-        if runs:
-            return runs[-1].resolve()
-    raise FileNotFoundError(f"no run under {root}; run `python -m spell_lab.experiments.{experiment}` first "
-                            f"or set SPELL_RUN_DIR to a run directory.")
+def run_layout(run_dir, datasets: dict) -> tuple[list[str], str | None]:
+    """The group order and the reference group the run wrote into the store's root (`group_order`,
+    `reference_group`); stores made before those attributes: the settings' order in `content`, and the first group
+    that is SPELL at radius 0 (`reference_of`)."""
+    from ..store import run_attrs
+
+    attrs = run_attrs(run_dir)
+    order = attrs.get("group_order") or [s["name"] for s in json.loads(attrs.get("content", "{}")).get("settings", [])]
+    order = [n for n in order if n in datasets] + [n for n in datasets if n not in order]
+    if "reference_group" in attrs:
+        return order, attrs["reference_group"]
+    return order, reference_of({n: datasets[n] for n in order})
+
+
+def order_of(datasets: dict) -> list[str]:
+    """The groups in the run's order (`Groups.order`); a plain dict: its own order."""
+    order = getattr(datasets, "order", None) or []
+    return [n for n in order if n in datasets] + [n for n in datasets if n not in order]
+
+
+def reference_of(datasets: dict) -> str | None:
+    """The group the analyses compare against: the run's `reference_group` (`Groups.reference`), else the first
+    group whose method is SPELL at radius 0 (the same seeds without SPELL); None where there is none, or where it has
+    no complete unit yet (an interrupted run)."""
+    if getattr(datasets, "order", None) is not None:  # loaded by load_run: the run's own answer
+        return datasets.reference if datasets.reference in datasets else None
+    return next((n for n, ds in datasets.items()
+                 if method_of(ds).get("name") == "spell" and float(method_of(ds).get("radius", -1)) == 0.0), None)

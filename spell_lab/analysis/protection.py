@@ -1,7 +1,7 @@
 """The protection benchmark (paper Section 4.6, Table 2, Figure 7; Appendix G): how many outputs land too close to
 a protected item under each shield search, at what quality and time.
 
-Pure functions over the run store's Datasets (design.md section 5) and the run's `protected.npy`, figure functions
+Pure functions over the run store's Datasets (docs/design.md section 5) and the run's `protected.npy`, figure functions
 that return matplotlib Figures, and the edges: `analyse_run` (files, W&B) and `main`
 
     python -m spell_lab.analysis.protection RUN_DIR [--wandb offline|disabled|online]
@@ -10,7 +10,7 @@ Definitions:
 - *Too close*: an output within the radius r of a protected item, judged afterwards from the stored x0 by an
   exhaustive search of the whole set in float64 (`nearest_items`), whatever index the run searched with.
   `own_inside_pct` is what the run's own search saw at the end (`inside_shield`): an approximate index misses some.
-- *Precision, recall*: per condition against the held-out digits (`quality.reference_data`; k = 5), averaged over
+- *Precision, recall*: per condition against the held-out digits (`spell_lab.models.reference_data`; k = 5), averaged over
   conditions. The held-out digits are among the training images, so they are protected items themselves.
 - *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
   batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,12 @@ import seaborn as sns
 import torch
 import xarray as xr
 
-from . import plots
+from . import driver, plots
 from .gallery import baseline_partner, images
-from .load import load_run as _load
-from .quality import condition_metrics, generated, reference_data
+from .load import model_name, order_of, reference_of
+from ..models import reference_data
+from .quality import condition_metrics, generated
 
-BASELINE = "baseline"
-ORDER = ("baseline", "exact", "ivf_exact", "ivf_exact_cache", "ivf1", "ivf2", "ivf3", "ivf5", "ivf10", "overlap")
 SET_FILE = "protected.npy"
 CHUNK = 4096  # protected items per block of the exhaustive search
 # The paper's Table 2 (MDTv2 on ImageNet-1k, 1.2M protected training images, 50k outputs, GPU), as printed.
@@ -97,8 +95,8 @@ def _rows_at(items, idx) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- the table
 
 def groups(datasets: dict) -> list[str]:
-    """The run's groups, baseline first, then the searches in Table 2's order, then any others."""
-    return [n for n in ORDER if n in datasets] + [n for n in datasets if n not in ORDER]
+    """The run's groups in the order the run wrote them: the reference (no SPELL) first, then the searches."""
+    return order_of(datasets)
 
 
 def setting_of(ds: xr.Dataset) -> dict:
@@ -165,7 +163,7 @@ def protection_table(datasets: dict, items, radius: float, reference, k: int = 5
                           min_nearest_over_r=float(j["nearest"].min() / radius))
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "search"
-    base = table["seconds_per_image"].get(BASELINE, np.nan)
+    base = table["seconds_per_image"].get(reference_of(datasets), np.nan)
     table.insert(table.columns.get_loc("seconds_per_image") + 1, "time_vs_baseline", table["seconds_per_image"] / base)
     return table, pd.concat(long, ignore_index=True)
 
@@ -183,7 +181,7 @@ def timing(ds: xr.Dataset) -> dict:
 
 def _own(ds: xr.Dataset, name: str) -> dict:
     """What the run itself saw: outputs its own search found inside a shield, and how many SPELL moved."""
-    if name == BASELINE or not setting_of(ds).get("protected"):
+    if not setting_of(ds).get("protected"):  # the reference: no protected set
         return dict(own_inside_pct=np.nan, moved_pct=np.nan)
     moved = (ds["active_protected"] > 0).any("step").values
     return dict(own_inside_pct=100 * float(ds["inside_shield"].values.mean()), moved_pct=100 * float(moved.mean()))
@@ -232,12 +230,12 @@ def paper_markdown() -> str:
 
 # ----------------------------------------------------------------------------------------------- figures
 
-def search_styles(names) -> dict[str, dict]:
-    """One colour and marker per search (the baseline: a black star), the same in every figure."""
+def search_styles(names, reference: str | None) -> dict[str, dict]:
+    """One colour and marker per search (the reference, without SPELL: a black star), the same in every figure."""
     palette = sns.color_palette("colorblind", 10)
     out, k = {}, 0
     for n in names:
-        if n == BASELINE:
+        if n == reference:
             out[n] = dict(color="0.1", marker="*", s=170)
         else:
             out[n] = dict(color=palette[k % 10], marker=plots.MARKERS[k % len(plots.MARKERS)], s=60)
@@ -246,12 +244,12 @@ def search_styles(names) -> dict[str, dict]:
 
 
 @plots.styled
-def plot_leak_vs_time(table: pd.DataFrame, radius: float):
+def plot_leak_vs_time(table: pd.DataFrame, radius: float, reference: str | None):
     """Leak rate (outputs too close) against time per image: ours in seconds, and ours beside the paper's Table 2
     as multiples of the time without SPELL. One colour and marker per search (legend)."""
     fig = plots.Figure(figsize=(12.5, 4.8), layout="constrained")
     ax, rel = fig.subplots(1, 2)
-    styles = search_styles(table.index)
+    styles = search_styles(table.index, reference)
     for name, row in table.iterrows():
         label = f"{name} · {row['searched_cells']} · {row['too_close_pct']:.2f}%"
         for a, x in ((ax, row["seconds_per_image"]), (rel, row["time_vs_baseline"])):
@@ -283,16 +281,16 @@ def plot_leak_vs_time(table: pd.DataFrame, radius: float):
 
 
 @plots.styled
-def plot_distances(judged: dict, radius: float):
+def plot_distances(judged: dict, radius: float, reference: str | None):
     """Each search's cumulative share of outputs closer than d to their nearest protected item (d ÷ r): its value
     at 1 is the share too close."""
     fig = plots.Figure(figsize=(9.5, 4.4), layout="constrained")
     ax = fig.subplots()
-    styles = search_styles(judged)
+    styles = search_styles(judged, reference)
     for name, j in judged.items():
         d = np.sort(j["nearest"].to_numpy() / radius)
         ax.step(d, 100 * np.arange(1, len(d) + 1) / len(d), where="post", color=styles[name]["color"],
-                lw=2.2 if name == BASELINE else 1.3, ls="-" if name in (BASELINE, "exact") else "--",
+                lw=2.2 if name == reference else 1.3, ls="-" if name in (reference, "exact") else "--",
                 label=f"{name} ({100 * j['too_close'].mean():.2f}% < r)")
     ax.axvline(1.0, color="k", lw=1, ls=":")
     every = np.concatenate([j["nearest"].to_numpy() / radius for j in judged.values()])
@@ -308,9 +306,10 @@ def plot_distances(judged: dict, radius: float):
 def moved_examples(judged: dict, datasets: dict, search: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(samples of `search`, their baseline partners): outputs whose same seed without SPELL was too close, closest
     first, then other outputs SPELL moved; at most n."""
-    ds, base = datasets[search], datasets[BASELINE]
+    ref = reference_of(datasets)
+    ds, base = datasets[search], datasets[ref]
     partner = baseline_partner(ds, base)
-    near = np.where(partner >= 0, judged[BASELINE]["nearest"].to_numpy()[np.maximum(partner, 0)], np.inf)
+    near = np.where(partner >= 0, judged[ref]["nearest"].to_numpy()[np.maximum(partner, 0)], np.inf)
     moved = (ds["active_protected"] > 0).any("step").values & (partner >= 0)
     order = np.argsort(near, kind="stable")
     pick = [i for i in order if moved[i] and near[i] < np.inf][:n]
@@ -321,17 +320,18 @@ def moved_examples(judged: dict, datasets: dict, search: str, n: int) -> tuple[n
 def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, search: str | None = None, n: int = 8):
     """Figure 7: outputs SPELL moved (columns, the closest copies first): the same seed without SPELL, its nearest
     protected item, and the output with SPELL, each labelled with its distance to its nearest item (÷ r)."""
+    ref = reference_of(datasets)
     search = search or next((s for s in ("exact", "ivf_exact", "overlap") if s in datasets),
-                            next((s for s in groups(datasets) if s != BASELINE), None))
-    if search is None or BASELINE not in datasets:
+                            next((s for s in groups(datasets) if s != ref), None))
+    if search is None or ref not in datasets:
         raise ValueError("the gallery needs the baseline group and one SPELL search in the run.")
     pick, partner = moved_examples(judged, datasets, search, n)
-    item_idx = judged[BASELINE]["nearest_item"].to_numpy()[partner]
+    item_idx = judged[ref]["nearest_item"].to_numpy()[partner]
     shape = datasets[search]["x0"].shape[1:]
     item_ds = xr.Dataset({"x0": (datasets[search]["x0"].dims, np.asarray(_rows_at(items, item_idx)).reshape(
         len(item_idx), *shape) if len(item_idx) else np.zeros((0, *shape)))})
-    rows = [("without SPELL", images(datasets[BASELINE].drop_vars("image", errors="ignore"), partner)[0],
-             judged[BASELINE]["nearest"].to_numpy()[partner]),
+    rows = [("without SPELL", images(datasets[ref].drop_vars("image", errors="ignore"), partner)[0],
+             judged[ref]["nearest"].to_numpy()[partner]),
             ("its nearest\nprotected item", images(item_ds, np.arange(len(item_idx)))[0], None),
             (f"with SPELL\n({search})", images(datasets[search].drop_vars("image", errors="ignore"), pick)[0],
              judged[search]["nearest"].to_numpy()[pick])]
@@ -360,19 +360,14 @@ def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, searc
 
 
 def make_figures(datasets, table, judged, items, radius) -> dict:
-    figs = {"leak_vs_time": plot_leak_vs_time(table, radius), "distances": plot_distances(judged, radius)}
-    if BASELINE in datasets and len(datasets) > 1:
+    ref = reference_of(datasets)
+    figs = {"leak_vs_time": plot_leak_vs_time(table, radius, ref), "distances": plot_distances(judged, radius, ref)}
+    if ref in datasets and len(datasets) > 1:
         figs["moved_gallery"] = plot_moved_gallery(datasets, judged, items, radius)
     return figs
 
 
 # ----------------------------------------------------------------------------------------------- edges
-
-def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's groups as checked Datasets (x0 read: the judge and the metrics need it)."""
-    return _load(run_dir, experiment="protection", select=groups, keep=("x0",),
-                 none_found="has no groups; make one with `python -m spell_lab.experiments.protection`")
-
 
 def load_set(run_dir) -> np.ndarray:
     path = Path(run_dir) / SET_FILE
@@ -382,60 +377,42 @@ def load_set(run_dir) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def log_to_wandb(table, per_condition, figures, *, attrs, project, group, run_dir, mode) -> list:
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
+    from .wandb_log import RunLog, config_from_attrs
 
+    table = result["table"]
+    attrs = dict(datasets[groups(datasets)[0]].attrs) | {"reference": result["reference"]}
     summary = {f"{name}/{c}": v for name, row in table.iterrows() for c, v in row.items() if c != "searched_cells"}
-    run = RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
-                 tags=("protection", model_name(attrs)), tables={"table2": table, "per_condition": per_condition,
-                                                                 "paper_table2": PAPER_TABLE2},
-                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()})
-    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="protection-analysis")
+    return [RunLog(name="protection", config=config_from_attrs(attrs), summary=summary,
+                   tags=("protection", model_name(attrs)), tables={"table2": table, "per_condition": result["per_condition"],
+                                                                   "paper_table2": PAPER_TABLE2}, images=images)]
 
 
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
-    """Judge every output against RUN_DIR/protected.npy, build Table 2, render the figures (RUN_DIR/figures), write
-    the table as CSV and Markdown and log to W&B; no model runs. Returns {"table", "per_condition", "judged",
-    "figures", "figures_dir", "wandb_dirs", "reference", "radius", "overlap_share"}."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
-    items = load_set(run_dir)
+def statistics(datasets: dict, run_dir, reference=None, k: int = 5) -> dict:
+    """Judge every output against RUN_DIR/protected.npy and build Table 2 (reference: (x, cond, features) or None for
+    the built-in model's held-out data)."""
+    items = load_set(run_dir)  # a missing set is one line, before anything is written
     radius = protection_radius(datasets)
     desc = "given by the caller"
     if reference is None:
         conds = np.unique(np.concatenate([ds["condition"].values for ds in datasets.values()]))
-        *reference, desc = reference_data("digits", conds)
+        *reference, desc = reference_data(model_name(next(iter(datasets.values())).attrs), conds)
     judged = judge(datasets, items, radius)
     table, per = protection_table(datasets, items, radius, reference, k, judged)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = {name: plots.save(fig, out_dir, name) for name, fig in
-                   make_figures(datasets, table, judged, items, radius).items()}
-    table.to_csv(out_dir / "table2.csv")
-    per.to_csv(out_dir / "table2_per_condition.csv", index=False)
-    (out_dir / "table2.md").write_text(table_markdown(table) + "\n")
-    first = datasets[groups(datasets)[0]]
-    attrs = dict(first.attrs) | {"reference": desc}
-    wandb_dirs = log_to_wandb(table, per, figures, attrs=attrs, project=project,
-                              group=group or f"protection-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
-    return {"table": table, "per_condition": per, "judged": judged, "figures": figures, "figures_dir": out_dir,
-            "wandb_dirs": wandb_dirs, "reference": desc, "radius": radius,
-            "overlap_share": overlap_share(items, radius)}
+    return {"table": table, "per_condition": per, "judged": judged, "items": items, "reference": desc,
+            "radius": radius, "overlap_share": overlap_share(items, radius)}
 
 
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    def load(run_dir):
-        load_set(run_dir)  # a missing set is one line, before anything is written
-        return load_run(run_dir)
-
-    return rerender_main(argv, experiment="protection", load_run=load, analyse_run=analyse_run,
-                         format_table=format_table,
-                         extra_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "
-                                                  f"{res['overlap_share']:.0%} of items; real data: {res['reference']}"])
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="protection", select=groups, keep=("x0",), statistics=statistics,
+    figures=lambda datasets, r: make_figures(datasets, r["table"], r["judged"], r["items"], r["radius"]),
+    files=lambda r: {"table2.csv": r["table"].to_csv(), "table2_per_condition.csv": r["per_condition"].to_csv(index=False),
+                     "table2.md": table_markdown(r["table"]) + "\n"},
+    wandb_runs=wandb_runs, format_table=format_table,
+    none_found="has no groups; make one with `python -m spell_lab.experiments.protection`",
+    summary_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "
+                               f"{res['overlap_share']:.0%} of items; real data: {res['reference']}"]))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The radius ablation (paper Section 4.3, Figure 3; Appendix D calibration; Appendix F on larger radii).
 
-Pure functions over the run store's Datasets (design.md section 5) and held-out real data, figure functions that
-return matplotlib Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `analyse_run`, `main`
+Pure functions over the run store's Datasets (docs/design.md section 5) and held-out real data, figure functions that
+return matplotlib Figures, and its entry of the shared analysis driver (`ANALYSIS`: statistics, figures, files,
+W&B runs; `load_run`, `latest_run`, `analyse_run`, `main` come from `spell_lab.analysis.driver`)
 
     python -m spell_lab.analysis.radius RUN_DIR [--wandb offline|disabled|online]
 
@@ -24,20 +25,18 @@ from __future__ import annotations
 import json
 import re
 import sys
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import plots
+from . import driver, plots
 from .activity import active, active_share, activity_numbers, ever_active, last_active_t
 from .gallery import condition_label, images
-from .load import load_run as _load, measured
-from .quality import condition_metrics, generated, reference_data
+from .load import measured, model_name
+from ..models import reference_data
+from .quality import condition_metrics, generated
 
-BASELINE = "r00"
 GROUP = re.compile(r"^r\d+$")
 QUALITY = ("precision", "recall", "density", "coverage")
 METRICS = QUALITY + ("vendi", "vendi_raw", "fd")
@@ -55,6 +54,12 @@ def group_name(i: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- run groups
+
+def reference_row(table: pd.DataFrame) -> pd.Series | None:
+    """The table's row of radius 0 (the same seeds without SPELL, the baseline every figure draws), or None."""
+    rows = table[table["radius"] == 0]
+    return rows.iloc[0] if len(rows) else None
+
 
 def radius_groups(datasets: dict) -> list[str]:
     """The radius groups (`r00`, `r01`, ...) of a run, in increasing radius."""
@@ -154,7 +159,7 @@ def plot_metrics(table: pd.DataFrame, per_condition: pd.DataFrame | None = None)
     """Fig. 3 (per metric): each metric against the radius; bold, the mean over conditions; thin grey, each
     condition; dashed, the baseline (radius 0, same seeds without SPELL)."""
     fig, axes, bottom = plots.grid(len(METRICS), ncols=4, panel=(3.5, 2.9))
-    base = table.loc[BASELINE] if BASELINE in table.index else None
+    base = reference_row(table)
     color = plots.setup_colors(["mixed"])["mixed"]
     for ax, m, b in zip(axes, METRICS, bottom):
         if per_condition is not None:
@@ -205,8 +210,8 @@ def plot_fronts(table: pd.DataFrame):
     for ax, x in zip(axes, ("recall", "vendi")):
         ax.plot(t[x], t["precision"], color="0.7", lw=1, zorder=1)
         ax.scatter(t[x], t["precision"], c=t["radius"], cmap=cmap, norm=norm, s=55, edgecolor="k", lw=0.5, zorder=2)
-        if BASELINE in t.index:
-            b = t.loc[BASELINE]
+        b = reference_row(t)
+        if b is not None:
             ax.scatter([b[x]], [b["precision"]], marker="*", s=260, c=[cmap(norm(b["radius"]))], edgecolor="k",
                        lw=0.8, zorder=3, label="no SPELL (r = 0)")
             ax.legend(frameon=False, loc="best", fontsize=9)
@@ -330,11 +335,6 @@ def make_figures(datasets: dict, table: pd.DataFrame, per_condition: pd.DataFram
     return figs
 
 
-def render_all(datasets: dict, table, per_condition=None, out_dir=".") -> dict[str, dict[str, Path]]:
-    """Write each figure as PNG and PDF into out_dir; returns {name: {"png": path, "pdf": path}}."""
-    return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, table, per_condition).items()}
-
-
 SERIES = {  # W&B line charts against the radius
     "precision recall density coverage": list(QUALITY),
     "vendi": ["vendi", "vendi_raw"],
@@ -343,69 +343,43 @@ SERIES = {  # W&B line charts against the radius
 }
 
 
-def log_to_wandb(table: pd.DataFrame, per_condition: pd.DataFrame, figures: dict, *, attrs: dict,
-                 project: str = "spell_lab", group: str, run_dir, mode: str = "offline", name: str = "radius") -> list:
+def wandb_runs(datasets: dict, result: dict, images: dict, name: str = "radius") -> list:
     """One W&B run for the whole ablation, with one logged row per radius (x axis: radius), so W&B draws each
-    metric against the radius directly; the tables and the figures beside them; the baseline row as summary.
-    Offline by default, written under run_dir; mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name
+    metric against the radius directly; the tables and the figures beside them; the baseline row as summary."""
+    from .wandb_log import RunLog, config_from_attrs
 
+    table = result["table"]
+    attrs = dict(datasets[radius_groups(datasets)[0]].attrs) | {"reference": result["reference"]}
     curves = table.reset_index(drop=True).select_dtypes("number")
-    summary = {f"baseline/{k}": v for k, v in table.loc[BASELINE].items()} if BASELINE in table.index else {}
+    base = reference_row(table)
+    summary = {f"baseline/{k}": v for k, v in base.items()} if base is not None else {}
     summary["n_radii"] = len(table)
-    run = RunLog(name=name, config=config_from_attrs(attrs), summary=summary, tags=("radius", model_name(attrs)),
-                 tables={"radius": table, "per_condition": per_condition},
-                 images={k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()},
-                 curves=curves, x="radius", series=SERIES)
-    return log_runs([run], project=project, group=group, run_dir=run_dir, mode=mode, job_type="radius-analysis")
+    return [RunLog(name=name, config=config_from_attrs(attrs), summary=summary, tags=("radius", model_name(attrs)),
+                   tables={"radius": table, "per_condition": result["per_condition"]}, images=images, curves=curves,
+                   x="radius", series=SERIES)]
 
 
-def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's radius groups as checked Datasets (x0 read: the metrics need it), unwritten samples dropped."""
-    return _load(run_dir, experiment="radius", select=radius_groups, keep=("x0",),
-                 none_found="has no radius groups (r00, r01, ...); make one with `python -m spell_lab.experiments.radius`")
-
-
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, reference=None, k: int = 5) -> dict:
-    """Metrics against held-out real data, the figures (RUN_DIR/figures), the tables (CSV) and W&B; no model runs.
-    reference: (x, cond, features) or None for the built-in model's held-out data (`reference_data`).
-    Returns {"table", "per_condition", "figures", "figures_dir", "wandb_dirs", "reference"}."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
-    first = datasets[radius_groups(datasets)[0]]
+def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
+    """The metric tables against held-out real data. reference: (x, cond, features) or None for the built-in
+    model's held-out data (its registry entry)."""
     desc = "given by the caller"
     if reference is None:
-        model = first.attrs.get("model") or {}
-        model = model.get("name") if isinstance(model, dict) else str(model)
+        model = model_name(datasets[radius_groups(datasets)[0]].attrs)
         conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
         *reference, desc = reference_data(model, conds)
     real_x, real_cond, features = reference
     table, per = metric_tables(datasets, real_x, real_cond, features, k=k)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = render_all(datasets, table, per, out_dir)
-    table.to_csv(out_dir / "radius_table.csv")
-    per.to_csv(out_dir / "radius_per_condition.csv", index=False)
-    attrs = dict(first.attrs) | {"reference": desc}
-    wandb_dirs = log_to_wandb(table, per, figures, attrs=attrs, project=project,
-                              group=group or f"radius-{run_dir.name}", run_dir=run_dir, mode=wandb_mode)
-    return {"table": table, "per_condition": per, "figures": figures, "figures_dir": out_dir,
-            "wandb_dirs": wandb_dirs, "reference": desc}
+    return {"table": table, "per_condition": per, "reference": desc}
 
 
-def latest_run(root="runs/radius") -> Path:
-    from .load import latest_run as latest
-
-    return latest(root)
-
-
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    return rerender_main(argv, experiment="radius", load_run=load_run, analyse_run=analyse_run,
-                            format_table=format_table, extra_lines=lambda res: [f"\nreal data: {res['reference']}"])
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="radius", select=radius_groups, keep=("x0",), statistics=statistics,
+    figures=lambda datasets, r: make_figures(datasets, r["table"], r["per_condition"]),
+    files=lambda r: {"radius_table.csv": r["table"].to_csv(), "radius_per_condition.csv": r["per_condition"].to_csv(index=False)},
+    wandb_runs=wandb_runs, format_table=format_table,
+    none_found="has no radius groups (r00, r01, ...); make one with `python -m spell_lab.experiments.radius`",
+    summary_lines=lambda res: [f"\nreal data: {res['reference']}"]))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

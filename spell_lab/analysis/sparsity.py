@@ -1,7 +1,7 @@
 """How often, how strongly and how long SPELL acts, per sampling step (paper Section 4.4, Appendix F, Figures 5, 6, 9-15).
 
-Pure functions over the run store's Datasets (design.md section 5), figure functions that return matplotlib
-Figures, and the edges: `render_all` (files), `log_to_wandb` (W&B), `main` (the command line)
+Pure functions over the run store's Datasets (docs/design.md section 5), figure functions that return matplotlib
+Figures, and its entry of the shared analysis driver (`ANALYSIS`; `spell_lab.analysis.driver`)
 
     python -m spell_lab.analysis.sparsity RUN_DIR [--wandb offline|disabled|online] [--gallery SETUP] [--classes 3 5]
 
@@ -13,7 +13,7 @@ share) are `spell_lab.analysis.activity`'s; this module adds
   all trajectories (inactive ones are 0, so it is the same for both).
 
 Which samples: functions of one Dataset use every sample they are given. Functions of a run (a dict of groups:
-`summary_table`, the curve figures, `log_to_wandb`) first keep each group's measured samples (`measured`: rounds
+`summary_table`, the curve figures, `wandb_runs`) first keep each group's measured samples (`measured`: rounds
 from its `measure_from_round` on; the rounds before only fill the memory). The gallery shows every round
 (memory-only ones once).
 The group `baseline` (the `iterative` plan at radius 0) is a reference: it is left out of curves and tables and
@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from .. import schema
-from . import plots
+from . import driver, plots
 from .activity import (_active_np, active, active_by_source, active_share, activity_numbers, last_active_t,
                        stopped_share)
 from .gallery import gallery_selection, plot_gallery
-from .load import load_run as _load, measured_all as measured
+from .load import measured_all as measured, model_name, reference_of
 
-REFERENCE = "baseline"
 SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue's contract
     "n_samples",
     "active_at_0.8",
@@ -55,7 +53,8 @@ SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue
 
 def setups(datasets: dict) -> list[str]:
     """The analysed setups of a run, in the paper's order; the radius-0 reference group is not one of them."""
-    return plots.ordered(n for n in datasets if n != REFERENCE)
+    ref = reference_of(datasets)
+    return plots.ordered(n for n in datasets if n != ref)
 
 
 # ----------------------------------------------------------------------------------------------- per step
@@ -376,37 +375,30 @@ def make_figures(datasets: dict, gallery: dict | None = None) -> dict:
     return figs
 
 
-def render_all(datasets: dict, out_dir, gallery: dict | None = None) -> dict[str, dict[str, Path]]:
-    """Write each figure as PNG and PDF into out_dir; returns {name: {"png": path, "pdf": path}}."""
-    return {name: plots.save(fig, out_dir, name) for name, fig in make_figures(datasets, gallery).items()}
-
-
 def own_figures(datasets: dict, name: str) -> dict:
     """The figures of one setup alone, for its own W&B run: relative magnitude, active share, and its gallery
     where the store has images and the baseline (the reference run gets none)."""
-    if name == REFERENCE:
+    ref = reference_of(datasets)
+    if name == ref:
         return {}
     one = {name: datasets[name]}
     figs = {"setup/relative_magnitude": plot_relative_magnitude(one), "setup/active_share": plot_active_share(one)}
-    if REFERENCE in datasets and ("image" in datasets[name] or "x0" in datasets[name]):
-        figs["setup/gallery"] = plot_gallery({**one, REFERENCE: datasets[REFERENCE]}, name)
+    if ref is not None and ("image" in datasets[name] or "x0" in datasets[name]):
+        figs["setup/gallery"] = plot_gallery({**one, ref: datasets[ref]}, name, baseline=ref)
     return figs
 
 
-def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, project: str = "spell_lab",
-                 group: str, run_dir, mode: str = "offline") -> list[Path]:
-    """One W&B run per store group (each setup, and the radius-0 `baseline` as a reference), all in `group`: the
-    group's attrs as config, its summary row as run summary, the whole summary table, every figure (PNG path,
-    {"png": path} or Figure) beside the setup's own (`own_figures`), a per-sample table and the per-t curves
-    (measured samples). Offline by default, written under run_dir;
-    mode="disabled" logs nothing. Returns the W&B run directories."""
-    from .wandb_log import RunLog, config_from_attrs, log_runs, model_name, sample_rows
+def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
+    """One W&B run per store group (each setup, and the radius-0 `baseline` as a reference): the group's attrs as
+    config, its summary row as run summary, the whole summary table, every figure beside the setup's own
+    (`own_figures`), a per-sample table and the per-t curves (measured samples)."""
+    from .wandb_log import RunLog, config_from_attrs, sample_rows
 
-    images = {k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()}
+    summary = result["table"]
     every = datasets
     datasets = measured(datasets)
-    names = setups(datasets) + [n for n in datasets if n == REFERENCE]
-    runs = [
+    names = setups(datasets) + [n for n in datasets if n == reference_of(datasets)]
+    return [
         RunLog(
             name=name,
             config={"setup": name, **config_from_attrs(datasets[name].attrs)},
@@ -424,57 +416,36 @@ def log_to_wandb(datasets: dict, figures: dict, summary: pd.DataFrame, *, projec
         )
         for name in names
     ]
-    return log_runs(runs, project=project, group=group, run_dir=run_dir, mode=mode, job_type="sparsity-analysis")
 
 
-def load_run(run_dir) -> dict[str, xr.Dataset]:
-    """The run's groups (setups and the baseline reference) as checked Datasets, unwritten samples dropped."""
-    return _load(run_dir, experiment="sparsity", select=lambda ds: sorted(ds) if setups(ds) else [],
-                 none_found=f"has no sparsity setup groups; expected some of {list(plots.SETUP_ORDER)}")
-
-
-def latest_run(root="runs/sparsity") -> Path:
-    from .load import latest_run as latest
-
-    return latest(root)
-
-
-def analyse_run(run_dir, *, wandb_mode: str = "offline", project: str = "spell_lab", group: str | None = None,
-                out_dir=None, datasets: dict | None = None, gallery: dict | None = None) -> dict:
-    """Render the figures into RUN_DIR/figures, build the summary table and log to W&B; no model runs.
-    Returns {"table", "figures", "wandb_dirs", "figures_dir"}. The experiment command calls this after sampling.
-    gallery: the gallery's setup and conditions (plot_gallery keywords; default: iterative, the first two)."""
-    run_dir = Path(run_dir)
-    datasets = load_run(run_dir) if datasets is None else datasets
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "figures"
-    figures = render_all(datasets, out_dir, gallery)
-    table = summary_table(datasets)
-    table.to_csv(out_dir / "summary.csv")
-    wandb_dirs = log_to_wandb(datasets, figures, table, project=project, group=group or f"sparsity-{run_dir.name}",
-                              run_dir=run_dir, mode=wandb_mode)
-    return {"table": table, "figures": figures, "wandb_dirs": wandb_dirs, "figures_dir": out_dir}
+def statistics(datasets: dict, run_dir=None, gallery: dict | None = None) -> dict:
+    """The summary table. gallery: the gallery's setup and conditions (plot_gallery keywords; default: iterative,
+    the first two)."""
+    return {"table": summary_table(datasets), "gallery": gallery}
 
 
 def _gallery_flags(p) -> None:
     g = p.add_argument_group("gallery (Fig. 6)")
-    g.add_argument("--gallery", metavar="SETUP", default=None,
+    g.add_argument("--gallery", metavar="SETUP", type=str | None, default=None,
                    help="the setup the gallery draws (default: iterative where present, else the first)")
-    g.add_argument("--classes", metavar="C", nargs="+", default=None,
+    g.add_argument("--classes", metavar="C", type=str, nargs="+", default=None,
                    help="the conditions it shows, by value or name, e.g. --classes 3 5 (default: the first two)")
 
 
 def _gallery_options(args, datasets) -> dict:
     """--gallery/--classes as analyse_run's `gallery` keywords; an unknown setup or class fails here, early."""
     gallery = {"setup": args.gallery, "conditions": args.classes}
-    gallery_selection(datasets, **gallery, baseline=REFERENCE)
+    gallery_selection(datasets, **gallery)
     return {"gallery": gallery}
 
 
-def main(argv=None) -> int:
-    from .cli import rerender_main
-
-    return rerender_main(argv, experiment="sparsity", load_run=load_run, analyse_run=analyse_run,
-                         format_table=format_table, add_arguments=_gallery_flags, options=_gallery_options)
+ANALYSIS = driver.register(driver.Analysis(
+    experiment="sparsity", select=lambda ds: sorted(ds) if setups(ds) else [], statistics=statistics,
+    figures=lambda datasets, r: make_figures(datasets, r["gallery"]),
+    files=lambda r: {"summary.csv": r["table"].to_csv()}, wandb_runs=wandb_runs, format_table=format_table,
+    none_found=f"has no sparsity setup groups; expected some of {list(plots.SETUP_ORDER)}",
+    flags=_gallery_flags, options=_gallery_options))
+load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
 if __name__ == "__main__":

@@ -98,12 +98,6 @@ def _table(df: pd.DataFrame):
     return wandb.Table(columns=[str(c) for c in df.columns], data=rows)
 
 
-def model_name(attrs: dict) -> str:
-    model = attrs.get("model")
-    model = json.loads(model) if isinstance(model, str) and model.startswith("{") else model
-    return str(model.get("name") if isinstance(model, dict) else model)
-
-
 def sample_rows(ds) -> pd.DataFrame:
     """One row per sample of a store group (W&B's per-sample table): seed, condition, round, intervened, first and
     last active t (NaN: never active), final nearest distance, and the image where the store has one."""

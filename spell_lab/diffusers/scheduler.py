@@ -1,4 +1,4 @@
-"""`SpellScheduler`: SPELL inside a diffusers pipeline, by wrapping the pipeline's scheduler (design.md section 3).
+"""`SpellScheduler`: SPELL inside a diffusers pipeline, by wrapping the pipeline's scheduler (docs/design.md section 3).
 
     pipe.scheduler = SpellScheduler(pipe.scheduler, radius=40.0, intra_batch=True)
     images = pipe(prompts, generator=generators).images
@@ -134,7 +134,7 @@ def evaluation(scheduler, family: str, prediction: str, timestep) -> Evaluation:
 class SpellScheduler:
     """A diffusers scheduler with SPELL applied to x0_hat at every `step` (module docstring for the conventions).
 
-    radius, overcomp: the correction (design.md section 2); radius 0 passes the model output through untouched.
+    radius, overcomp: the correction (docs/design.md section 2); radius 0 passes the model output through untouched.
     intra_batch: the other samples of the batch repel each other (within the same group, `set_groups`).
     memory, protected: reference latents (K, *latent_shape) or the project's shield sources (`repellency.Memory`,
         a protected index); they must live in the scheduler's sample space (latents for latent pipelines).

@@ -1,1 +1,1 @@
-"""Runnable entry points: python -m spell_lab.experiments.NAME (see design.md section 6)."""
+"""Runnable entry points: python -m spell_lab.experiments.NAME (see docs/design.md section 6)."""

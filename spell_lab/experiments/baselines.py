@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import method_params
+from ..models.registry import require_reference
 from ..plan import Setting
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for,
-                     print_summary, reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
+from . import skeleton
+from .common import GENERATION, conditions_for, config_dict, launch, load_model_for, sampling_for
+from .skeleton import Experiment, Generated
 
 # Each sweep as plain data: the method's fixed parameters, the parameter it varies and the grid. A grid value is a
 # number, null (the run's guidance weight: the neutral point of `weight` sweeps) or a dict of parameters (a point
@@ -42,7 +44,6 @@ GRIDS = {name: list(s["values"]) for name, s in SWEEPS.items()}
 QUICK_GRID = 2  # quick size: the first (neutral) and the last (strongest) value of each grid
 SIZE_ROUNDS = {"quick": (4, 4), "default": (8,) * 4, "full": (8,) * 8}
 SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # evenly spaced; None: every condition
-REFERENCE_MODELS = ("gmm", "digits", "fashion")
 
 
 def group_name(sweep: str, i: int) -> str:
@@ -82,25 +83,9 @@ def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run
     return settings
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
-    p = base_parser("baselines", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--sweeps", type=str, nargs="+", default=list(SWEEPS),
-                   help=f"the methods to sweep, e.g. --sweeps cfg spell (default: {' '.join(SWEEPS)})")
-    p.add_argument("--grids", type=dict, default=copy.deepcopy(GRIDS),
-                   help='grid values per sweep, e.g. \'{"pg": [0, 1, 2]}\' (number, null = the run\'s weight, or a '
-                        'dict of parameters); a sweep not named keeps its built-in grid')
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     grids = {**GRIDS, **(cfg.grids or {})}
-    if cfg.model not in REFERENCE_MODELS:  # before any sampling: the metrics need held-out real data
-        raise ValueError(f"the baselines compare metrics against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}).")
+    require_reference(cfg.model, "the baselines comparison")  # before any sampling: the metrics need real data
     baseline_settings(cfg.sweeps, grids, size, [0], cfg.seed, 1.0)  # flags checked before the model loads
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
@@ -111,30 +96,30 @@ def main(argv=None) -> int:
                                                           | {"values": grids[s]} for s in cfg.sweeps}}
     result, seconds = launch("baselines", cfg, settings=settings, model=model, spec=spec, sampling=sampling,
                              name=name, config=config)
-    return report(result, cfg, seconds, settings) if reports(result) else 0
-
-
-def report(result, cfg, seconds, settings) -> int:
-    from ..analysis.baselines import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
     s = settings[0]
-    lines = run_lines(result, seconds) + [
+    return Generated(result.run_dir, [(result, seconds)], lambda out: [
         ("groups", f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})"
                                                     for k in cfg.sweeps)),
         ("protocol", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds everywhere"),
         ("neutral points", out["neutral"]),
-        ("metrics/figures", f"{t.seconds:.1f} s"),
         ("real data", out["reference"]),
         ("fronts", f"{out['figures_dir'] / 'fronts.csv'} (hypervolume: {out['figures_dir'] / 'hypervolume.csv'})"),
-        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
-    print_summary("Training-free diversity methods: dominated hypervolume per front (higher is better)", lines,
-                  format_table(out["table"]))
-    return 0
+    ])
 
+
+EXPERIMENT = Experiment(
+    name="baselines", doc=__doc__, generate=generate,
+    title="Training-free diversity methods: dominated hypervolume per front (higher is better)",
+    flags=[f for f in GENERATION if f not in ("protected", "prompts")],  # built-in models, no protected set
+    own_flags={
+        "--sweeps": dict(type=str, nargs="+", default=list(SWEEPS),
+                         help=f"the methods to sweep, e.g. --sweeps cfg spell (default: {' '.join(SWEEPS)})"),
+        "--grids": dict(type=dict, default=copy.deepcopy(GRIDS),
+                        help='grid values per sweep, e.g. \'{"pg": [0, 1, 2]}\' (number, null = the run\'s weight, or a '
+                             'dict of parameters); a sweep not named keeps its built-in grid'),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

@@ -16,47 +16,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import astuple
 from pathlib import Path
 
-import torch
+from ..calibration import GRID_SIZE, SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
+from .common import GENERATION, base_parser, calibration_of, conditions_for, load_model_for, print_summary, run_cli, size_of
 
-from ..calibration import GRID_SIZE, calibrate
-from .common import (GENERATION, Timer, base_parser, conditions_for, load_model_for, print_summary, run_cli,
-                     sampling_for, size_of)
-
-CALIBRATION_SEED_OFFSET = 1_000_000  # calibration sample i uses seed + offset + i: never a seed of the sweep
-SIZE_CONDITIONS = {"quick": 2, "default": 5, "full": None}  # None: every condition
-SIZE_PER_CONDITION = {"quick": 8, "default": 16, "full": 32}
-
-
-def calibration_batch(model, conditions, per_condition: int, *, seed: int, sampler, steps, guidance):
-    """Final outputs without SPELL, one batch holding `per_condition` samples of every condition: (x0, cond)."""
-    from ..samplers import generate
-
-    if per_condition < 2:
-        raise ValueError(f"calibration needs >= 2 samples per condition to have a pair (got {per_condition}).")
-    cond = torch.tensor([int(c) for c in conditions], dtype=torch.long).repeat_interleave(per_condition)
-    seeds = list(range(seed + CALIBRATION_SEED_OFFSET, seed + CALIBRATION_SEED_OFFSET + len(cond)))
-    out = generate(model, cond, seeds, sampler=sampler, steps=steps, guidance=guidance, spell=None, record=False)
-    return out.x0.cpu(), cond
-
-
-def run_calibration(model, cfg, size: str, conditions, per_condition: int | None = None, grid_size: int = GRID_SIZE):
-    """Generate the calibration batch and return a JSON-ready dict: median, grid, and how they were made."""
-    per_condition = per_condition or SIZE_PER_CONDITION[size]
-    sampler, steps, guidance = astuple(sampling_for(cfg, model, size))
-    with Timer() as timer:
-        x0, cond = calibration_batch(model, conditions, per_condition, seed=cfg.seed, sampler=sampler, steps=steps,
-                                     guidance=guidance)
-    median, grid = calibrate(x0, cond, grid_size)
-    return dict(median=median, grid=[float(r) for r in grid], per_condition=per_condition,
-                conditions=[int(c) for c in conditions], first_seed=cfg.seed + CALIBRATION_SEED_OFFSET,
-                sampler=sampler, steps=steps, guidance=guidance, seconds=round(timer.seconds, 2))
-
-
-def format_grid(grid) -> str:
-    return "  ".join(f"{r:.4g}" for r in grid)
 
 
 def parser():
@@ -85,7 +49,7 @@ def main(argv=None) -> int:
         from .select import run_select
 
         return run_select(cfg, model, spec, size, conditions, cfg.per_condition or SIZE_PER_CONDITION[size])
-    cal = run_calibration(model, cfg, size, conditions, cfg.per_condition, cfg.grid_size or GRID_SIZE)
+    cal = calibration_of(cfg, model, size, conditions, cfg.per_condition, cfg.grid_size or GRID_SIZE)
     lines = [
         ("model", f"{cfg.model} ({cal['sampler']}, {cal['steps']} steps, guidance {cal['guidance']:g})"),
         ("samples", f"{cal['per_condition']} per condition x conditions {cal['conditions']}, seeds from "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -11,7 +10,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
+
+from .. import cli
+
+from ..models.registry import default_name, names
 
 SIZES = ("quick", "default", "full")
 
@@ -21,7 +24,7 @@ QUICK_STEPS = 12  # sampler steps of the smoke-test size
 # The flags the entry points share, by name; each command takes only those it uses (an unused flag is refused by
 # the parser, never silently dropped).
 FLAGS = {
-    "model": (("--model",), dict(type=str, default="digits", help="gmm, digits, or a diffusers hub id / local directory")),
+    "model": (("--model",), dict(type=str, default=default_name(), help=f"a built-in model ({', '.join(names())}) or a diffusers hub id / local directory")),
     "sampler": (("--sampler",), dict(type=str | None, default=None, help="ddim, ddpm, euler, heun, flow_euler (default: the model's)")),
     "steps": (("--steps",), dict(type=int | None, default=None, help="sampling steps (default: the model's)")),
     "guidance": (("--guidance",), dict(type=float | None, default=None, help="classifier-free guidance weight (default: the model's)")),
@@ -42,15 +45,19 @@ FLAGS = {
     "no_progress": (("--no_progress",), dict(action="store_true", help="hide the progress bar")),
 }
 GENERATION = tuple(FLAGS)  # a command that generates into a run store takes every shared flag
+# Flags several metric experiments share (each takes those it names; defaults by size are its own plain data).
+FLAGS |= {
+    "per_condition": (("--per_condition",), dict(type=int | None, default=None, help="samples per condition and setting (default: by size, see the experiment's SIZES)")),
+    "batch": (("--batch",), dict(type=int | None, default=None, help="batch size of each round (default: the experiment's)")),
+    "calibration_per_condition": (("--calibration_per_condition",), dict(type=int | None, default=None, help="calibration samples per condition (default: as --per_condition)")),
+}
 
 
 def base_parser(experiment: str, description: str, flags=GENERATION) -> ArgumentParser:
     """The parser with `--config` and the shared `flags` this command uses (names of FLAGS)."""
-    p = ArgumentParser(prog=f"python -m spell_lab.experiments.{experiment}", description=description, env_prefix="SPELL_LAB",
-                       exit_on_error=False)  # run_cli turns a bad flag into one line and exit code 2
     preset = Path(__file__).resolve().parents[2] / "experiments" / f"{experiment}.yaml"
-    p.add_argument("--config", action=ActionConfigFile,
-                   help="a YAML file of these flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
+    p = cli.parser(f"python -m spell_lab.experiments.{experiment}", description, config_help="a YAML file of these "
+                   "flags" + (f", e.g. experiments/{experiment}.yaml" if preset.exists() else ""))
     for name in flags:
         args, kwargs = FLAGS[name]
         if name == "out":
@@ -97,6 +104,16 @@ def conditions_for(model, n: int | None, classes=None, *, spaced: bool = True) -
     return everything[:: max(1, len(everything) // n)][:n] if spaced else everything[:n]
 
 
+def calibration_of(cfg, model, size: str, conditions, per_condition: int | None = None, grid_size: int | None = None):
+    """The calibration run (spell_lab.calibration.run_calibration) at the flags' seed and sampling."""
+    from ..calibration import GRID_SIZE, SIZE_PER_CONDITION, run_calibration
+
+    sampling = sampling_for(cfg, model, size)
+    return run_calibration(model, conditions, per_condition or SIZE_PER_CONDITION[size], seed=cfg.seed,
+                           sampler=sampling.sampler, steps=sampling.steps, guidance=sampling.guidance,
+                           grid_size=grid_size or GRID_SIZE)
+
+
 def set_wandb_mode(mode: str) -> None:
     """W&B stays offline unless the user opts in; the env var (not only `mode=`) keeps telemetry off the network."""
     os.environ["WANDB_MODE"] = mode
@@ -105,9 +122,9 @@ def set_wandb_mode(mode: str) -> None:
 
 def load_model_for(cfg, device="cpu"):
     """A built-in model by name; anything else is a diffusers pipeline id or directory, loaded offline."""
-    from ..models import BUILTIN, load_model
+    from ..models import is_builtin, load_model
 
-    if cfg.model in BUILTIN:
+    if is_builtin(cfg.model):
         return load_model(cfg.model, device=device), {"name": cfg.model}
     from ..diffusers.model import load_pipeline_model  # heavy import only when a pipeline is asked for
 
@@ -147,7 +164,7 @@ def wandb_line(dirs, mode: str) -> str:
 
 
 def launch(experiment: str, cfg, *, settings, model, spec: dict, sampling: Sampling, name: str, config: dict,
-           condition_names=None):
+           condition_names=None, reference: str | None = None):
     """Generate `settings` into the run directory the flags name (resume, --fresh, devices, progress):
     (RunResult, seconds of generation)."""
     from ..run.launch import run_generation
@@ -157,7 +174,7 @@ def launch(experiment: str, cfg, *, settings, model, spec: dict, sampling: Sampl
             experiment=experiment, settings=settings, model=model, model_spec=spec, sampler=sampling.sampler,
             steps=sampling.steps, guidance=sampling.guidance, out=run_dir_for(experiment, cfg, name), config=config,
             fresh=cfg.fresh, devices=cfg.devices, accelerator=cfg.accelerator, num_nodes=cfg.num_nodes,
-            progress=not cfg.no_progress, condition_names=condition_names,
+            progress=not cfg.no_progress, condition_names=condition_names, reference=reference,
         )
     return result, timer.seconds
 
@@ -181,24 +198,17 @@ def run_lines(result, seconds: float) -> list[tuple[str, str]]:
 
 
 def run_cli(main, argv=None) -> int:
-    """Run an entry point; a user error (ValueError, a missing file, a store of another configuration) prints one
-    clear line, no traceback, and exits 2."""
+    """Run an entry point (spell_lab.cli.run: a user error is one line and exit code 2); an interrupted run prints
+    the command that resumes it and exits 130."""
     from ..run.launch import RunInterrupted
-    from ..store import StoreMismatchError
 
-    try:
-        return main(argv)
-    except argparse.ArgumentError as e:  # a flag the parser refused: its message on one line
-        print(f"error: {' '.join(line.strip() for line in str(e).splitlines())} (see --help)", file=sys.stderr)
-        return 2
-    except (StoreMismatchError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except RunInterrupted as stop:
+    def interrupted(stop) -> int:
         args = sys.argv[1:] if argv is None else list(argv)
         again = " ".join(["python", "-m", f"spell_lab.experiments.{stop.experiment}", *map(shlex.quote, args)])
         print(f"\n{stop}. Run the same command again to resume where it stopped:\n    {again}", file=sys.stderr)
         return 130
+
+    return cli.run(main, argv, {RunInterrupted: interrupted})
 
 
 class Timer:

@@ -10,7 +10,6 @@ digit. Writes metrics.json and the grids (the default weight, no guidance, real 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .. import cli
 from ..calibration import median_within
 from ..models.digits import CLASSIFIER_FILE, DigitsDenoiser, class_split, load_classifier, load_data, load_digits
 from ..models.digits import read_weights
@@ -137,12 +137,12 @@ def evaluate(args) -> dict:
     return report
 
 
-def parser() -> argparse.ArgumentParser:
-    e = argparse.ArgumentParser(prog="python -m spell_lab.experiments.digits", description=__doc__.split("\n")[0])
+def parser():
+    e = cli.parser("python -m spell_lab.experiments.digits", __doc__.split("\n")[0])
     e.add_argument("--per-class", type=int, default=100)
-    e.add_argument("--guidance", default="1,1.5,2,3", help="comma-separated CFG weights (1 = no guidance)")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    e.add_argument("--out", default="analysis/digits")
+    e.add_argument("--guidance", type=str, default="1,1.5,2,3", help="comma-separated CFG weights (1 = no guidance)")
+    e.add_argument("--steps", type=int | None, default=None, help="sampler steps (default: the model's)")
+    e.add_argument("--out", type=str, default="analysis/digits")
     e.add_argument("--threads", type=int, default=2)
     return e
 
@@ -156,6 +156,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .common import run_cli
-
-    sys.exit(run_cli(main))
+    sys.exit(cli.run(main))

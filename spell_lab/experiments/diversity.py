@@ -13,30 +13,22 @@ sets, and the relative change, as CSV, Markdown, W&B and the summary screen (spe
 from __future__ import annotations
 
 import math
-import os
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import spell_method
+from ..models.registry import default_name, entry, require_reference, selected_radius
 from ..plan import Setting
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
-                     reports, run_cli, run_dir_for, sampling_for, set_wandb_mode, size_of, wandb_line)
+from . import skeleton
+from .common import GENERATION, conditions_for, config_dict, launch, load_model_for, run_dir_for, sampling_for
+from .skeleton import Experiment, Generated
 
-# The selected radius of each built-in model (Appendix D: CFG weight, then radius, by F(P, C)), as plain data.
-SELECTED = {
-    # calibrate --select on the shipped model: w = 2, median 32.64, r = 26.11 = 0.80x median (analysis/digits)
-    "digits": dict(radius=26.11, source="python -m spell_lab.experiments.calibrate --select (analysis/digits)"),
-    # calibrate --select --model gmm selects r = 0: the smallest grid radius (2.45 = 0.13x the median 18.34) is
-    # wider than the spread within a mixture mode and drops precision from 0.95 to 0.19 (analysis/diversity)
-    "gmm": dict(radius=None, source="python -m spell_lab.experiments.calibrate --select --model gmm selects 0"),
-}
 SIZE_CONDITIONS = {"quick": 2, "default": None, "full": None}  # None: every condition of the model
 SIZE_PER_CONDITION = {"quick": 8, "default": 64, "full": 128}  # the paper: up to 128 images per class/prompt
 SIZE_BATCH = {"quick": 4, "default": 8, "full": 8}  # the paper's Latent Diffusion batch (Appendix D)
 SEED_STRIDE = 100_000  # seed set k: seeds seed + (k + 1) x 100,000 + i, apart from the selection's (0..) and
 # the calibration's (1,000,000+) seeds
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-ROOT_ENV = "SPELL_LAB_DIVERSITY_ROOT"  # rank 0 picks the run directory (--fresh); DDP ranks it launches reuse it
 
 
 def seed_of(seed: int, seed_set: int) -> int:
@@ -44,19 +36,18 @@ def seed_of(seed: int, seed_set: int) -> int:
 
 
 def radius_for(model: str, given: dict | None) -> float:
-    """--radius's value for the model, else its selected radius; refused where there is none."""
+    """--radius's value for the model, else its selected radius (its registry entry); refused where there is none."""
     given = given or {}
-    if model in given:
-        r = float(given[model])
-    elif model in SELECTED and SELECTED[model]["radius"] is not None:
-        r = float(SELECTED[model]["radius"])
-    else:
-        why = SELECTED[model]["source"] if model in SELECTED else "no selected radius is known for it"
-        raise ValueError(f"model {model!r} has no selected radius ({why}); give one, e.g. --radius '{{{model}: 1.0}}', "
-                         f"or find it with `python -m spell_lab.experiments.calibrate --select --model {model}`.")
+    r = float(given[model]) if model in given else selected_radius(model)
     if not (math.isfinite(r) and r > 0):
         raise ValueError(f"--radius for {model} must be > 0 (got {r}); the without-SPELL arm is radius 0 already.")
     return r
+
+
+def selected_of(model: str) -> dict:
+    """The model's selected radius and its source, as the run's config records them."""
+    e = entry(model)
+    return dict(radius=e.selected_radius, source=e.radius_source)
 
 
 def diversity_settings(radius: float, overcomp: float, per_condition: int, batch: int, seed_sets: int, conditions,
@@ -86,30 +77,11 @@ def diversity_settings(radius: float, overcomp: float, per_condition: int, batch
     return out
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # built-in models: real data needed
-    p = base_parser("diversity", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--models", type=str, nargs="+", default=["digits"],
-                   help="built-in models, one store each, e.g. --models digits gmm (gmm needs --radius)")
-    p.add_argument("--radius", type=dict[str, float] | None, default=None,
-                   help="radius per model instead of its selected one, e.g. --radius '{gmm: 1.0}'")
-    p.add_argument("--overcomp", type=float, default=1.6, help="overcompensation lambda (the paper's LD Table 1: 1.6)")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="images per condition and arm (default by size: quick 8, default 64, full 128)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch of each round (default: quick 4, else 8)")
-    p.add_argument("--seed_sets", type=int, default=3, help="disjoint seed sets (the table's mean ± std is over them)")
-    return p
-
-
 def check(cfg, size: str):
     """Every flag checked before a model loads or anything is written: (models, radii, per_condition, batch)."""
-    from .radius import REFERENCE_MODELS
-
     models = list(dict.fromkeys(cfg.models))
-    bad = [m for m in models if m not in REFERENCE_MODELS]
-    if bad:
-        raise ValueError(f"the diversity benchmark measures against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --models {' '.join(bad)}).")
+    for m in models:
+        require_reference(m, "the diversity benchmark")
     unknown = sorted(set(cfg.radius or {}) - set(models))
     if unknown:
         raise ValueError(f"--radius names {unknown}, which --models does not run ({' '.join(models)}).")
@@ -124,26 +96,20 @@ def check(cfg, size: str):
 
 def run_root(cfg, name: str) -> Path:
     """The run directory; --fresh: a new one beside an existing run (DDP ranks reuse rank 0's choice)."""
-    from ..run.launch import is_child_rank
+    from ..run import handoff
+    from ..run.launch import run_dirs
 
-    if is_child_rank() and os.environ.get(ROOT_ENV):
-        return Path(os.environ[ROOT_ENV])
-    root, n = run_dir_for("diversity", cfg, name), 1
-    base = root
-    while cfg.fresh and root.exists() and any(root.glob("*/store.zarr")):
-        n += 1
-        root = Path(f"{base}-{n}")
-    os.environ[ROOT_ENV] = str(root)
-    return root
+    def choose() -> str:
+        return str(next(d for d in run_dirs(run_dir_for("diversity", cfg, name))
+                        if not (cfg.fresh and d.exists() and any(d.glob("*/store.zarr")))))
+
+    return Path(handoff.rank_zero("diversity_root", choose))
 
 
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     models, radii, per_condition, batch = check(cfg, size)
     root = run_root(cfg, f"{'-'.join(models)}-{size}")
-    results = []
+    launches, lines = [], []
     for name in models:
         sub = cfg.clone()
         sub.model, sub.out, sub.fresh = name, str(root / name), False  # the root is fresh already
@@ -153,34 +119,34 @@ def main(argv=None) -> int:
         settings = diversity_settings(radii[name], cfg.overcomp, per_condition, batch, cfg.seed_sets, conditions,
                                       cfg.seed)
         config = config_dict(cfg) | {"model": name, "size": size, "radius": radii[name],
-                                     "selected": SELECTED.get(name, {}), "per_condition": per_condition, "batch": batch}
+                                     "selected": selected_of(name), "per_condition": per_condition, "batch": batch}
         result, seconds = launch("diversity", sub, settings=settings, model=model, spec=spec,
                                  sampling=sampling_for(sub, model, size), name=name, config=config,
                                  condition_names=getattr(model, "condition_names", None))
-        results.append((name, result, seconds, settings))
-    return report(root, results, cfg) if reports(results[-1][1]) else 0
+        launches.append((result, seconds))
+        s, done = settings[0], (f", {result.units_done_before} already done" if result.units_done_before else "")
+        lines.append((name, f"{result.units_total} units{done}, {seconds:.1f} s; {len(settings) // 2} seed sets x "
+                            f"{len(s.conditions)} conditions x {s.unit_size} images (rounds of {s.rounds[0]}), "
+                            f"r = {settings[1].radius:g}, lambda = {settings[1].overcomp:g}"))
+    return Generated(root, launches, lambda out: [*lines,
+                                                  ("tables", ", ".join(str(p) for p in out["files"].values()))])
 
 
-def report(root: Path, results, cfg) -> int:
-    from ..analysis.diversity import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(root, wandb_mode=cfg.wandb, project=cfg.wandb_project)
-    lines = [("run directory", str(root))]
-    for name, result, seconds, settings in results:
-        s = settings[0]
-        done = f", {result.units_done_before} already done" if result.units_done_before else ""
-        lines.append((f"{name}", f"{result.units_total} units{done}, {seconds:.1f} s; {len(settings) // 2} seed sets x "
-                                 f"{len(s.conditions)} conditions x {s.unit_size} images (rounds of {s.rounds[0]}), "
-                                 f"r = {settings[1].radius:g}, lambda = {settings[1].overcomp:g}"))
-    lines += [("metrics/figures", f"{t.seconds:.1f} s"),
-              ("tables", ", ".join(str(p) for p in out["tables"].values())),
-              ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-              ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb))]
-    print_summary("SPELL diversity benchmark (Table 1: mean ± std over seed sets, per-condition metrics averaged)",
-                  lines, format_table(out["table"]))
-    return 0
-
+EXPERIMENT = Experiment(
+    name="diversity", doc=__doc__, generate=generate,
+    title="SPELL diversity benchmark (Table 1: mean ± std over seed sets, per-condition metrics averaged)",
+    flags=[f for f in GENERATION if f not in ("model", "protected", "prompts")]  # built-in models: real data needed
+    + ["per_condition", "batch"],
+    own_flags={
+        "--models": dict(type=str, nargs="+", default=[default_name()],
+                         help="built-in models, one store each, e.g. --models digits gmm (gmm needs --radius)"),
+        "--radius": dict(type=dict[str, float] | None, default=None,
+                         help="radius per model instead of its selected one, e.g. --radius '{gmm: 1.0}'"),
+        "--overcomp": dict(type=float, default=1.6, help="overcompensation lambda (the paper's LD Table 1: 1.6)"),
+        "--seed_sets": dict(type=int, default=3, help="disjoint seed sets (the table's mean ± std is over them)"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

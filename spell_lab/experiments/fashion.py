@@ -13,7 +13,6 @@ Writes metrics.json and the grids (10 per class: one per weight, the real images
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import cli
 from ..models import fashion as fm
 from .digits import first_per_class, parse_weights, save_grid, within_class
 
@@ -97,13 +97,13 @@ def evaluate(args) -> dict:
     return report
 
 
-def parser() -> argparse.ArgumentParser:
-    e = argparse.ArgumentParser(prog="python -m spell_lab.experiments.fashion", description=__doc__.split("\n")[0])
+def parser():
+    e = cli.parser("python -m spell_lab.experiments.fashion", __doc__.split("\n")[0])
     e.add_argument("--per-class", type=int, default=100)
-    e.add_argument("--guidance", default="1,1.5,2,3,4", help="comma-separated CFG weights (1 = no guidance)")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    e.add_argument("--data", default=None, help="directory of the Fashion-MNIST IDX files (default: Debian's)")
-    e.add_argument("--out", default="analysis/fashion")
+    e.add_argument("--guidance", type=str, default="1,1.5,2,3,4", help="comma-separated CFG weights (1 = no guidance)")
+    e.add_argument("--steps", type=int | None, default=None, help="sampler steps (default: the model's)")
+    e.add_argument("--data", type=str | None, default=None, help="directory of the Fashion-MNIST IDX files (default: Debian's)")
+    e.add_argument("--out", type=str, default="analysis/fashion")
     e.add_argument("--threads", type=int, default=1)
     return e
 
@@ -119,6 +119,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .common import run_cli
-
-    sys.exit(run_cli(main))
+    sys.exit(cli.run(main))

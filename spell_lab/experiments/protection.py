@@ -16,10 +16,9 @@ to ImageNet without SPELL): a radius at which the baseline leaves about that sha
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +27,12 @@ from ..methods import spell_method
 from ..models import load_model
 from ..plan import Setting
 from ..protect import protected_spec
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch,
-                     print_summary, reports, run_cli, run_dir_for, run_lines, sampling_for, set_wandb_mode, size_of,
-                     wandb_line)
+from . import skeleton
+from .common import GENERATION, Timer, conditions_for, config_dict, launch, run_dir_for, sampling_for
+from .skeleton import Experiment, Generated
 
 EXPERIMENT = "protection"
+MODEL = "digits"  # the benchmark protects this built-in model's own training images (protected_items)
 MAX_ITER = 8  # overlap-aware correction: corrections per evaluation at most
 CACHE_MARGIN = 0.5  # the candidate cache's margin m, as a multiple of the radius
 # Searches as plain data: the protected-set index (spell_lab.protect) and extra SPELL parameters (`method`).
@@ -52,9 +52,7 @@ SIZE_CONDITIONS = {"quick": 2, "default": 10, "full": 10}
 SIZE_PER_CONDITION = {"quick": 6, "default": 12, "full": 64}  # >= 6: per-condition precision/recall use k = 5
 SIZE_SET = {"quick": None, "default": None, "full": 100_000}  # None: the training images only
 TOO_CLOSE = {"quick": 0.3, "default": 0.076, "full": 0.076}  # the radius rule's target share (see the docstring)
-CALIBRATION_SEED_OFFSET = 1_000_000
 K = 5
-RADIUS_ENV = "SPELL_LAB_PROTECTION_RADIUS"  # rank 0 calibrates; DDP ranks it launches reuse its radius
 
 
 def search_spec(name: str, path, radius: float) -> tuple[dict, dict]:
@@ -112,7 +110,7 @@ def calibrate_radius(model, items, conditions, per_condition, sampling, seed, sh
     import torch
 
     from ..analysis.protection import nearest_items
-    from .calibrate import calibration_batch
+    from ..calibration import CALIBRATION_SEED_OFFSET, calibration_batch
 
     threads = torch.get_num_threads()
     if "OMP_NUM_THREADS" not in os.environ:
@@ -131,15 +129,18 @@ def calibrate_radius(model, items, conditions, per_condition, sampling, seed, sh
 def set_path(cfg, name: str, items: np.ndarray) -> Path:
     """RUN_DIR/protected.npy for this run: the run directory the flags name (with --fresh, the next free one beside
     it), written once; a directory that holds a run made from another set is refused, left untouched."""
-    from ..run.launch import RUN_DIR_ENV, is_child_rank
+    from ..run import handoff
+    from ..run.launch import run_dirs
 
-    if is_child_rank() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV]) / "protected.npy"  # rank 0 wrote it
+    chosen = handoff.received("run_dir")
+    if chosen is not None:
+        return Path(chosen) / "protected.npy"  # a DDP rank: rank 0 chose the directory and wrote the set
     out = run_dir_for(EXPERIMENT, cfg, name)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
-    candidate, n = out, 1
-    while (candidate / "store.zarr").exists() or (candidate / "protected.npy").exists():
+    for candidate in run_dirs(out):
+        if not ((candidate / "store.zarr").exists() or (candidate / "protected.npy").exists()):
+            break
         path = candidate / "protected.npy"
         same = path.exists() and _same(path, items)
         if same and not cfg.fresh:
@@ -147,8 +148,6 @@ def set_path(cfg, name: str, items: np.ndarray) -> Path:
         if not cfg.fresh:
             raise ValueError(f"{candidate} holds a run made from another protected set (or none); it was left "
                              "untouched. Pass --fresh to start a new run beside it, or --out to choose another directory.")
-        n += 1
-        candidate = Path(f"{out}-{n}")
     candidate.mkdir(parents=True, exist_ok=True)
     tmp = candidate / "protected.tmp.npy"
     np.save(tmp, items)
@@ -161,33 +160,7 @@ def _same(path: Path, items: np.ndarray) -> bool:
     return held.shape == items.shape and bool(np.array_equal(held, items))
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
-    p = base_parser(EXPERIMENT, __doc__.split("\n\n")[0], flags)
-    p.add_argument("--searches", type=str | None, default=None,
-                   help=f"comma-separated subset of {','.join(SEARCHES)} (default by size: quick "
-                        f"{','.join(SIZE_SEARCHES['quick'])}; otherwise all)")
-    p.add_argument("--radius", type=float | None, default=None, help="shield radius (default: the radius rule)")
-    p.add_argument("--too_close", type=float | None, default=None,
-                   help="the radius rule's target: the share of calibration outputs without SPELL inside a shield "
-                        "(default 0.076, the paper's 7.6%%; quick 0.3)")
-    p.add_argument("--overcomp", type=float, default=1.1,
-                   help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)")
-    p.add_argument("--set_size", "--set-size", type=int | None, default=None,
-                   help="protected items: the 1797 training images grown by augmentation (default: 1797; full 100000)")
-    p.add_argument("--augment_seed", type=int, default=0, help="seed of the augmentations")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition and search (default by size: quick 6, default 12, full 64)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: per_condition)")
-    p.add_argument("--calibration_per_condition", type=int | None, default=None,
-                   help="calibration samples per condition (default: as --per_condition)")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     searches = [s.strip() for s in cfg.searches.split(",") if s.strip()] if cfg.searches else list(SIZE_SEARCHES[size])
     per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
     share = TOO_CLOSE[size] if cfg.too_close is None else cfg.too_close
@@ -198,7 +171,7 @@ def main(argv=None) -> int:
     if (cfg.calibration_per_condition or 2) < 2:
         raise ValueError("--calibration_per_condition must be >= 2.")
     build_settings(searches, "protected.npy", cfg.radius or 1.0, cfg.overcomp, [0], per_condition, cfg.batch, 0)
-    model, spec = load_model("digits"), {"name": "digits"}
+    model, spec = load_model(MODEL), {"name": MODEL}
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
     items = protected_items(model, cfg.set_size or SIZE_SET[size], cfg.augment_seed)
@@ -210,43 +183,52 @@ def main(argv=None) -> int:
     cfg.out, cfg.fresh = str(path.parent), False  # the directory set_path chose (with --fresh: the new one)
     config = config_dict(cfg) | {"protection": protection | {"set_size": len(items)}, "size": size}
     result, seconds = launch(EXPERIMENT, cfg, settings=settings, model=model, spec=spec, sampling=sampling,
-                             name=name, config=config)
-    return report(result, cfg, seconds, protection, settings, len(items)) if reports(result) else 0
-
-
-def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> dict:
-    from ..run.launch import is_child_rank
-
-    if cfg.radius is not None:
-        return dict(radius=float(cfg.radius), rule="given (--radius)")
-    if is_child_rank() and os.environ.get(RADIUS_ENV):
-        return json.loads(os.environ[RADIUS_ENV])  # the same radius as rank 0, bit for bit
-    cal = calibrate_radius(model, items, conditions, per_condition, sampling, cfg.seed, share)
-    os.environ[RADIUS_ENV] = json.dumps(cal)
-    print(f"radius rule: r = {cal['radius']:g}, the {share:.3g} quantile of {cal['samples']} calibration outputs' "
-          f"nearest protected distance (median {cal['median_nearest']:.4g}; {cal['seconds']:.1f} s)", flush=True)
-    return cal
-
-
-def report(result, cfg, seconds, protection, settings, n_items) -> int:
-    from ..analysis.protection import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
+                             name=name, config=config, reference=BASELINE)
     s = settings[0]
-    lines = run_lines(result, seconds) + [
-        ("protected set", f"{n_items} items ({result.run_dir / 'protected.npy'})"),
+    return Generated(result.run_dir, [(result, seconds)], lambda out: [
+        ("protected set", f"{len(items)} items ({result.run_dir / 'protected.npy'})"),
         ("radius", f"{protection['radius']:g} ({protection['rule']})"),
         ("plan", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds per search"),
         ("judged", "too close = within r of a protected item, exhaustive float64 search of the stored outputs"),
         ("real data", out["reference"]),
-        ("analysis", f"{t.seconds:.1f} s"),
-        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
-    print_summary("SPELL protection benchmark (Table 2)", lines, format_table(out["table"]))
-    return 0
+    ])
 
+
+def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> dict:
+    from ..run import handoff
+
+    if cfg.radius is not None:
+        return dict(radius=float(cfg.radius), rule="given (--radius)")
+
+    def rule() -> dict:  # rank 0 only: the DDP ranks it launches get the same radius, bit for bit
+        cal = calibrate_radius(model, items, conditions, per_condition, sampling, cfg.seed, share)
+        print(f"radius rule: r = {cal['radius']:g}, the {share:.3g} quantile of {cal['samples']} calibration outputs' "
+              f"nearest protected distance (median {cal['median_nearest']:.4g}; {cal['seconds']:.1f} s)", flush=True)
+        return cal
+
+    return handoff.rank_zero("protection_radius", rule)
+
+
+ENTRY = Experiment(
+    name=EXPERIMENT, doc=__doc__, title="SPELL protection benchmark (Table 2)", generate=generate,
+    flags=[f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
+    + ["per_condition", "batch", "calibration_per_condition"],
+    own_flags={
+        "--searches": dict(type=str | None, default=None,
+                           help=f"comma-separated subset of {','.join(SEARCHES)} (default by size: quick "
+                                f"{','.join(SIZE_SEARCHES['quick'])}; otherwise all)"),
+        "--radius": dict(type=float | None, default=None, help="shield radius (default: the radius rule)"),
+        "--too_close": dict(type=float | None, default=None,
+                            help="the radius rule's target: the share of calibration outputs without SPELL inside a "
+                                 "shield (default 0.076, the paper's 7.6%%; quick 0.3)"),
+        "--overcomp": dict(type=float, default=1.1,
+                           help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)"),
+        ("--set_size", "--set-size"): dict(type=int | None, default=None, help="protected items: the 1797 training "
+                                           "images grown by augmentation (default: 1797; full 100000)"),
+        "--augment_seed": dict(type=int, default=0, help="seed of the augmentations"),
+    })
+main, command = skeleton.command(ENTRY)
+parser = partial(skeleton.parser, ENTRY)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

@@ -11,17 +11,18 @@ sparsity numbers, the figures, W&B and a summary table.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import spell_method
+from ..models.registry import require_reference
 from ..plan import Setting
-from .calibrate import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid, run_calibration
-from .common import (GENERATION, Timer, base_parser, conditions_for, config_dict, launch, load_model_for, print_summary,
-                     reports, run_cli, run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
+from ..calibration import SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
+from ..run import handoff
+from . import skeleton
+from .common import GENERATION, calibration_of, conditions_for, config_dict, launch, load_model_for, sampling_for
+from .skeleton import Experiment, Generated
 
 # Protocols as plain data: which shield sources every radius uses, and the batch size of each round.
 PROTOCOLS = {
@@ -31,8 +32,6 @@ PROTOCOLS = {
 }
 SIZE_GRID = {"quick": 4, "default": 16, "full": 16}  # radii linspace(0, 2 x median, n)
 K = 5  # precision/recall neighbours: every condition needs >= K + 1 samples
-REFERENCE_MODELS = ("gmm", "digits", "fashion")  # models with held-out real data (spell_lab.analysis.radius.reference_data)
-CALIBRATION_ENV = "SPELL_LAB_RADIUS_CALIBRATION"  # rank 0 calibrates; DDP ranks it launches reuse its grid
 
 
 def radius_settings(radii, protocol: str, per_condition: int, batch: int | None, overcomp: float, conditions,
@@ -60,78 +59,54 @@ def radius_settings(radii, protocol: str, per_condition: int, batch: int | None,
                     seed=seed, note=note) for i, r in enumerate(radii)]
 
 
-def parser():
-    flags = [f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
-    p = base_parser("radius", __doc__.split("\n\n")[0], flags)
-    p.add_argument("--radii", type=float, nargs="+", default=None,
-                   help="radii to sweep, e.g. --radii 0 10 20 (default: the calibrated grid; 0 is always added)")
-    p.add_argument("--protocol", default="mixed", choices=list(PROTOCOLS),
-                   help="shield sources and batching of every radius")
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition and radius (default by size: quick 8, default 16, full 32)")
-    p.add_argument("--batch", type=int | None, default=None, help="batch size of each round (default: the protocol's)")
-    p.add_argument("--overcomp", type=float, default=1.0, help="overcompensation lambda (1: the exact correction)")
-    p.add_argument("--grid_size", type=int | None, default=None, help="radii in the calibrated grid (default 16; quick 4)")
-    p.add_argument("--calibration_per_condition", type=int | None, default=None,
-                   help="calibration samples per condition (default: as --per_condition's size default)")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     per_condition = cfg.per_condition or SIZE_PER_CONDITION[size]
     grid_size = cfg.grid_size or SIZE_GRID[size]
     if grid_size < 2:
         raise ValueError(f"--grid_size must be >= 2 (got {grid_size}).")
     radius_settings(cfg.radii or [0.0], cfg.protocol, per_condition, cfg.batch, cfg.overcomp, [0], 0)  # early check
-    if cfg.model not in REFERENCE_MODELS:  # before any sampling: the metrics need held-out real data
-        raise ValueError(f"the radius ablation measures against held-out real data, which exists for the built-in "
-                         f"models {', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}); use "
-                         f"spell_lab.analysis.radius.metric_tables with your own real data for other models.")
+    require_reference(cfg.model, "the radius ablation")  # before any sampling: the metrics need held-out real data
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
 
-    from ..run.launch import is_child_rank
-
-    if is_child_rank() and os.environ.get(CALIBRATION_ENV):
-        cal = json.loads(os.environ[CALIBRATION_ENV])  # the same grid as rank 0, bit for bit, and no extra batch
-    else:
-        cal = run_calibration(model, cfg, size, conditions, cfg.calibration_per_condition, grid_size)
-        os.environ[CALIBRATION_ENV] = json.dumps(cal)
+    def calibrate() -> dict:  # rank 0 only: the DDP ranks it launches get the same grid, bit for bit, no extra batch
+        cal = calibration_of(cfg, model, size, conditions, cfg.calibration_per_condition, grid_size)
         print(f"calibration: median within-condition distance {cal['median']:.4g} ({cal['per_condition']} per condition, "
               f"{cal['seconds']:.1f} s); grid {format_grid(cal['grid'])}", flush=True)
+        return cal
+
+    cal = handoff.rank_zero("radius_calibration", calibrate)
     # 4 significant digits: the grid is part of the run's fingerprint, so a resume must not trip on the last bit
     radii = cfg.radii if cfg.radii is not None else [float(f"{r:.4g}") for r in cal["grid"]]
     settings = radius_settings(radii, cfg.protocol, per_condition, cfg.batch, cfg.overcomp, conditions, cfg.seed)
     name = f"{Path(cfg.model).name}-{cfg.protocol}-{len(settings)}radii-{size}"
     config = config_dict(cfg) | {"calibration": cal, "size": size}
     result, seconds = launch("radius", cfg, settings=settings, model=model, spec=spec, sampling=sampling, name=name,
-                             config=config)
-    return report(result, cfg, seconds, cal, settings) if reports(result) else 0
-
-
-def report(result, cfg, seconds, cal, settings) -> int:
-    from ..analysis.radius import analyse_run, format_table
-
-    with Timer() as t:
-        out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
+                             config=config, reference=settings[0].name)  # r00: radius 0 on the same seeds
     s = settings[0]
-    lines = run_lines(result, seconds) + [
+    return Generated(result.run_dir, [(result, seconds)], lambda out: [
         ("groups", f"r00..r{len(settings) - 1:02d}, r00 = radius 0"),
         ("protocol", f"{cfg.protocol}: rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}"),
         ("calibration", f"median {cal['median']:.4g}; grid {format_grid(cal['grid'])} ({cal['seconds']:.1f} s)"),
-        ("metrics/figures", f"{t.seconds:.1f} s"),
         ("real data", out["reference"]),
-        ("figures", f"{out['figures_dir']}  ({', '.join(out['figures'])})"),
-        ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb)),
-    ]
-    print_summary("SPELL radius ablation (per-condition metrics, averaged over conditions)", lines,
-                  format_table(out["table"]))
-    return 0
+    ])
 
+
+EXPERIMENT = Experiment(
+    name="radius", doc=__doc__, generate=generate,
+    title="SPELL radius ablation (per-condition metrics, averaged over conditions)",
+    flags=[f for f in GENERATION if f not in ("protected", "prompts")]  # built-in models, no protected set
+    + ["per_condition", "batch", "calibration_per_condition"],
+    own_flags={
+        "--radii": dict(type=float, nargs="+", default=None,
+                        help="radii to sweep, e.g. --radii 0 10 20 (default: the calibrated grid; 0 is always added)"),
+        "--protocol": dict(default="mixed", choices=list(PROTOCOLS), help="shield sources and batching of every radius"),
+        "--overcomp": dict(type=float, default=1.0, help="overcompensation lambda (1: the exact correction)"),
+        "--grid_size": dict(type=int | None, default=None, help="radii in the calibrated grid (default 16; quick 4)"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

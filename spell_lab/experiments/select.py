@@ -21,9 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..calibration import best_guidance, best_radius, grid_steps, with_f
-from .calibrate import run_calibration
-from .common import Timer, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
-from .radius import REFERENCE_MODELS, SIZE_GRID, radius_settings
+from .common import Timer, calibration_of, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
+from .radius import SIZE_GRID, radius_settings
 
 GUIDANCE_GRID = {"quick": (1.0, 3.0), "default": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
                  "full": (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)}
@@ -73,13 +72,11 @@ def sweep_radius(gen, cal, guidance, conditions, per_condition, seed, reference,
 def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> int:
     """Both stages, the figures and selection.json in the run directory, and the summary screen."""
     from ..analysis import selection as fig
-    from ..analysis.quality import reference_data
+    from ..models.registry import reference_data, require_reference
     from ..run.launch import run_generation
 
     set_wandb_mode(cfg.wandb)
-    if cfg.model not in REFERENCE_MODELS:
-        raise ValueError(f"--select measures against held-out real data, which exists for the built-in models "
-                         f"{', '.join(REFERENCE_MODELS)} only (got --model {cfg.model!r}).")
+    require_reference(cfg.model, "--select")
     if cfg.guidance is not None:
         raise ValueError("--select tunes the guidance itself; give the weights to try with --guidance_grid, "
                          "not --guidance.")
@@ -103,7 +100,7 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     w_best, f_w = best_guidance(cfg_table)
     cal_cfg = cfg.clone()
     cal_cfg.guidance = w_best
-    cal = run_calibration(model, cal_cfg, size, conditions, per_condition, grid_size)  # as the radius experiment
+    cal = calibration_of(cal_cfg, model, size, conditions, per_condition, grid_size)  # as the radius experiment
     print(f"calibration at w = {w_best:g}: median {cal['median']:.4g}; grid "
           + "  ".join(f"{r:.4g}" for r in cal["grid"]), flush=True)
     with Timer() as t_r:

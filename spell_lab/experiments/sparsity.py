@@ -9,14 +9,15 @@ the gallery's "same seeds without SPELL"), renders the figures, logs to W&B and 
 from __future__ import annotations
 
 import math
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..methods import spell_method
 from ..plan import Setting
 from ..protect import protected_spec
-from .common import (base_parser, conditions_for, config_dict, launch, load_model_for, print_summary, reports, run_cli,
-                     run_lines, sampling_for, set_wandb_mode, size_of, wandb_line)
+from . import skeleton
+from .common import conditions_for, config_dict, launch, load_model_for, sampling_for
+from .skeleton import Experiment, Generated
 
 # Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
 # intra = repel within the batch; measure_from_round = first round whose trajectories the figures show.
@@ -33,6 +34,7 @@ QUICK_ROUNDS = {"iterative": (4, 4), "intra": (4,), "mixed": (2,) * 4, "previous
 FULL_ROUNDS = {"main": (8,) * 4}  # Figure 5 used 452 trajectories over 50 prompts
 SIZE_CONDITIONS = {"quick": 2, "default": 50, "full": 50}  # at most 50, evenly spaced (every digit)
 MAIN_CONDITIONS = {"quick": 4, "default": 50, "full": 50}  # `main` (Fig. 5) uses every condition, up to 50
+REFERENCE = "baseline"  # the `iterative` plan at radius 0: the store's reference group
 
 
 def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed, protected=None) -> list[Setting]:
@@ -57,24 +59,13 @@ def build_settings(setups, radius, overcomp, size, conditions, all_conditions, s
         settings.append(Setting(name, method, protected, rounds=tuple(rounds), conditions=tuple(conds), seed=seed, **spec))
     ref = next((s for s in settings if s.name in ("iterative", "overcomp")), None)
     if ref is not None:
-        settings.append(Setting("baseline", spell_method(0.0, 1.0, memory=True), rounds=ref.rounds,
+        settings.append(Setting(REFERENCE, spell_method(0.0, 1.0, memory=True), rounds=ref.rounds,
                                 conditions=ref.conditions, seed=seed, measure_from_round=ref.measure_from_round,
                                 note="iterative plan without SPELL"))
     return settings
 
 
-def parser():
-    p = base_parser("sparsity", __doc__.split("\n\n")[0])
-    p.add_argument("--radius", type=float, default=25.0, help="repellency radius r in the diffusion space")
-    p.add_argument("--overcomp", type=float, default=1.6, help="overcompensation lambda of the `overcomp` and `main` setups")
-    p.add_argument("--setups", type=str, default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    set_wandb_mode(cfg.wandb)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
     setups = [s.strip() for s in cfg.setups.split(",") if s.strip()]
     build_settings(setups, cfg.radius, cfg.overcomp, size, [0], [0], cfg.seed)  # flags checked before the model loads
     model, spec = load_model_for(cfg)
@@ -86,19 +77,20 @@ def main(argv=None) -> int:
     name = f"{Path(cfg.model).name}-r{cfg.radius:g}-l{cfg.overcomp:g}-{size}"
     result, seconds = launch("sparsity", cfg, settings=settings, model=model, spec=spec,
                              sampling=sampling, name=name, config=config_dict(cfg),
-                             condition_names=getattr(model, "condition_names", None))
-    return report(result, cfg, seconds) if reports(result) else 0
+                             condition_names=getattr(model, "condition_names", None),
+                             reference=REFERENCE if any(s.name == REFERENCE for s in settings) else None)
+    return Generated(result.run_dir, [(result, seconds)])
 
 
-def report(result, cfg, seconds) -> int:
-    from ..analysis.sparsity import analyse_run, format_table
-
-    out = analyse_run(result.run_dir, wandb_mode=cfg.wandb, project=cfg.wandb_project)
-    lines = run_lines(result, seconds) + [("figures", str(out["figures_dir"])),
-                                          ("W&B", wandb_line(out["wandb_dirs"], cfg.wandb))]
-    print_summary("SPELL sparsity summary (per setup)", lines, format_table(out["table"]))
-    return 0
-
+EXPERIMENT = Experiment(
+    name="sparsity", doc=__doc__, title="SPELL sparsity summary (per setup)", generate=generate,
+    own_flags={
+        "--radius": dict(type=float, default=25.0, help="repellency radius r in the diffusion space"),
+        "--overcomp": dict(type=float, default=1.6, help="overcompensation lambda of the `overcomp` and `main` setups"),
+        "--setups": dict(type=str, default=",".join(SETUPS), help=f"comma-separated subset of {','.join(SETUPS)}"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

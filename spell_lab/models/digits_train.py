@@ -7,7 +7,6 @@ The model and its space are in `spell_lab.models.digits`; nothing here samples.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cli
 from .base import NULL_CONDITION
 from .digits import (CLASSIFIER_FILE, MODEL_FILE, WEIGHTS_DIR, DigitsClassifier, DigitsConfig, DigitsDenoiser,
                      class_split, load_data, save_weights, upsample_matrix)
@@ -141,8 +141,8 @@ def train_main(args) -> None:
           f"and {out / CLASSIFIER_FILE.name} (held-out accuracy {clf_report['heldout_accuracy']:.4f})")
 
 
-def parser() -> argparse.ArgumentParser:
-    t = argparse.ArgumentParser(prog="python -m spell_lab.models.digits_train", description=__doc__.split("\n")[0])
+def parser():
+    t = cli.parser("python -m spell_lab.models.digits_train", __doc__.split("\n")[0])
     t.add_argument("--steps", type=int, default=5000)
     t.add_argument("--classifier-steps", type=int, default=1000)
     t.add_argument("--batch", type=int, default=128)
@@ -151,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", type=float, default=DigitsConfig.scale, help="global scale of the diffusion space")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for the weights (default: the package's)")
+    t.add_argument("--out", type=str, default=str(WEIGHTS_DIR), help="folder for the weights (default: the package's)")
     return t
 
 
@@ -167,6 +167,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from ..experiments.common import run_cli
-
-    sys.exit(run_cli(main))
+    sys.exit(cli.run(main))

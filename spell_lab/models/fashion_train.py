@@ -15,7 +15,6 @@ then checks the selection on the trained model (analysis/fashion).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import cli
 from . import fashion as fm
 from .fashion_data import CLASS_NAMES, load_split, stratified_part, write_heldout
 
@@ -281,18 +281,18 @@ def train(args) -> Path:
     return out
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m spell_lab.models.fashion_train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=None, help="directory of the four Fashion-MNIST IDX files "
+def parser():
+    p = cli.parser("python -m spell_lab.models.fashion_train", __doc__.split("\n")[0])
+    p.add_argument("--data", type=str | None, default=None, help="directory of the four Fashion-MNIST IDX files "
                    "(default: /usr/share/datasets/fashion-mnist, from `apt-get install dataset-fashion-mnist`)")
-    p.add_argument("--work", default="runs/fashion_train", help="checkpoints and stage results (resumable)")
-    p.add_argument("--out", default=None, help="weights folder (default WORK/weights)")
+    p.add_argument("--work", type=str, default="runs/fashion_train", help="checkpoints and stage results (resumable)")
+    p.add_argument("--out", type=str | None, default=None, help="weights folder (default WORK/weights)")
     p.add_argument("--into-package", action="store_true", help="write the weights into the package's own folder")
     p.add_argument("--vae-steps", type=int, default=1200)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
-    p.add_argument("--scaling-factor", type=float, default=None,
+    p.add_argument("--scaling-factor", type=float | None, default=None,
                    help="the latent scale (default: the rule in this module's docstring, from the encoded data)")
     p.add_argument("--dit-steps", type=int, default=6000)
     p.add_argument("--dit-batch", type=int, default=96)
@@ -306,12 +306,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads; one is 3-6x faster than two for these small "
                    "layers on a busy 2-core machine (measured 2026-12-06)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    args.progress = not args.no_progress
     sizes = {k: getattr(args, k) for k in ("vae_steps", "vae_batch", "dit_steps", "dit_batch", "clf_steps",
                                             "clf_batch", "threads")}
     bad = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if v < 1]
@@ -327,6 +328,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from ..experiments.common import run_cli
-
-    sys.exit(run_cli(main))
+    sys.exit(cli.run(main))

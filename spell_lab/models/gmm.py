@@ -64,3 +64,27 @@ class GaussianMixture(Denoiser):
         gamma = torch.softmax(logp.masked_fill(~allowed, -math.inf), dim=1)  # equal weights within the allowed set
         e = mu + (alpha * self.std**2 / var) * (xf - alpha * mu)  # E[x0 | x_t, component]
         return (gamma[..., None] * e).sum(1).reshape(x.shape).to(x.dtype)
+
+
+def load_gmm(device="cpu", **kwargs) -> GaussianMixture:
+    """The built-in `gmm` model (its registry entry's loader)."""
+    return GaussianMixture(**kwargs).to(device)
+
+
+def held_out(conditions, per_condition: int, seed: int):
+    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture."""
+    return mixture_samples(GaussianMixture(), conditions, per_condition, seed)
+
+
+def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int, seed: int):
+    """`per_condition` exact samples of each condition's mixture (the mean of a uniformly drawn component + std x
+    noise, seeded): (x, cond, description)."""
+    g = torch.Generator().manual_seed(seed)
+    xs, cs = [], []
+    for c in conditions:
+        j = torch.randint(gmm.components, (per_condition,), generator=g)
+        noise = torch.randn(per_condition, gmm.means.shape[-1], generator=g)
+        xs.append((gmm.means[c, j] + gmm.std * noise).reshape(per_condition, *gmm.sample_shape))
+        cs.append(torch.full((per_condition,), c))
+    desc = f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
+    return torch.cat(xs), torch.cat(cs).numpy(), desc

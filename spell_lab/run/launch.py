@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import threading
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -18,6 +20,8 @@ from .. import store
 from ..methods import method_params, resolve
 from ..plan import Setting, plan
 from ..samplers import get_sampler
+from . import handoff
+from .handoff import is_child_rank
 from .lightning import SpellPredict, StoreWriter, UnitData
 from .references import ProtectedLoader, check_references, file_digest, load_reference_set
 
@@ -26,8 +30,6 @@ warnings.filterwarnings("ignore", message=".*treespec.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # no GPU/TPU/tip banners
 
-RUN_DIR_ENV = "SPELL_LAB_RUN_DIR"  # rank 0 resolves the run directory; the other ranks inherit it
-DEVICES_ENV = "SPELL_LAB_DDP_DEVICES"  # and the number of processes
 
 
 class RunInterrupted(Exception):
@@ -56,18 +58,20 @@ class RunResult:
     processes: int = 1
 
 
-def is_child_rank() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) != 0 or int(os.environ.get("NODE_RANK", "0")) != 0
+def run_dirs(out) -> Iterator[Path]:
+    """Where a run goes: `out`, then (with --fresh, beside a run already there) `out-2`, `out-3`, ..."""
+    yield Path(out)
+    for n in itertools.count(2):
+        yield Path(f"{out}-{n}")
 
 
 def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
     """Same content: resume into `out`. Other content: error, or with fresh=True a new directory beside it."""
-    if os.environ.get(RUN_DIR_ENV) and is_child_rank():
-        return Path(os.environ[RUN_DIR_ENV])
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
-    candidate, n = Path(out), 1
-    while (candidate / "store.zarr").exists():
+    for candidate in run_dirs(out):
+        if not (candidate / "store.zarr").exists():
+            return candidate
         try:
             store.check_store(candidate / "store.zarr", content)
             if not fresh:
@@ -75,9 +79,6 @@ def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
         except store.StoreMismatchError:
             if not fresh:
                 raise
-        n += 1
-        candidate = Path(f"{out}-{n}")
-    return candidate
 
 
 PER_PROCESS_WORK = 10_000  # sample-steps a CPU process must have to be worth DDP's start-up (seconds)
@@ -90,15 +91,15 @@ def resolve_devices(devices: int | None, on_cpu: bool, units: int, work: int):
     command (never inside a notebook or a test runner). The ranks it launches inherit rank 0's choice."""
     if devices is not None:
         return devices
-    if is_child_rank() and os.environ.get(DEVICES_ENV):
-        return int(os.environ[DEVICES_ENV])
     if not on_cpu:
         return "auto"  # Lightning: every visible GPU
-    cores = os.cpu_count() or 1
-    entry = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "experiments"
-    chosen = cores if entry and cores > 1 and units >= 2 * cores and work >= PER_PROCESS_WORK * cores else 1
-    os.environ[DEVICES_ENV] = str(chosen)
-    return chosen
+
+    def choose() -> int:
+        cores = os.cpu_count() or 1
+        entry = Path(sys.argv[0]).resolve().parent == Path(__file__).resolve().parents[1] / "experiments"
+        return cores if entry and cores > 1 and units >= 2 * cores and work >= PER_PROCESS_WORK * cores else 1
+
+    return handoff.rank_zero("devices", choose)
 
 
 def evaluation_grid(model, sampler: str, steps: int):
@@ -133,6 +134,7 @@ def run_generation(
     num_nodes: int = 1,
     condition_names=None,
     progress: bool = True,
+    reference: str | None = None,
 ) -> RunResult:
     if (devices is not None and devices < 1) or num_nodes < 1:
         raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
@@ -151,8 +153,7 @@ def run_generation(
     )
     if inputs:
         content["inputs"] = inputs
-    run_dir = resolve_run_dir(out, content, fresh=fresh)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    run_dir = Path(handoff.rank_zero("run_dir", lambda: str(resolve_run_dir(out, content, fresh=fresh))))
     path = run_dir / "store.zarr"
     units = plan(settings)
     done = set()
@@ -168,7 +169,7 @@ def run_generation(
     create_kwargs = dict(
         experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
         sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
-        content=content, config=config,
+        content=content, config=config, reference=reference,
     )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:

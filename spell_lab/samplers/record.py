@@ -1,4 +1,4 @@
-"""Per-step statistics of SPELL (design.md section 2), written into preallocated device tensors: no host sync.
+"""Per-step statistics of SPELL (docs/design.md section 2), written into preallocated device tensors: no host sync.
 
 Per evaluation the recorder keeps three norms and the per-source shield counts (two stacked writes), and the cells a
 protected-set index probed where the step reports them (`cells_probed`, one write); the derived fields (score_norm,

@@ -1,4 +1,4 @@
-"""The run store (design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
+"""The run store (docs/design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
 
 The whole layout is created up front from the run's plan; each work unit then writes its own sample region
 (chunks along `sample` are one unit wide, so ranks never share a chunk) and finally sets `unit_complete[unit]`.
@@ -18,11 +18,11 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from . import __version__, schema
-from .plan import Setting
+from .. import __version__, schema
+from ..plan import Setting
 
 
-class StoreMismatchError(RuntimeError):
+class StoreMismatchError(ValueError):
     """The store on disk was written by a different configuration."""
 
 
@@ -56,13 +56,17 @@ def create_store(
     image_shape,
     content: dict,
     config: dict,
+    reference: str | None = None,
 ) -> None:
-    """Create the whole layout: every group, array, coordinate and attribute, before the first sample."""
+    """Create the whole layout: every group, array, coordinate and attribute, before the first sample. The root
+    records the groups' order (`group_order`) and the group the analyses compare against (`reference_group`:
+    the same seeds without the intervention; None where the experiment has none)."""
     root = zarr.open_group(str(path), mode="w-", zarr_format=3)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     root.attrs.update(
         experiment=experiment, fingerprint=fingerprint(content), content=json.dumps(content, default=str),
         config=json.dumps(config, default=str), version=__version__, git_commit=git_commit(), created=now,
+        group_order=[s.name for s in settings], reference_group=reference,
     )
     n = len(times)
     for s in settings:
@@ -160,10 +164,3 @@ def open_run(run: str | Path) -> dict[str, xr.Dataset]:
 def run_attrs(run: str | Path) -> dict:
     return dict(zarr.open_group(str(store_path(run)), mode="r").attrs)
 
-
-if __name__ == "__main__":  # python -m spell_lab.store RUN [--export-images DIR]: browse a run's store
-    import sys
-
-    from .store_view import main
-
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Browse a run store without a model (design.md section 5): `python -m spell_lab.store RUN`.
+"""Browse a run store without a model (docs/design.md section 5): `python -m spell_lab.store RUN`.
 
     describe(run, groups=None)                the run, then per group its size, units, attributes and a summary
     export_images(run, out_dir, groups=None)  the stored images of the complete units as PNG files
@@ -9,16 +9,15 @@ Everything is read lazily through xarray; only the per-sample summary arrays and
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from PIL import Image
 
-from .store import open_run, run_attrs, store_path
+from ..cli import parser as cli_parser, run
+from . import open_run, run_attrs, store_path
 
 SETTING_KEYS = ("intra_batch", "memory", "rounds", "conditions")  # what a group's `setting` attribute adds (the first
 # two only in stores made before the `method` attribute)
@@ -114,32 +113,25 @@ def select_groups(path: Path, groups: list[str] | None) -> dict[str, xr.Dataset]
     return {g: everything[g] for g in groups}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of usage + exit: main reports it like every other user error
-        raise StoreViewError(message)
-
-
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m spell_lab.store", description="Describe a run store; optionally export its images.")
+def parser():
+    p = cli_parser("python -m spell_lab.store", "Describe a run store; optionally export its images.")
     p.add_argument("run", metavar="RUN", help="a run directory (runs/<experiment>/<run-name>) or its store.zarr")
-    p.add_argument("--export-images", metavar="DIR", type=Path, help="write the stored images as PNG files into DIR")
-    p.add_argument("--groups", help="comma-separated group names (default: every group)")
+    p.add_argument("--export-images", "--export_images", dest="export_images", type=str | None, default=None,
+                   help="write the stored images as PNG files into DIR")
+    p.add_argument("--groups", type=str | None, default=None, help="comma-separated group names (default: every group)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parser().parse_args(argv)
-        groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
-        print(describe(args.run, groups))
-        if args.export_images is not None:
-            paths = export_images(args.run, args.export_images, groups)
-            print(f"wrote {len(paths)} images to {args.export_images}")
-    except (FileNotFoundError, StoreViewError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def _main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
+    print(describe(args.run, groups))
+    if args.export_images is not None:
+        paths = export_images(args.run, Path(args.export_images), groups)
+        print(f"wrote {len(paths)} images to {args.export_images}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    """`python -m spell_lab.store RUN [--export-images DIR] [--groups a,b]`; a user error: one line, exit code 2."""
+    return run(_main, argv)
