@@ -32,18 +32,19 @@ def test_importing_the_registry_imports_no_model():
 
 
 def test_entries_declare_what_the_experiments_looked_up():
-    assert registry.default_name() == "digits" and registry.with_reference() == ("gmm", "digits")
+    assert registry.default_name() == "fashion" and registry.with_reference() == ("gmm", "digits", "fashion")
     assert registry.selected_radius("digits") == 26.11
     with pytest.raises(ValueError, match="has no selected radius .*selects 0"):
         registry.selected_radius("gmm")
     assert registry.condition_fidelity("gmm") is None and callable(registry.condition_fidelity("digits"))
+    assert callable(registry.condition_fidelity("fashion"))
 
 
 def test_a_name_is_registered_once_and_one_entry_is_the_default(monkeypatch):
     monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
     with pytest.raises(ValueError, match="registered already"):
         registry.register(ModelEntry("gmm", load=GaussianMixture))
-    with pytest.raises(ValueError, match="'digits' is"):
+    with pytest.raises(ValueError, match="'fashion' is"):
         registry.register(ModelEntry("other", load=GaussianMixture, default=True))
 
 
