@@ -43,11 +43,11 @@ same = partial(same_outputs, skip=("nearest_distance",))
 def test_interval_covering_every_step_is_the_plain_pipeline_and_an_empty_one_is_guidance_1(case):
     pipe, kw = case()
     plain = run(pipe, kw)
-    assert same_outputs(run(pipe, kw, resolve("interval")), plain)
-    assert same_outputs(run(pipe, kw, resolve({"name": "cfg"})), plain)
-    assert same_outputs(run(pipe, kw, resolve({"name": "cfg", "weight": 3.0}), guidance=1.0), plain)
+    assert same(run(pipe, kw, resolve("interval")), plain)
+    assert same(run(pipe, kw, resolve({"name": "cfg"})), plain)
+    assert same(run(pipe, kw, resolve({"name": "cfg", "weight": 3.0}), guidance=1.0), plain)
     empty = resolve({"name": "interval", "sigma_lo": 0.0, "sigma_hi": 0.0})
-    assert same_outputs(run(pipe, kw, empty), run(pipe, kw, guidance=1.0))
+    assert same(run(pipe, kw, empty), run(pipe, kw, guidance=1.0))
 
 
 def test_interval_guidance_switches_cfg_off_outside_and_on_inside():
@@ -115,7 +115,7 @@ def test_interval_guidance_with_pndm_keeps_its_first_steps_pair_together():
     middle = resolve({"name": "interval", "sigma_hi": hi})
     weights = MethodCallback(pipe, middle, steps=STEPS, guidance=3.0, seeds=SEEDS, pipeline_kwargs=kw).weights
     assert weights == [3.0 if s <= hi else 1.0 for s in start] and weights[:3] == [1.0, 1.0, 3.0]
-    assert same_outputs(run(pipe, kw, resolve("interval")), run(pipe, kw))
+    assert same(run(pipe, kw, resolve("interval")), run(pipe, kw))
     out, g1 = run(pipe, kw, middle), run(pipe, kw, guidance=1.0)
     assert torch.equal(out.records["score_norm"][:, :2], g1.records["score_norm"][:, :2])
     assert not torch.equal(out.x0, g1.x0)
@@ -135,7 +135,7 @@ def test_condition_transforms_see_the_sampling_progress_once_per_step(case, sche
 
     plain = run(pipe, kw)
     out = run(pipe, kw, Hooks({"name": "spy"}, condition=spy))
-    assert same_outputs(out, plain)
+    assert same(out, plain)
     expected = [1 - j / STEPS for j in range(STEPS)]
     tensors = 2 if case is sd3_case else 1  # SD3 anneals prompt_embeds and pooled_prompt_embeds
     assert seen == pytest.approx([p for p in expected for _ in range(tensors)], abs=1e-15)  # once per step
@@ -150,7 +150,7 @@ def test_cads_noise_uncond_anneals_the_negative_embeddings_too():
     kw["negative_prompt_embeds"] = torch.randn(kw["negative_prompt_embeds"].shape, generator=g)
     base = {"name": "cads", "noise_scale": 1.0}  # (zero negatives would stay zero: rescaled to their std, 0)
     plain, cads = run(pipe, kw), run(pipe, kw, resolve(base))
-    assert same_outputs(run(pipe, kw, resolve({**base, "tau1": 1.0, "tau2": 1.0, "noise_uncond": True})), plain)
+    assert same(run(pipe, kw, resolve({**base, "tau1": 1.0, "tau2": 1.0, "noise_uncond": True})), plain)
     both = run(pipe, kw, resolve({**base, "noise_uncond": True}))
     assert not torch.equal(both.x0, cads.x0)
     # without guidance there is no unconditional branch, and the conditional one draws from its own stream
@@ -165,21 +165,21 @@ def test_cads_noise_uncond_anneals_the_negative_embeddings_too():
 def test_pg_through_the_scheduler_wrapper(case):
     pipe, kw = case()
     plain = run(pipe, kw)
-    assert same_outputs(run(pipe, kw, resolve("pg")), plain)
+    assert same(run(pipe, kw, resolve("pg")), plain)
     out = run(pipe, kw, resolve({"name": "pg", "strength": 0.5}))
     assert not torch.equal(out.x0, plain.x0) and torch.isfinite(out.x0).all()
     level = out.records["sigma"] / out.records["alpha"]
     expected = (level >= 1) & level.isfinite()  # flow matching's first step (alpha = 0): x0_hat plays no part
     assert torch.equal(out.records["correction_norm"] > 0, expected[None, :].expand(4, -1)) and expected.any()
     pairs = run(pipe, kw, resolve({"name": "pg", "strength": 0.5}), groups=[0, 0, 1, 1])
-    assert same_outputs(pairs, plain)  # groups of two: no term (log 1 = 0)
+    assert same(pairs, plain)  # groups of two: no term (log 1 = 0)
 
 
 @pytest.mark.parametrize("case", [sd_case, sd3_case])
 def test_cads_through_the_prompt_embeddings(case):
     pipe, kw = case()
     plain = run(pipe, kw)
-    assert same_outputs(run(pipe, kw, resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0})), plain)
+    assert same(run(pipe, kw, resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0})), plain)
     cads = resolve({"name": "cads", "noise_scale": 1.0})
     out = run(pipe, kw, cads)
     assert (out.x0 - plain.x0).flatten(1).norm(dim=1).min() > 0  # every sample moved
