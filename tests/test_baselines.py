@@ -62,7 +62,8 @@ def test_grid_values_and_refusals():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "quick"
-    assert baselines.main(["--quick", "--steps", "8", "--wandb", "disabled", "--no_progress", "--out", str(out)]) == 0
+    assert baselines.main(["--model", "digits", "--quick", "--steps", "8", "--wandb", "disabled", "--no_progress",
+                           "--out", str(out)]) == 0
     return out
 
 
@@ -113,6 +114,7 @@ def test_rerender_equals_the_run(quick_run, tmp_path, capsys):
     (["--grids", '{"pg": []}'], "non-empty"),
     (["--model", "some/hub-id"], "held-out real data"),
     (["--grids", '{"cfg": [{"radius": 1}]}'], "no parameter"),
+    (["--sweeps", "cads"], "model 'fashion' has none"),  # the default model: diffusers' DiT embeds the class per block
 ])
 def test_bad_input_exits_2_and_creates_nothing(tmp_path, capsys, argv, message):
     from spell_lab.experiments.common import run_cli

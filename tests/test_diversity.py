@@ -143,7 +143,7 @@ BAD = [
     (["--per_condition", "5"], "--per_condition must be >= 6"),
     (["--per_condition", "10", "--batch", "4"], "multiple of --batch"),
     (["--models", "gmm"], "has no selected radius"),
-    (["--radius", "{digits: -1}"], "must be > 0"),
+    (["--models", "digits", "--radius", "{digits: -1}"], "must be > 0"),
     (["--radius", "{gmm: 1}"], "which --models does not run"),
     (["--models", "some/pipeline"], "held-out real data"),
     (["--models", "digits", "gmm", "--radius", "{gmm: 1}", "--devices", "2"], "one model per command"),
