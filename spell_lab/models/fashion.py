@@ -47,6 +47,13 @@ def ld_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.000
     return torch.cumprod(1.0 - betas, 0)
 
 
+@functools.lru_cache(maxsize=4)
+def _log_abar_knots(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
+    """log abar at n = 0..T-1, computed once per schedule (every denoiser evaluation reads it)."""
+    log_abar = ld_alphas_cumprod(num_train_timesteps, beta_start, beta_end).log()
+    return torch.cat([torch.zeros(1, dtype=torch.float64), log_abar[1:]])  # knot n = 0 is the data itself
+
+
 @dataclass(frozen=True)
 class LatentDiffusionSchedule:
     """LD's discrete schedule seen in continuous time t = timestep / T: abar(n / T) = alphas_cumprod[n] at every
@@ -60,13 +67,9 @@ class LatentDiffusionSchedule:
     kind: str = "vp"
     init_noise_sigma: float = 1.0  # x at the first step ~ N(0, 1), as diffusers' DDIM starts (alpha_1 = 0.07 here)
 
-    def _log_abar(self) -> torch.Tensor:
-        log_abar = ld_alphas_cumprod(self.num_train_timesteps, self.beta_start, self.beta_end).log()
-        return torch.cat([torch.zeros(1, dtype=torch.float64), log_abar[1:]])  # knot n = 0 is the data itself
-
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64)
-        knots = self._log_abar().to(t.device)
+        knots = _log_abar_knots(self.num_train_timesteps, self.beta_start, self.beta_end).to(t.device)
         n = (t * self.num_train_timesteps).clamp(0, self.num_train_timesteps - 1)
         lo = n.floor().long().clamp(max=self.num_train_timesteps - 2)
         log_abar = torch.lerp(knots[lo], knots[lo + 1], n - lo)
