@@ -153,3 +153,50 @@ def test_builtin_and_diffusers_paths_agree(model, guidance, radius):
     active = ours.records["active_shields"].sum()
     assert active == theirs.records["active_shields"].sum()
     assert (active > 0) == (radius > 0)
+
+
+# ------------------------------------------------------------------------- the latent origin and the condition
+
+
+def test_centring_the_latent_space_is_exact():
+    """Folding a per-channel offset into the VAE's 1x1 convolutions moves the latents and leaves decoding unchanged."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**fm.vae_config()).eval()
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    offset = torch.tensor([0.5, -1.0, 2.0, 0.3])
+    with torch.no_grad():
+        before = vae.encode(x).latent_dist
+        decoded = vae.decode(before.mean).sample
+        fm.centre_latent_space(vae, offset)
+        after = vae.encode(x).latent_dist
+        torch.testing.assert_close(after.mean, before.mean - offset.view(1, 4, 1, 1), rtol=0, atol=1e-6)
+        torch.testing.assert_close(after.std, before.std, rtol=0, atol=0)
+        torch.testing.assert_close(vae.decode(after.mean).sample, decoded, rtol=0, atol=1e-4)
+
+
+def test_class_embeddings_stand_in_for_labels_in_every_block(model):
+    x = torch.randn(4, *model.sample_shape, generator=torch.Generator().manual_seed(3))
+    t, labels = torch.tensor(0.6), torch.tensor([0, 3, -1, 9])
+    emb = model.embed_condition(labels)
+    assert emb.shape == (4, len(model._label_tables) * model.transformer.inner_dim)
+    assert torch.equal(model(x, t, emb), model(x, t, labels))
+    moved = emb.clone()
+    moved[:, -model.transformer.inner_dim:] += 1.0  # the last block's slice alone changes the output
+    assert not torch.equal(model(x, t, moved), model(x, t, labels))
+    assert torch.equal(model(x, t, labels), model(x, t, labels))  # no embedding is left behind by the hooks
+
+
+def test_cads_runs_on_fashion_and_its_neutral_point_is_plain(model):
+    from spell_lab.methods import resolve
+    from spell_lab.samplers import generate
+
+    cond, seeds = torch.tensor([0, 4, 8]), range(3)
+    plain = generate(model, cond, seeds, steps=4, guidance=3.0)
+    neutral = generate(model, cond, seeds, steps=4, guidance=3.0,
+                       method=resolve({"name": "cads", "tau1": 1.0, "tau2": 1.0}))
+    assert torch.equal(neutral.x0, plain.x0)
+    cads = generate(model, cond, seeds, steps=4, guidance=3.0,
+                    method=resolve({"name": "cads", "tau1": 0.2, "tau2": 0.7, "noise_scale": 1.0}))
+    assert (cads.x0 - plain.x0).flatten(1).norm(dim=1).min() > 0  # every sample moved

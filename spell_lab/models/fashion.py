@@ -108,6 +108,16 @@ def scheduler_config() -> dict:
                 timestep_spacing="leading")
 
 
+@torch.no_grad()
+def centre_latent_space(vae, offset: torch.Tensor) -> None:
+    """Move the VAE's latent origin to `offset` (one value per channel), exactly: the encoder's posterior mean loses
+    it (quant_conv's mean-half bias) and the decoder adds it back (post_quant_conv's bias gains W @ offset), so
+    decode(encode(x)) is unchanged and the latents are centred."""
+    offset = offset.to(vae.quant_conv.bias)
+    vae.quant_conv.bias[: len(offset)] -= offset
+    vae.post_quant_conv.bias += vae.post_quant_conv.weight[:, :, 0, 0] @ offset
+
+
 def pad_images(images) -> torch.Tensor:
     """uint8 images (N, 28, 28) -> float (N, 1, 32, 32) in [-1, 1], black border (Fashion-MNIST's background)."""
     x = torch.from_numpy(np.array(images, dtype=np.float32))[:, None] / 127.5 - 1.0
@@ -158,13 +168,38 @@ class FashionDenoiser(Denoiser):
                              transformer.config.sample_size)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.default_guidance = float(info.get("default_guidance", 1.0))
+        from diffusers.models.embeddings import LabelEmbedding
+
+        # DiT embeds the class once per block (block 0's embedding also conditions the final layer); a condition
+        # embedding (embed_condition, e.g. annealed by CADS) replaces each block's lookup through a forward hook
+        self._label_tables = [m for m in transformer.modules() if isinstance(m, LabelEmbedding)]
+        self._embedding_override: list[torch.Tensor] | None = None
+        for i, table in enumerate(self._label_tables):
+            table.register_forward_hook(lambda _m, _a, out, i=i: out if self._embedding_override is None
+                                        else self._embedding_override[i].to(out.dtype))
+
+    def _labels(self, cond: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond == NULL_CONDITION, torch.full_like(cond, NULL_CLASS), cond)
+
+    def embed_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """Class labels (B,) (-1: no condition) -> every block's class embedding, concatenated (B, blocks x width),
+        which `forward` accepts in place of the labels (the continuous condition CADS anneals)."""
+        labels = self._labels(cond.to(self._label_tables[0].embedding_table.weight.device))
+        return torch.cat([t.embedding_table(labels) for t in self._label_tables], dim=-1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).detach().to(torch.float64)
         alpha, sigma = self.schedule.alpha_sigma(t)  # 0-dim tensors on x's device: no host sync
         timestep = (t * self.schedule.num_train_timesteps).float().expand(x.shape[0])
-        labels = torch.where(cond == NULL_CONDITION, torch.full_like(cond, NULL_CLASS), cond).to(x.device)
-        eps = self.transformer(x, timestep=timestep, class_labels=labels).sample
+        if cond.is_floating_point():  # an embedding (embed_condition): each block takes its own slice
+            self._embedding_override = list(cond.to(x.device).chunk(len(self._label_tables), dim=-1))
+            labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)  # looked up, then replaced
+        else:
+            labels = self._labels(cond).to(x.device)
+        try:
+            eps = self.transformer(x, timestep=timestep, class_labels=labels).sample
+        finally:
+            self._embedding_override = None
         return ((x - sigma.to(x.dtype) * eps) / alpha.to(x.dtype)).to(x.dtype)
 
     @torch.no_grad()

@@ -7,13 +7,19 @@ command resumes the stage that was interrupted; finished stages are kept): `vae`
 encoded, and the latent scale chosen by the rule below), `denoiser`, `classifier`, then `export` writes the weights
 in diffusers' layout to WORK/weights (or, with --into-package, into the package's own weights folder).
 
+Centred latents: the encoded training set's mean is removed from the latent space, so that x_T, which still holds
+sqrt(abar_T) = 0.068 of x0 on LD's schedule, holds no constant offset that sampling from N(0, I) would drop (the
+"signal leak"; the first models' latents had a per-element mean of rms 3.2 against a spread of 1.3). The VAE is
+trained with a penalty on the batch mean of its posterior means (--centre-weight), and the per-channel mean left
+after training is folded exactly into the VAE's two 1x1 convolutions (`fashion.centre_latent_space`).
+
 Latent scale rule: r = 25 should sit at RATIO of the generated images' within-class median, where the digits model's
-Appendix D selection put it (analysis/digits). First iteration, from the data alone: scaling_factor = 25 / (RATIO *
-m) / std, m the median within-class distance of the encoded training images at unit scale (posterior means over
-their global std); it gave 1.803. The model trained at 1.803 generated a within-class median of 21.39 at its F-best
-weight (real images: 33.5), so the second iteration is 1.803 * 25 / (RATIO * 21.39) = 2.875, the default of
---scaling-factor and the shipped weights' scale (the measurements: analysis/fashion/README.md). The first
-iteration's value is recorded beside it (`scaling_factor_rule`) in every run.
+Appendix D selection put it (analysis/digits), and generated images spread SPREAD times as much as real ones within
+a class (measured on the earlier model, below). So scaling_factor = 25 / (RATIO * SPREAD * m), m the median
+within-class distance of the encoded training images (posterior means, unscaled), computed from the data of each
+run. History (analysis/fashion/README.md): the first model used 25 / (RATIO * m) (1.803) and generated 0.64x the
+real spread; the second 2.875 from the first's selection, which generated SPREAD = 32.41 / 53.43 of the real median
+at w = 3 and selected r = 20.97.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from .fashion_data import CLASS_NAMES, load_split, stratified_part, write_heldou
 
 RATIO = 0.733  # r / within-class median at the digits model's selection (analysis/digits/README.md)
 TARGET_RADIUS = 25.0  # the paper's Latent Diffusion radius
-SCALING_FACTOR = 2.875  # the rule's second iteration (module docstring), the shipped weights' scale
+SPREAD = 32.41 / 53.43  # generated / real within-class median at w = 3 on the second model (analysis/fashion)
 STAGES = ("vae", "latents", "denoiser", "classifier", "export")
 
 
@@ -51,11 +57,12 @@ class VAETask(_lightning().LightningModule):
     """AutoencoderKL with an L1 + L2 reconstruction loss and a small KL term (LDM's KL-regularised autoencoder,
     without the perceptual and adversarial terms, which need downloaded networks)."""
 
-    def __init__(self, lr: float, kl_weight: float, steps: int):
+    def __init__(self, lr: float, kl_weight: float, centre_weight: float, steps: int):
         super().__init__()
         from diffusers import AutoencoderKL
 
-        self.vae, self.lr, self.kl_weight, self.steps = AutoencoderKL(**fm.vae_config()), lr, kl_weight, steps
+        self.vae, self.lr, self.steps = AutoencoderKL(**fm.vae_config()), lr, steps
+        self.kl_weight, self.centre_weight = kl_weight, centre_weight
 
     def training_step(self, batch, _):
         x = batch[0]
@@ -63,8 +70,9 @@ class VAETask(_lightning().LightningModule):
         rec = self.vae.decode(post.sample()).sample
         l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
         kl = post.kl().mean() / x[0].numel()
-        self.log_dict({"l2": l2, "kl": kl}, prog_bar=True)
-        return l1 + l2 + self.kl_weight * kl
+        offset = post.mean.mean(0).pow(2).mean()  # each latent element's batch mean, pulled to 0 (no signal leak)
+        self.log_dict({"l2": l2, "kl": kl, "offset": offset}, prog_bar=True)
+        return l1 + l2 + self.kl_weight * kl + self.centre_weight * offset
 
     def configure_optimizers(self):
         return _adamw_cosine(self.vae.parameters(), self.lr, self.steps)
@@ -108,7 +116,8 @@ class DenoiserTask(_lightning().LightningModule):
 
 
 class ClassifierTask(_lightning().LightningModule):
-    """The classifier on real training images with shifts, flips and blur (so that it also reads decoded images)."""
+    """The classifier on real training images and their VAE reconstructions, with shifts, flips and blur: it judges
+    decoded images, so it learns what a decoded coat or shirt looks like."""
 
     def __init__(self, lr: float, steps: int):
         super().__init__()
@@ -179,7 +188,7 @@ def _finish(work: Path, stage: str, facts: dict) -> dict:
 
 
 def stage_vae(args, work: Path, images: torch.Tensor) -> dict:
-    task = VAETask(args.vae_lr, args.kl_weight, args.vae_steps)
+    task = VAETask(args.vae_lr, args.kl_weight, args.centre_weight, args.vae_steps)
     seconds = _fit(task, (images,), work / "vae", args.vae_steps, args.vae_batch, args.seed, args.progress)
     task.vae.save_pretrained(work / "vae" / "model")
     return {"steps": args.vae_steps, "batch": args.vae_batch, "seconds": round(seconds)}
@@ -187,25 +196,38 @@ def stage_vae(args, work: Path, images: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def stage_latents(args, work: Path, images: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Encode the training set (posterior mean and std); choose the scaling factor by the module's rule."""
+    """Encode the training set (posterior mean and std), centre the latent space, choose the scaling factor by the
+    module's rule; the centred VAE is saved beside the latents."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(work / "vae" / "model").eval()
-    means, stds = [], []
-    for i in range(0, len(images), 500):
-        post = vae.encode(images[i:i + 500]).latent_dist
-        means.append(post.mean), stds.append(post.std)
-    mean, std = torch.cat(means), torch.cat(stds)
-    latent_std = float(mean.std())
+    mean, std = _encode(vae, images)
+    before = _offset_facts(mean)
+    fm.centre_latent_space(vae, mean.mean((0, 2, 3)))
+    mean, std = _encode(vae, images)
+    vae.save_pretrained(work / "latents" / "vae")
     idx = torch.from_numpy(stratified_part(labels.numpy(), 256, args.seed))
-    unit = (mean[idx] / latent_std).flatten(1).double()
+    unit = mean[idx].flatten(1).double()
     medians = [float(torch.pdist(unit[labels[idx] == c]).median()) for c in range(fm.NUM_CLASSES)]
     m = float(np.mean(medians))
-    scaling = TARGET_RADIUS / (RATIO * m) / latent_std
     rec = vae.decode(mean[:2000]).sample
     torch.save({"mean": mean, "std": std}, work / "latents" / "latents.pt")
-    return {"latent_std": latent_std, "unit_within_class_median": m, "per_class_medians": medians,
-            "scaling_factor": scaling, "reconstruction_mse_first_2000": float((rec - images[:2000]).pow(2).mean())}
+    return {"before_centring": before, "after_centring": _offset_facts(mean), "within_class_median": m,
+            "per_class_medians": medians, "scaling_factor": TARGET_RADIUS / (RATIO * SPREAD * m),
+            "reconstruction_mse_first_2000": float((rec - images[:2000]).pow(2).mean())}
+
+
+def _encode(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    posts = [vae.encode(images[i:i + 500]).latent_dist for i in range(0, len(images), 500)]
+    return torch.cat([p.mean for p in posts]), torch.cat([p.std for p in posts])
+
+
+def _offset_facts(mean: torch.Tensor) -> dict:
+    """How far the latents sit from the origin (the signal leak's source) against how much they spread."""
+    m = mean.double()
+    return {"flat_std": float(m.std()), "element_mean_rms": float(m.mean(0).pow(2).mean().sqrt()),
+            "element_std_rms": float(m.var(0).mean().sqrt()),
+            "channel_means": [round(float(v), 4) for v in m.mean((0, 2, 3))]}
 
 
 def stage_denoiser(args, work: Path, labels: torch.Tensor, scaling: float) -> dict:
@@ -218,20 +240,34 @@ def stage_denoiser(args, work: Path, labels: torch.Tensor, scaling: float) -> di
 
 
 def stage_classifier(args, work: Path, images, labels, test_images, test_labels) -> dict:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(work / "latents" / "vae").eval()
+    recon, test_recon = _reconstruct(vae, images), _reconstruct(vae, test_images)
     task = ClassifierTask(args.clf_lr, args.clf_steps)
-    seconds = _fit(task, (images, labels), work / "classifier", args.clf_steps, args.clf_batch, args.seed,
-                   args.progress)
+    seconds = _fit(task, (torch.cat([images, recon]), torch.cat([labels, labels])), work / "classifier",
+                   args.clf_steps, args.clf_batch, args.seed, args.progress)
     clf = task.clf.eval()
     from safetensors.torch import save_file
 
     (work / "classifier" / "model").mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(work / "classifier" / "model" /
                                                                              "model.safetensors"))
-    with torch.no_grad():
-        pred = torch.cat([clf(test_images[i:i + 1000]).argmax(1) for i in range(0, len(test_images), 1000)])
-    per_class = [float((pred[test_labels == c] == c).float().mean()) for c in range(fm.NUM_CLASSES)]
-    return {"steps": args.clf_steps, "batch": args.clf_batch, "seconds": round(seconds),
-            "test_accuracy": float((pred == test_labels).float().mean()), "test_accuracy_per_class": per_class}
+    facts = {"steps": args.clf_steps, "batch": args.clf_batch, "seconds": round(seconds)}
+    for name, x in (("test", test_images), ("test_reconstructions", test_recon)):
+        with torch.no_grad():
+            pred = torch.cat([clf(x[i:i + 1000]).argmax(1) for i in range(0, len(x), 1000)])
+        facts[f"{name}_accuracy"] = float((pred == test_labels).float().mean())
+        facts[f"{name}_accuracy_per_class"] = [round(float((pred[test_labels == c] == c).float().mean()), 4)
+                                               for c in range(fm.NUM_CLASSES)]
+    return facts
+
+
+@torch.no_grad()
+def _reconstruct(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images through the VAE (posterior mean), clamped to the images' range."""
+    return torch.cat([vae.decode(vae.encode(images[i:i + 500]).latent_dist.mean).sample.clamp(-1, 1)
+                      for i in range(0, len(images), 500)])
 
 
 def export(args, work: Path, facts: dict) -> Path:
@@ -242,7 +278,7 @@ def export(args, work: Path, facts: dict) -> Path:
     out = Path(args.out) if args.out else (fm.WEIGHTS_DIR if args.into_package else work / "weights")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    vae = AutoencoderKL.from_pretrained(work / "vae" / "model")
+    vae = AutoencoderKL.from_pretrained(work / "latents" / "vae")  # the centred VAE
     vae.register_to_config(scaling_factor=facts["latents"]["scaling_factor"])
     pipe = DiTPipeline(transformer=DiTTransformer2DModel.from_pretrained(work / "denoiser" / "model"), vae=vae,
                        scheduler=DDIMScheduler(**fm.scheduler_config()))
@@ -272,7 +308,7 @@ def train(args) -> Path:
     facts = {}
     facts["vae"] = _done(work, "vae") or _finish(work, "vae", stage_vae(args, work, images))
     facts["latents"] = _done(work, "latents") or _finish(work, "latents", stage_latents(args, work, images, labels))
-    if args.scaling_factor is not None:  # a later iteration of the rule, from a trained model's own selection
+    if args.scaling_factor is not None:  # chosen by hand (e.g. another iteration, from a trained model's selection)
         facts["latents"] = facts["latents"] | {"scaling_factor_rule": facts["latents"]["scaling_factor"],
                                                "scaling_factor": args.scaling_factor}
     facts["denoiser"] = _done(work, "denoiser") or _finish(
@@ -281,7 +317,8 @@ def train(args) -> Path:
         work, "classifier", stage_classifier(args, work, images, labels, test_images, test_labels))
     out = export(args, work, facts)
     total = sum(facts[s].get("seconds", 0) for s in ("vae", "denoiser", "classifier"))
-    print(f"wrote {out} (training {total} s; classifier test accuracy {facts['classifier']['test_accuracy']:.4f})")
+    print(f"wrote {out} (training {total} s; classifier test accuracy {facts['classifier']['test_accuracy']:.4f}, "
+          f"on their VAE reconstructions {facts['classifier']['test_reconstructions_accuracy']:.4f})")
     return out
 
 
@@ -296,15 +333,16 @@ def parser():
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--kl-weight", type=float, default=1e-4)
-    p.add_argument("--scaling-factor", type=float | None, default=SCALING_FACTOR,
-                   help="the latent scale (default: the rule's second iteration, see the module docstring); "
-                   "none: the first iteration, from the encoded data alone")
+    p.add_argument("--centre-weight", type=float, default=0.05, help="weight of the penalty on the latents' batch "
+                   "mean (the module docstring)")
+    p.add_argument("--scaling-factor", type=float | None, default=None,
+                   help="the latent scale (default: the rule in the module docstring, from the encoded data)")
     p.add_argument("--dit-steps", type=int, default=6000)
     p.add_argument("--dit-batch", type=int, default=96)
     p.add_argument("--dit-lr", type=float, default=5e-4)
     p.add_argument("--p-uncond", type=float, default=0.1)
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--clf-steps", type=int, default=1500)
+    p.add_argument("--clf-steps", type=int, default=3000)
     p.add_argument("--clf-batch", type=int, default=64)
     p.add_argument("--clf-lr", type=float, default=2e-3)
     p.add_argument("--default-guidance", type=float, default=3.0,
