@@ -200,3 +200,14 @@ def test_cads_runs_on_fashion_and_its_neutral_point_is_plain(model):
     cads = generate(model, cond, seeds, steps=4, guidance=3.0,
                     method=resolve({"name": "cads", "tau1": 0.2, "tau2": 0.7, "noise_scale": 1.0}))
     assert (cads.x0 - plain.x0).flatten(1).norm(dim=1).min() > 0  # every sample moved
+
+
+def test_held_out_part_matches_a_requested_size():
+    from spell_lab.models import reference_data
+
+    x, cond, _, desc = reference_data("fashion", [0, 4], per_condition=16, seed=1)
+    assert x.shape == (32, 4, 8, 8) and np.bincount(cond).tolist()[0] == 16 and set(cond) == {0, 4}
+    again, _, _, _ = reference_data("fashion", [0, 4], per_condition=16, seed=1)
+    assert torch.equal(x, again) and "16 per class (seed 1)" in desc
+    _, every, _, _ = reference_data("fashion", [0])
+    assert len(every) > 16  # unasked: every held-out image of the class

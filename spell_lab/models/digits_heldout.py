@@ -12,7 +12,7 @@ import torch
 from .digits import CLASSIFIER_FILE, class_split, load_classifier, load_data, read_weights
 
 
-def held_out(conditions, per_condition: int, seed: int):
+def held_out(conditions, per_condition: int | None, seed: int):
     """The classifier's seeded stratified held-out split (recomputed with `class_split` and the seed stored in its
     weights), encoded into the diffusion space: (x, cond, description). `per_condition` and `seed` are unused: the
     split is fixed by the shipped classifier."""

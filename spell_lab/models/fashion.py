@@ -318,16 +318,20 @@ def fidelity(x0, cond) -> np.ndarray:
 
 def held_out(conditions, per_condition: int | None = None, seed: int = 0, data_dir=None):
     """Held-out real images of `conditions` encoded into the diffusion space (the VAE's posterior mean, scaled):
-    the whole test set where the dataset is installed, else the shipped stratified part (`per_condition` and `seed`
-    are not used: every held-out image of a class is used). Real and generated images are both read through the
-    VAE's decoder by the features. Returns (x, cond, description)."""
-    from .fashion_data import heldout
+    from the whole test set where the dataset is installed, else from the shipped stratified part; every image of a
+    class, or a seeded stratified `per_condition` of each (e.g. as many as were generated, so that coverage and
+    recall compare like with like). Real and generated images are both read through the VAE's decoder by the
+    features. Returns (x, cond, description)."""
+    from .fashion_data import heldout, stratified_part
 
     images, labels, which = heldout(data_dir)
-    keep = np.isin(labels, np.asarray([int(c) for c in conditions]))
+    keep = np.flatnonzero(np.isin(labels, np.asarray([int(c) for c in conditions])))
+    if per_condition is not None:
+        keep = keep[stratified_part(labels[keep], int(per_condition), seed)]
     net = latent_classifier()
     x = _one_thread(lambda imgs: torch.cat([net.model.encode(imgs[i:i + 500]) for i in range(0, len(imgs), 500)]))(
         pad_images(images[keep]))
-    desc = (f"{int(keep.sum())} held-out images: {which}, encoded by the VAE; features: the classifier's "
+    part = "" if per_condition is None else f", {int(per_condition)} per class (seed {seed})"
+    desc = (f"{len(keep)} held-out images: {which}{part}, encoded by the VAE; features: the classifier's "
             f"penultimate layer ({net.feature_dim}-d) on decoded images")
     return x, labels[keep], desc

@@ -71,9 +71,10 @@ def load_gmm(device="cpu", **kwargs) -> GaussianMixture:
     return GaussianMixture(**kwargs).to(device)
 
 
-def held_out(conditions, per_condition: int, seed: int):
-    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture."""
-    return mixture_samples(GaussianMixture(), conditions, per_condition, seed)
+def held_out(conditions, per_condition: int | None, seed: int):
+    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture,
+    256 per condition unless told."""
+    return mixture_samples(GaussianMixture(), conditions, 256 if per_condition is None else per_condition, seed)
 
 
 def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int, seed: int):

@@ -6,7 +6,7 @@ An entry declares everything the experiments and analyses need to know about a b
     register(ModelEntry(
         name="gmm",
         load="spell_lab.models.gmm:load_gmm",            # (device="cpu", **kw) -> Denoiser
-        reference="spell_lab.models.gmm:held_out",       # (conditions, per_condition, seed) -> (x, cond, description)
+        reference="spell_lab.models.gmm:held_out",       # (conditions, per_condition|None, seed) -> (x, cond, description)
         features="spell_lab.metrics.features:RawFeatures",  # () -> extractor, (N, *shape) -> (N, D) features
         fidelity=None,                                   # (x0, cond) -> (N,) probability of the requested condition
         selected_radius=None, radius_source="calibrate --select --model gmm selects 0",
@@ -31,7 +31,7 @@ Ref = Callable | str  # a callable, or "package.module:attribute" resolved on fi
 class ModelEntry:
     name: str
     load: Ref  # (device="cpu", **kw) -> Denoiser
-    reference: Ref | None = None  # (conditions, per_condition, seed) -> (x in the diffusion space, cond, description)
+    reference: Ref | None = None  # (conditions, per_condition|None, seed) -> (x in the diffusion space, cond, description)
     features: Ref | None = None  # () -> feature extractor (metrics/features.py): (N, *shape) -> (N, D)
     fidelity: Ref | None = None  # (x0, cond) -> (N,) probability the model's classifier gives the requested condition
     selected_radius: float | None = None  # Appendix D's selected radius (calibrate --select); None: none selected
@@ -103,8 +103,10 @@ def load_model(name: str, device="cpu", **kwargs):
     return resolve(entry(name).load)(device=device, **kwargs)
 
 
-def reference_data(name: str, conditions, *, per_condition: int = 256, seed: int = 12345) -> tuple[Any, Any, Any, str]:
-    """Held-out real data of a built-in model: (x in the diffusion space, cond, feature extractor, description)."""
+def reference_data(name: str, conditions, *, per_condition: int | None = None, seed: int = 12345
+                   ) -> tuple[Any, Any, Any, str]:
+    """Held-out real data of a built-in model: (x in the diffusion space, cond, feature extractor, description).
+    `per_condition`: how many real items per condition (None: the model's own default, e.g. all it holds)."""
     e = entry(name)
     if not e.has_reference:
         raise ValueError(f"no held-out real data is known for model {name!r}; pass `reference=(x, cond, features)` "
