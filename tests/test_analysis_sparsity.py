@@ -96,6 +96,17 @@ def test_active_at_nearest_t(four):
     assert act.nearest_step(coarse, 0.8) == 1 and act.nearest_step(coarse, 0.6) == 2
 
 
+def test_active_at_a_noise_level(four):
+    """The step nearest sigma/alpha in log scale (make_group: sigma = t, alpha = sqrt(1 - t^2))."""
+    assert act.nearest_noise_step(four, 0.8 / 0.6) == 2 and act.active_at_noise(four, 0.8 / 0.6) == 0.5
+    assert act.nearest_noise_step(four, 100.0) == 1  # t = 1 has alpha 0: infinitely far in log scale
+    ends = make_group({"batch": ACT[:, :5]}, t=[1.0, 0.75, 0.5, 0.25, 0.0])
+    assert act.nearest_noise_step(ends, 1e-9) == 3  # sigma 0 at the end is never the nearest
+    from spell_lab.schedules import paper_noise_levels
+
+    assert {t: round(v, 2) for t, v in paper_noise_levels().items()} == {0.8: 5.11, 0.6: 2.28}
+
+
 def test_repeated_t_takes_first_step():
     heun = make_group({"batch": pattern([[3], [3], [4], []], N=6)}, t=[1.0, 0.9, 0.9, 0.8, 0.8, 0.7])
     assert act.nearest_step(heun, 0.8) == 3

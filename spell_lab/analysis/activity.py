@@ -47,6 +47,20 @@ def active_at(ds: xr.Dataset, t: float) -> float:
 
 
 
+def nearest_noise_step(ds: xr.Dataset, level: float) -> int:
+    """Index of the step whose noise level sigma/alpha is nearest `level` in log scale (ties: the earlier step), so
+    that models on different schedules are compared where their inputs are equally noisy."""
+    ratio = ds["sigma"].values.astype(float) / ds["alpha"].values.astype(float)
+    with np.errstate(divide="ignore"):
+        return int(np.argmin(np.abs(np.log(ratio) - np.log(level))))  # ratio 0 (the last step): +inf away
+
+
+def active_at_noise(ds: xr.Dataset, level: float) -> float:
+    """Share of trajectories active at the step nearest the noise level sigma/alpha = `level`."""
+    return float(active_share(ds).isel(step=nearest_noise_step(ds, level)))
+
+
+
 def active_by_source(ds: xr.Dataset, stat: str = "mean") -> xr.DataArray:
     """(source, step): mean number of active shields per trajectory from each source ("mean"), or the share of
     trajectories with at least one active shield from it ("share"). The means add up to mean `active_shields`."""

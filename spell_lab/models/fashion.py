@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..schedules import LatentDiffusionSchedule, ld_alphas_cumprod  # noqa: F401  (the model's schedule)
 from .base import NULL_CONDITION, Denoiser
 
 WEIGHTS_DIR = Path(__file__).parent / "weights" / "fashion"
@@ -35,54 +35,6 @@ NULL_CLASS = 1000  # DiTPipeline feeds class 1000 to the unconditional branch
 NUM_CLASSES = 10
 IMAGE_SIZE = 32  # 28x28 padded by 2 on each side
 INFO_FILE = "spell_lab.json"  # what spell_lab needs beyond diffusers' configs: defaults and training facts
-
-
-# ------------------------------------------------------------------------------------------------ the schedule
-
-
-def ld_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012):
-    """Latent Diffusion's abar_n (float64), n = 0..T-1: betas on a square-root-linear ramp (diffusers'
-    'scaled_linear')."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
-    return torch.cumprod(1.0 - betas, 0)
-
-
-@functools.lru_cache(maxsize=4)
-def _log_abar_knots(num_train_timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """log abar at n = 0..T-1, computed once per schedule (every denoiser evaluation reads it)."""
-    log_abar = ld_alphas_cumprod(num_train_timesteps, beta_start, beta_end).log()
-    return torch.cat([torch.zeros(1, dtype=torch.float64), log_abar[1:]])  # knot n = 0 is the data itself
-
-
-@dataclass(frozen=True)
-class LatentDiffusionSchedule:
-    """LD's discrete schedule seen in continuous time t = timestep / T: abar(n / T) = alphas_cumprod[n] at every
-    training timestep n >= 1, abar(0) = 1 (so a sampler's last step returns x0_hat, as DDIM with
-    set_alpha_to_one), log abar linear in between. `grid(steps)`: LDM's uniform DDIM timesteps (diffusers'
-    'leading' spacing with steps_offset 1: 981, 961, ..., 1 for 50 steps) / T, then 0."""
-
-    num_train_timesteps: int = 1000
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    kind: str = "vp"
-    init_noise_sigma: float = 1.0  # x at the first step ~ N(0, 1), as diffusers' DDIM starts (alpha_1 = 0.07 here)
-
-    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(t, dtype=torch.float64)
-        knots = _log_abar_knots(self.num_train_timesteps, self.beta_start, self.beta_end).to(t.device)
-        n = (t * self.num_train_timesteps).clamp(0, self.num_train_timesteps - 1)
-        lo = n.floor().long().clamp(max=self.num_train_timesteps - 2)
-        log_abar = torch.lerp(knots[lo], knots[lo + 1], n - lo)
-        return torch.exp(0.5 * log_abar), torch.sqrt(-torch.expm1(log_abar))
-
-    def timesteps(self, steps: int) -> torch.Tensor:
-        ratio = self.num_train_timesteps // steps
-        return (torch.arange(steps - 1, -1, -1, dtype=torch.float64) * ratio).round() + 1
-
-    def grid(self, steps: int) -> torch.Tensor:
-        if not 1 <= steps <= self.num_train_timesteps:
-            raise ValueError(f"steps must be in 1..{self.num_train_timesteps} for this schedule (got {steps}).")
-        return torch.cat([self.timesteps(steps), torch.zeros(1, dtype=torch.float64)]) / self.num_train_timesteps
 
 
 # ------------------------------------------------------------------------------------------------- components
