@@ -50,9 +50,9 @@ def active_at(ds: xr.Dataset, t: float) -> float:
 def nearest_noise_step(ds: xr.Dataset, level: float) -> int:
     """Index of the step whose noise level sigma/alpha is nearest `level` in log scale (ties: the earlier step), so
     that models on different schedules are compared where their inputs are equally noisy."""
-    ratio = ds["sigma"].values.astype(float) / ds["alpha"].values.astype(float)
-    with np.errstate(divide="ignore"):
-        return int(np.argmin(np.abs(np.log(ratio) - np.log(level))))  # ratio 0 (the last step): +inf away
+    with np.errstate(divide="ignore"):  # alpha 0 (pure noise) or sigma 0 (the last step): infinitely far
+        ratio = ds["sigma"].values.astype(float) / ds["alpha"].values.astype(float)
+        return int(np.argmin(np.abs(np.log(ratio) - np.log(level))))
 
 
 def active_at_noise(ds: xr.Dataset, level: float) -> float:
