@@ -31,6 +31,9 @@ def parser():
                    help=f"radii in the grid (default: the paper's {GRID_SIZE}; --select --quick: 4)")
     p.add_argument("--select", action="store_true",
                    help="the Appendix D selection: tune CFG by F(P, C), then sweep the grid at that weight (mixed)")
+    p.add_argument("--reference_per_condition", type=int | None, default=None,
+                   help="with --select: held-out real items per condition for precision/coverage (default: as many "
+                   "as are generated per condition, so that coverage compares like with like)")
     p.add_argument("--guidance_grid", type=float, nargs="+", default=None,
                    help="with --select: CFG weights to tune over, e.g. --guidance_grid 1 2 3 (default by size)")
     return p
@@ -41,6 +44,10 @@ def main(argv=None) -> int:
     size = size_of(cfg)
     if cfg.grid_size is not None and cfg.grid_size < 2:
         raise ValueError(f"--grid_size must be >= 2 (got {cfg.grid_size}).")
+    if cfg.reference_per_condition is not None and cfg.reference_per_condition < 1:
+        raise ValueError(f"--reference_per_condition must be >= 1 (got {cfg.reference_per_condition}).")
+    if cfg.reference_per_condition is not None and not cfg.select:
+        raise ValueError("--reference_per_condition is for --select (its metrics); add --select or drop it.")
     if cfg.guidance_grid is not None and not cfg.select:
         raise ValueError("--guidance_grid is for --select (the CFG tuning); add --select or drop it.")
     model, spec = load_model_for(cfg)

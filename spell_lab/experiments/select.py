@@ -87,7 +87,8 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     sampling = sampling_for(cfg, model, size)
     sampler, steps = sampling.sampler, sampling.steps
     root = run_dir_for("calibrate", cfg, f"{Path(cfg.model).name}-select-{size}")
-    *reference, reference_desc = reference_data(cfg.model, conditions)
+    *reference, reference_desc = reference_data(cfg.model, conditions,  # matched counts: coverage means something
+                                                per_condition=cfg.reference_per_condition or per_condition)
     config = config_dict(cfg) | {"size": size}
 
     def gen(settings, guidance, out, extra):
