@@ -3,7 +3,7 @@ runs), renders through the same loading, files, W&B and re-render command as the
 
 import pandas as pd
 from matplotlib.figure import Figure
-from test_analysis_sparsity import synthetic_run, write_store
+from conftest import synthetic_run, write_store
 
 from spell_lab.analysis import driver
 from spell_lab.analysis.wandb_log import RunLog

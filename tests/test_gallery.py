@@ -6,7 +6,7 @@ import xarray as xr
 
 from spell_lab.analysis import gallery as g
 from spell_lab.analysis import sparsity as sp
-from test_analysis_sparsity import make_group, pattern, synthetic_run, write_store
+from conftest import make_group, pattern, synthetic_run, write_store
 
 
 def pair():
