@@ -11,6 +11,7 @@ import xarray as xr
 from spell_lab.analysis import activity as act
 from spell_lab.analysis import load
 from spell_lab.analysis import sparsity as sp
+from spell_lab.analysis import sparsity_figures as spf
 
 from conftest import make_group, pattern, synthetic_run, write_store
 
@@ -120,19 +121,26 @@ def test_summary_never_active_is_nan_not_error():
 
 def test_summary_table_order_and_baseline_left_out(four):
     dsets = {"overcomp": four, "baseline": four.assign_attrs(radius=0.0), "iterative": four, "custom": four}  # r = 0: the reference
-    table = sp.summary_table(dsets)
-    assert list(table.index) == ["iterative", "overcomp", "custom"] and table.index.name == "setup"
+    assert list(sp.summary_table(dsets).index) == ["overcomp", "iterative", "custom"]  # a plain dict: its own order
+    run = load.Groups(dsets)
+    run.order, run.reference = ["iterative", "custom", "baseline", "overcomp"], "baseline"  # the store's root attrs
+    table = sp.summary_table(run)
+    assert list(table.index) == ["iterative", "custom", "overcomp"] and table.index.name == "setup"
     assert list(table.columns) == list(sp.SUMMARY_KEYS)
     text = sp.format_table(table)
     assert "50.0%" in text and "iterative" in text
 
 
-def test_run_level_functions_use_measured_rounds():
+def test_the_driver_keeps_the_measured_rounds_once(tmp_path):
     run = synthetic_run(("iterative", "intra"), steps=6, conditions=1, per_round=4)
-    table = sp.summary_table(run)
+    loaded = sp.load_run(write_store(run, tmp_path / "run"))  # measured here, by the driver, and nowhere else
+    assert {n: ds.sizes["sample"] for n, ds in loaded.items()} == {"baseline": 4, "intra": 8, "iterative": 4}
+    assert {n: ds.sizes["sample"] for n, ds in load.every_round(loaded).items()} == {n: 8 for n in loaded}
+    table = sp.summary_table(loaded)
     assert table.loc["iterative", "n_samples"] == 4 and table.loc["intra", "n_samples"] == 8  # round 0: memory only
     it = run["iterative"].isel(sample=run["iterative"]["round"].values >= 1)
     assert table.loc["iterative", "active_at_0.8"] == act.active_at(it, 0.8)
+    assert sp.summary_table(run).loc["iterative", "n_samples"] == 8  # a statistic keeps what it is given
 
 
 def test_unwritten_samples_dropped(four):
@@ -150,12 +158,12 @@ def test_check_dataset_names_missing():
 
 def test_gallery_fallbacks():
     run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
-    fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
+    fig = spf.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
     assert "no reference group" in fig._supxlabel.get_text()
     assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
     assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
     base_run = synthetic_run(("iterative",), steps=6)
-    with_base = sp.plot_gallery(base_run)
+    with_base = spf.plot_gallery(base_run)
     assert len([a for a in with_base.axes if a.images]) == 48  # round 1 under its baseline; round 0 (memory) once
     assert "drawn once" in with_base._supxlabel.get_text()
     outlined = [a for a in with_base.axes if a.spines["top"].get_visible()]
@@ -163,13 +171,13 @@ def test_gallery_fallbacks():
     assert all(a.get_xlabel().startswith("Δ ") for a in outlined)  # each says how far it moved
     flat = synthetic_run(("iterative",), image=False, baseline=False, steps=6)["iterative"]
     flat = flat.assign(x0=(("sample", "dim"), flat["x0"].values.reshape(flat.sizes["sample"], -1)[:, :64]))
-    assert sp.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible
+    assert spf.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible
 
 
 def test_overcompensation_needs_both(four):
     with pytest.raises(KeyError, match="overcomp"):
-        sp.plot_overcompensation({"iterative": four})
-    assert "overcompensation" not in sp.make_figures({"iterative": four, "intra": four})
+        spf.plot_overcompensation({"iterative": four})
+    assert "overcompensation" not in spf.make_figures({"iterative": four, "intra": four})
 
 
 def test_cli_renders_and_prints(tmp_path, capsys):
@@ -178,11 +186,12 @@ def test_cli_renders_and_prints(tmp_path, capsys):
     assert sp.main([str(run_dir), "--wandb", "disabled"]) == 0
     out = capsys.readouterr().out
     assert "active_at_0.8" in out and "overcomp" in out
-    for name in sp.FIGURES:  # all six figures, PNG and PDF, from the store alone
+    for name in spf.FIGURES:  # all six figures, PNG and PDF, from the store alone
         for ext in ("png", "pdf"):
             assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
     table = pd.read_csv(run_dir / "figures" / "summary.csv", index_col="setup")
-    pd.testing.assert_frame_equal(table, sp.summary_table(run), check_dtype=False)
+    measured = {n: load.measured(ds) for n, ds in run.items()}
+    pd.testing.assert_frame_equal(table, sp.summary_table(measured), check_dtype=False)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -204,8 +213,8 @@ def test_wandb_offline_one_run_per_setup(tmp_path):
 
     run = synthetic_run(("iterative", "overcomp"), steps=6)
     table = sp.summary_table(run)
-    png = sp.plots.save(sp.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
-    runs = sp.wandb_runs(run, {"table": table}, {"active_share": png})
+    png = spf.plots.save(spf.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
+    runs = spf.wandb_runs(run, {"table": table}, {"active_share": png})
     dirs = log_runs(runs, project="spell_lab-test", group="sparsity-test", run_dir=tmp_path, mode="offline")
     assert len(dirs) == 3  # iterative, overcomp and the baseline reference
     for d in dirs:
