@@ -25,10 +25,13 @@ from .common import (GENERATION, Timer, base_parser, print_summary, reports, run
 @dataclass
 class Generated:
     """What `generate` made: the run directory the analysis reads, each launch's (RunResult, seconds), and the
-    experiment's own summary lines given the analysis' result."""
-    run_dir: Path
+    experiment's own summary lines given the analysis' result. `summary`: (title, lines, table) of an experiment
+    that analysed as it generated (calibrate --select: the radius sweep needs the CFG tuning's F first), printed as
+    it is instead of the driver's analysis."""
+    run_dir: Path | None
     launches: list
     lines: Callable[[dict], list[tuple[str, str]]] = lambda out: []
+    summary: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,11 @@ def run(entry: Experiment, argv=None) -> int:
     cfg = parser(entry).parse_args(argv)
     set_wandb_mode(cfg.wandb)
     gen = entry.generate(cfg, size_of(cfg))
-    if not reports(gen.launches[-1][0]):
+    if gen.launches and not reports(gen.launches[-1][0]):
         return 0  # a DDP rank: rank 0 analyses and reports
+    if gen.summary is not None:
+        print_summary(*gen.summary)
+        return 0
     importlib.import_module(f"spell_lab.analysis.{entry.name}")  # registers its analysis entry
     analysis = driver.ANALYSES[entry.name]
     with Timer() as t:
