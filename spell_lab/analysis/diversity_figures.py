@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .diversity import LABELS, METRICS, by_model, measured_metrics, model_of
+from .diversity import LABELS, METRICS, by_model, group_name, measured_metrics, model_of
 from .load import every_round
 
 
@@ -48,8 +48,9 @@ def make_figures(datasets: dict, per_seed: pd.DataFrame) -> dict:
 
     figs = {"relative_change": plot_change(per_seed)}
     for model, groups in by_model(every_round(datasets)).items():  # the gallery draws every round
-        if "spell-s0" in groups and "without-s0" in groups and "image" in groups["spell-s0"]:
-            figs[f"gallery_{model}"] = plot_gallery(groups, setup="spell-s0", baseline="without-s0")
+        spell, without = group_name("spell", 0), group_name("without", 0)  # seed set 0: with SPELL over its pair
+        if spell in groups and without in groups and "image" in groups[spell]:
+            figs[f"gallery_{model}"] = plot_gallery(groups, setup=spell, baseline=without)
     return figs
 
 
