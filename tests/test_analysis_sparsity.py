@@ -11,54 +11,9 @@ import xarray as xr
 from spell_lab.analysis import activity as act
 from spell_lab.analysis import load
 from spell_lab.analysis import sparsity as sp
+from spell_lab.analysis import sparsity_figures as spf
 
-SOURCES = ("batch", "memory", "protected")
-
-
-def make_group(sources: dict, rel=None, t=None, *, condition=None, seed=None, rnd=None, position=None,
-               image=True, x0=True, setup="iterative", radius=25.0, overcomp=1.0, **attrs) -> xr.Dataset:
-    """A store group from per-source (sample, step) active counts; everything else derived consistently."""
-    counts = {s: np.asarray(sources.get(s, 0 * next(iter(sources.values()))), dtype=np.int64) for s in SOURCES}
-    total = sum(counts.values())
-    S, N = total.shape
-    act = total > 0
-    t = np.linspace(1, 0.1, N) if t is None else np.asarray(t, float)
-    rel = np.where(act, 0.03, 0.0) if rel is None else np.asarray(rel, float)
-    last = np.where(act.any(1), N - 1 - np.argmax(act[:, ::-1], 1), -1)
-    first = np.where(act.any(1), np.argmax(act, 1), -1)
-    seed = np.arange(S) if seed is None else np.asarray(seed)
-    ss, st = ("sample", "step"), ("step",)
-    data = {
-        "correction_norm": (ss, rel * 10.0), "score_norm": (ss, np.full((S, N), 10.0)),
-        "relative_magnitude": (ss, rel), "nearest_distance": (ss, np.where(act, 20.0, 30.0)),
-        "active_shields": (ss, total), **{f"active_{s}": (ss, c) for s, c in counts.items()},
-        "condition": ("sample", np.zeros(S, int) if condition is None else np.asarray(condition)),
-        "seed": ("sample", seed), "round": ("sample", np.zeros(S, int) if rnd is None else np.asarray(rnd)),
-        "position": ("sample", np.arange(S) if position is None else np.asarray(position)),
-        "intervened": ("sample", act.any(1)), "first_active_step": ("sample", first),
-        "last_active_step": ("sample", last), "final_nearest_distance": ("sample", np.full(S, 30.0)),
-        "inside_shield": ("sample", np.zeros(S, bool)),
-    }
-    pix = (np.add.outer(seed, np.add.outer(np.arange(8), np.arange(8))) * 9) % 256  # a per-seed pattern
-    pix = np.where(act.any(1)[:, None, None], 255 - pix, pix)  # SPELL-changed samples look different
-    if x0:
-        data["x0"] = (("sample", "channel", "height", "width"), np.repeat(pix[:, None] / 127.5 - 1, 2, axis=1))
-    if image:
-        data["image"] = (("sample", "height", "width", "rgb"), np.repeat(pix[..., None], 3, -1).astype(np.uint8))
-    attrs = {"config": json.dumps({"setup": setup, "radius": radius}), "radius": radius, "overcomp": overcomp,
-             "model": "digits", "sampler": "ddim", "steps": N, "guidance": 2.0, "setup": setup,
-             "version": "0.1.0", "git_commit": "abc", "created": "2026-01-01T00:00:00", **attrs}
-    coords = {"step": np.arange(N), "t": (st, t), "sigma": (st, t), "alpha": (st, np.sqrt(1 - t**2))}
-    return xr.Dataset(data, coords=coords, attrs=attrs)
-
-
-def pattern(rows, N=10):
-    """Boolean (sample, step) from lists of active step indices."""
-    a = np.zeros((len(rows), N), bool)
-    for i, steps in enumerate(rows):
-        a[i, list(steps)] = True
-    return a
-
+from conftest import make_group, pattern, synthetic_run, write_store
 
 # The hand-checked fixture: t = 1.0, 0.9, ..., 0.1 (step i has t = 1 - 0.1 i)
 #   s0 active steps 0-3 (batch);  s1 steps 0-1 (memory x2) and 5 (protected): a restart;
@@ -177,19 +132,26 @@ def test_summary_never_active_is_nan_not_error():
 
 def test_summary_table_order_and_baseline_left_out(four):
     dsets = {"overcomp": four, "baseline": four.assign_attrs(radius=0.0), "iterative": four, "custom": four}  # r = 0: the reference
-    table = sp.summary_table(dsets)
-    assert list(table.index) == ["iterative", "overcomp", "custom"] and table.index.name == "setup"
+    assert list(sp.summary_table(dsets).index) == ["overcomp", "iterative", "custom"]  # a plain dict: its own order
+    run = load.Groups(dsets)
+    run.order, run.reference = ["iterative", "custom", "baseline", "overcomp"], "baseline"  # the store's root attrs
+    table = sp.summary_table(run)
+    assert list(table.index) == ["iterative", "custom", "overcomp"] and table.index.name == "setup"
     assert list(table.columns) == list(sp.SUMMARY_KEYS)
     text = sp.format_table(table)
     assert "50.0%" in text and "iterative" in text
 
 
-def test_run_level_functions_use_measured_rounds():
+def test_the_driver_keeps_the_measured_rounds_once(tmp_path):
     run = synthetic_run(("iterative", "intra"), steps=6, conditions=1, per_round=4)
-    table = sp.summary_table(run)
+    loaded = sp.load_run(write_store(run, tmp_path / "run"))  # measured here, by the driver, and nowhere else
+    assert {n: ds.sizes["sample"] for n, ds in loaded.items()} == {"baseline": 4, "intra": 8, "iterative": 4}
+    assert {n: ds.sizes["sample"] for n, ds in load.every_round(loaded).items()} == {n: 8 for n in loaded}
+    table = sp.summary_table(loaded)
     assert table.loc["iterative", "n_samples"] == 4 and table.loc["intra", "n_samples"] == 8  # round 0: memory only
     it = run["iterative"].isel(sample=run["iterative"]["round"].values >= 1)
     assert table.loc["iterative", "active_at_0.8"] == act.active_at(it, 0.8)
+    assert sp.summary_table(run).loc["iterative", "n_samples"] == 8  # a statistic keeps what it is given
 
 
 def test_unwritten_samples_dropped(four):
@@ -205,61 +167,14 @@ def test_check_dataset_names_missing():
                                     coords={"t": ("step", [1.0, 0.5])}), "bad")
 
 
-# ----------------------------------------------------------------------------------------------- a run
-
-SETUP_SOURCES = {"iterative": ("memory",), "intra": ("batch",), "mixed": ("batch", "memory"),
-                 "previous64": ("memory",), "large_radius": ("memory",), "overcomp": ("memory",),
-                 "main": ("batch", "memory")}
-
-
-def synthetic_run(setups=tuple(SETUP_SOURCES), *, steps=24, conditions=2, rounds=2, per_round=8, baseline=True,
-                  image=True, seed=0) -> dict:
-    """A plausible run: activity starts at t = 1 and stops at a random step (later for large_radius, earlier and
-    stronger with overcompensation), a few restarts; round 0 of each condition has nothing to repel from."""
-    rng = np.random.default_rng(seed)
-    S = conditions * rounds * per_round
-    cond, rnd, pos = (a.ravel() for a in np.meshgrid(np.arange(conditions), np.arange(rounds),
-                                                      np.arange(per_round), indexing="ij"))
-    seeds = 1000 + np.arange(S)
-    out = {}
-    measure = {"iterative": 1, "previous64": 1, "large_radius": 1, "overcomp": 1}  # round 0 only fills the memory
-    for name in setups:
-        stop_scale = {"large_radius": 0.8, "overcomp": 0.2}.get(name, 0.35)
-        strength = {"overcomp": 1.6, "large_radius": 1.5}.get(name, 1.0)
-        stop = np.minimum((rng.exponential(stop_scale, S) * steps).astype(int), steps - 1)
-        can = (rnd > 0) | ("batch" in SETUP_SOURCES[name])
-        act = (np.arange(steps)[None] <= stop[:, None]) & can[:, None] & (rng.random(S) < 0.7)[:, None]
-        restart = rng.random(S) < 0.1
-        act[restart, np.minimum(stop[restart] + 3, steps - 1)] = True
-        rel = np.where(act, strength * 0.03 * rng.lognormal(0, 0.8, (S, steps)) * np.linspace(1.5, 0.5, steps), 0)
-        counts = {s: act * rng.integers(1, 3, (S, steps)) for s in SETUP_SOURCES[name]}
-        out[name] = make_group(counts, rel, np.linspace(1, 0.02, steps), condition=cond, seed=seeds, rnd=rnd,
-                               position=pos, image=image, setup=name, overcomp=1.6 if name == "overcomp" else 1.0,
-                               radius=40.0 if name == "large_radius" else 25.0,
-                               measure_from_round=measure.get(name, 0), condition_names=["zero", "one", "two"])
-    if baseline:
-        out["baseline"] = make_group({"batch": np.zeros((S, steps), int)}, None, np.linspace(1, 0.02, steps),
-                                     condition=cond, seed=seeds, rnd=rnd, position=pos, image=image,
-                                     setup="baseline", radius=0.0, measure_from_round=1)
-    return out
-
-
-def write_store(datasets: dict, run_dir):
-    """The run directory layout of docs/design.md section 5: RUN_DIR/store.zarr, one zarr v3 group per setup."""
-    store = run_dir / "store.zarr"
-    for name, ds in datasets.items():
-        ds.to_zarr(store, group=name, zarr_format=3, mode="a" if store.exists() else "w", consolidated=False)
-    return run_dir
-
-
 def test_gallery_fallbacks():
     run = synthetic_run(("iterative",), image=False, baseline=False, steps=6)
-    fig = sp.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
+    fig = spf.plot_gallery(run)  # x0 (channel, height, width) rendered as grayscale, no baseline rows
     assert "no reference group" in fig._supxlabel.get_text()
     assert fig.axes[0].get_ylabel().startswith("zero")  # the condition's name from `condition_names`
     assert len([a for a in fig.axes if a.images]) == 32  # 2 conditions x 16 images
     base_run = synthetic_run(("iterative",), steps=6)
-    with_base = sp.plot_gallery(base_run)
+    with_base = spf.plot_gallery(base_run)
     assert len([a for a in with_base.axes if a.images]) == 48  # round 1 under its baseline; round 0 (memory) once
     assert "drawn once" in with_base._supxlabel.get_text()
     outlined = [a for a in with_base.axes if a.spines["top"].get_visible()]
@@ -267,13 +182,13 @@ def test_gallery_fallbacks():
     assert all(a.get_xlabel().startswith("Δ ") for a in outlined)  # each says how far it moved
     flat = synthetic_run(("iterative",), image=False, baseline=False, steps=6)["iterative"]
     flat = flat.assign(x0=(("sample", "dim"), flat["x0"].values.reshape(flat.sizes["sample"], -1)[:, :64]))
-    assert sp.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible
+    assert spf.plot_gallery({"iterative": flat}).axes  # flat vectors: square when possible
 
 
 def test_overcompensation_needs_both(four):
     with pytest.raises(KeyError, match="overcomp"):
-        sp.plot_overcompensation({"iterative": four})
-    assert "overcompensation" not in sp.make_figures({"iterative": four, "intra": four})
+        spf.plot_overcompensation({"iterative": four})
+    assert "overcompensation" not in spf.make_figures({"iterative": four, "intra": four})
 
 
 def test_cli_renders_and_prints(tmp_path, capsys):
@@ -282,11 +197,12 @@ def test_cli_renders_and_prints(tmp_path, capsys):
     assert sp.main([str(run_dir), "--wandb", "disabled"]) == 0
     out = capsys.readouterr().out
     assert "active_at_0.8" in out and "overcomp" in out
-    for name in sp.FIGURES:  # all six figures, PNG and PDF, from the store alone
+    for name in spf.FIGURES:  # all six figures, PNG and PDF, from the store alone
         for ext in ("png", "pdf"):
             assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 1000
     table = pd.read_csv(run_dir / "figures" / "summary.csv", index_col="setup")
-    pd.testing.assert_frame_equal(table, sp.summary_table(run), check_dtype=False)
+    measured = {n: load.measured(ds) for n, ds in run.items()}
+    pd.testing.assert_frame_equal(table, sp.summary_table(measured), check_dtype=False)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -308,8 +224,8 @@ def test_wandb_offline_one_run_per_setup(tmp_path):
 
     run = synthetic_run(("iterative", "overcomp"), steps=6)
     table = sp.summary_table(run)
-    png = sp.plots.save(sp.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
-    runs = sp.wandb_runs(run, {"table": table}, {"active_share": png})
+    png = spf.plots.save(spf.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
+    runs = spf.wandb_runs(run, {"table": table}, {"active_share": png})
     dirs = log_runs(runs, project="spell_lab-test", group="sparsity-test", run_dir=tmp_path, mode="offline")
     assert len(dirs) == 3  # iterative, overcomp and the baseline reference
     for d in dirs:

@@ -59,6 +59,27 @@ def test_grid_values_and_refusals():
             baselines.baseline_settings(sweeps, grids, "default", [0], 0, 2.0)
 
 
+def test_groups_follow_the_runs_order_with_spells_sweep_first():
+    """No order is declared in the analysis: the store's group order, SPELL's own sweep (the one varying its radius)
+    first; a method's sweeps share its colour (SPELL on top of CFG has SPELL's)."""
+    import xarray as xr
+
+    from spell_lab.analysis import baselines as ab
+    from spell_lab.analysis import baselines_figures as abf
+    from spell_lab.analysis import load
+
+    sweeps = {s: {k: baselines.SWEEPS[s][k] for k in ("label", "method", "vary")} for s in ("cfg", "pg", "spell", "spell_cfg")}
+    ds = xr.Dataset(attrs={"config": json.dumps({"sweeps": sweeps})})
+    run = load.Groups({n: ds for n in ("spell-1", "cfg-0", "cfg-1", "spell-0", "pg-0", "spell_cfg-0")})
+    run.order = ["cfg-0", "cfg-1", "pg-0", "spell-0", "spell-1", "spell_cfg-0"]  # as the run wrote it
+    assert ab.baseline_groups(run) == ["spell-0", "spell-1", "cfg-0", "cfg-1", "pg-0", "spell_cfg-0"]
+    table = pd.DataFrame({"sweep": ["spell", "cfg", "pg", "spell_cfg"],
+                          "method": [json.dumps(sweeps[s]["method"]) for s in ("spell", "cfg", "pg", "spell_cfg")]})
+    colour = abf.colours(table)
+    assert colour["spell_cfg"] == colour["spell"] and len({colour[s] for s in ("spell", "cfg", "pg")}) == 3
+    assert abf.front_sweeps(table) == ["spell", "cfg", "pg"]  # Figure 4 leaves Appendix I's SPELL + CFG out
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "quick"
@@ -69,6 +90,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_run_end_to_end(quick_run, capsys):
     from spell_lab.analysis import baselines as ab
+    from spell_lab.analysis import load
 
     fronts = pd.read_csv(quick_run / "figures" / "fronts.csv", index_col="group")
     assert len(fronts) == 2 * len(baselines.SWEEPS)  # quick: neutral point and strongest value of every sweep
@@ -85,7 +107,7 @@ def test_quick_run_end_to_end(quick_run, capsys):
     assert len(neutral) == len(baselines.SWEEPS) - 1  # spell_cfg: SPELL always on
     x0 = datasets[neutral[0]]["x0"].values
     assert all(np.array_equal(datasets[n]["x0"].values, x0) for n in neutral[1:])
-    assert "bit-identical" in ab.neutral_check(datasets, fronts)
+    assert "bit-identical" in ab.neutral_check(load.every_round(datasets), fronts)
     # every non-neutral point changes the outputs
     for sweep in baselines.SWEEPS:
         assert not np.array_equal(datasets[f"{sweep}-1"]["x0"].values, x0), sweep

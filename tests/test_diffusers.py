@@ -49,6 +49,8 @@ from spell_lab.parameterisation import from_x0  # noqa: E402
 from spell_lab.repellency import Memory  # noqa: E402
 from spell_lab.samplers import generate, sample_generators, stacked_normal  # noqa: E402
 
+from conftest import inside  # noqa: E402
+
 FLOATS = ("correction_norm", "score_norm", "relative_magnitude", "nearest_distance")
 COUNTS = ("active_shields", "active_batch", "active_memory", "active_protected")
 
@@ -154,12 +156,6 @@ def noise_levels(scheduler) -> tuple:
         abar = scheduler.alphas_cumprod.double()[scheduler.timesteps]
         return tuple((1 - abar).sqrt().tolist()) + (0.0,)  # t = sigma: alpha = sqrt(1 - t^2) stays accurate
     return tuple(torch.unique_consecutive(scheduler.sigmas.double()).tolist())  # Heun repeats levels; ends at 0
-
-
-def inside(x, centers, radius, rtol=1e-5):
-    """Closer than r by more than float rounding (a lambda = 1 correction lands exactly on the sphere)."""
-    d = torch.cdist(x.flatten(1).double(), centers.flatten(1).double())
-    return (d < radius * (1 - rtol)).any(dim=1)
 
 
 EXACT = {  # name -> (scheduler factory, the project's sampler on the same levels (None: none), its schedule kind)

@@ -1,9 +1,13 @@
 """The shared analysis driver: a fake experiment, one `Analysis` entry (its statistics, figures, files and W&B
 runs), renders through the same loading, files, W&B and re-render command as the five experiments."""
 
+import ast
+import re
+from pathlib import Path
+
 import pandas as pd
 from matplotlib.figure import Figure
-from test_analysis_sparsity import synthetic_run, write_store
+from conftest import synthetic_run, write_store
 
 from spell_lab.analysis import driver
 from spell_lab.analysis.wandb_log import RunLog
@@ -45,3 +49,33 @@ def test_the_fake_experiments_errors_are_one_line(tmp_path, capsys):
     assert driver.main(FAKE, [str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not exist" in err and "python -m spell_lab.experiments.fake" in err
+
+
+ANALYSIS_DIR = Path(driver.__file__).parent
+EXPERIMENTS = ("sparsity", "radius", "protection", "baselines", "diversity")
+
+
+def test_measured_is_applied_once_by_the_driver():
+    """`load.measured` is called in load.py alone (`measured_groups`, which the driver's load_run applies)."""
+    callers = {p.name for p in ANALYSIS_DIR.glob("*.py") if re.search(r"\bmeasured\(", p.read_text())}
+    assert callers == {"load.py"}
+
+
+def test_statistics_and_figures_are_apart():
+    """Each experiment's statistics module imports no plotting (nor its figures module, which the entry names
+    lazily); its figures module exists."""
+    for name in EXPERIMENTS:
+        tree = ast.parse((ANALYSIS_DIR / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert not {m.split(".")[0] for m in imported} & {"matplotlib", "seaborn", "plots", f"{name}_figures"}, name
+        assert (ANALYSIS_DIR / f"{name}_figures.py").exists(), name
+
+
+def test_no_group_order_or_reference_group_is_declared_in_the_analysis():
+    """The run writes them into the store's root (`group_order`, `reference_group`); the analysis reads them."""
+    for p in ANALYSIS_DIR.glob("*.py"):
+        text = p.read_text()
+        assert not re.search(r"^[A-Z_]*ORDER\s*=", text, re.M), p.name
+        assert not re.search(r"[\"']baseline[\"']", text), p.name

@@ -6,7 +6,8 @@ import xarray as xr
 
 from spell_lab.analysis import gallery as g
 from spell_lab.analysis import sparsity as sp
-from test_analysis_sparsity import make_group, pattern, synthetic_run, write_store
+from spell_lab.analysis import sparsity_figures as spf
+from conftest import make_group, pattern, synthetic_run, write_store
 
 
 def pair():
@@ -85,7 +86,7 @@ def test_figures_from_a_real_digits_store(tmp_path):
     assert "drawn once" in fig._supxlabel.get_text()
     outlined = [a for a in fig.axes if a.images and a.spines["top"].get_visible()]
     assert outlined and all(a.get_xlabel().startswith("Δ ") for a in outlined)
-    share = sp.plot_active_share(datasets)
+    share = spf.plot_active_share(datasets)
     assert share.legends and not share.axes[0].get_legend()  # the legend sits outside the axes
     for name, f in (("gallery", fig), ("active_share", share)):
-        assert sp.plots.save(f, tmp_path / "figs", name)["png"].stat().st_size > 1000
+        assert spf.plots.save(f, tmp_path / "figs", name)["png"].stat().st_size > 1000

@@ -10,6 +10,7 @@ import xarray as xr
 
 from spell_lab import calibration
 from spell_lab.analysis import radius as ra
+from spell_lab.analysis import radius_figures as rf
 from spell_lab.metrics import RawFeatures, frechet_distance, prdc, vendi
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_metric_table_on_a_tiny_case():
     assert table.loc["r01", "share_changed"] == 1.0 and table.loc["r01", "active_at_end"] == 0.0
     assert table.loc["r00", "mean_active_share"] == 0.0 and np.isnan(table.loc["r00", "median_last_active_t"])
     assert len(per) == 4 and set(per["group"]) == {"r00", "r01"}
-    figs = ra.make_figures(datasets, table, per)
+    figs = rf.make_figures(datasets, table, per)
     assert set(figs) == {"metrics_vs_radius", "fronts", "duration", "samples"}
     assert "r/median" in ra.format_table(table)
 

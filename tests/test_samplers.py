@@ -13,6 +13,8 @@ from spell_lab.repellency import Memory, Spell
 from spell_lab.samplers import generate
 from spell_lab.schedules import RectifiedFlow
 
+from conftest import inside
+
 FAMILIES = [  # (schedule, sampler, prediction the network outputs)
     ("vp", "ddim", "epsilon"),
     ("vp", "ddim", "v_prediction"),
@@ -32,12 +34,6 @@ def as_network(gmm, prediction):
         return from_x0(gmm(x, t, cond), x, a, s, prediction)
 
     return PredictionDenoiser(net, gmm.schedule, prediction, gmm.sample_shape, gmm.num_classes)
-
-
-def inside(x, centers, radius, rtol=1e-5):
-    """Closer than r by more than float rounding (a lambda = 1 correction lands exactly on the sphere)."""
-    d = torch.cdist(x.flatten(1).double(), centers.flatten(1).double())
-    return (d < radius * (1 - rtol)).any(dim=1)
 
 
 @pytest.mark.parametrize("schedule, sampler, prediction", FAMILIES)

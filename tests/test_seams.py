@@ -14,6 +14,7 @@ import spell_lab
 from spell_lab import methods, protect, schema, store
 from spell_lab.analysis import activity, load, plots
 from spell_lab.analysis import sparsity as sp
+from spell_lab.analysis import sparsity_figures as spf
 from spell_lab.methods import Hooks, spell_method
 from spell_lab.models import load_model
 from spell_lab.plan import Setting
@@ -187,7 +188,7 @@ def test_a_fake_source_runs_end_to_end(tmp_path, monkeypatch):
     assert "fake" in src["source"].values and float(src.sel(source="fake").mean()) == 1.0
     assert "active_fake_mean" in sp.curves(ds)
     assert plots.source_color("fake") not in {plots.source_color(s) for s in ("batch", "memory", "protected")}
-    labels = [t.get_text() for t in sp.plot_active_by_source({"fake": load.drop_unwritten(ds.load())}).legends[0].texts]
+    labels = [t.get_text() for t in spf.plot_active_by_source({"fake": load.drop_unwritten(ds.load())}).legends[0].texts]
     assert "fake" in labels
 
 

@@ -1,5 +1,6 @@
-"""SPELL against the training-free baselines (paper Section 4.3, Figure 4; Appendix I): per-group metrics, the three
-Pareto fronts, each method's dominated hypervolume, the CFG sweep with and without SPELL, W&B.
+"""SPELL against the training-free baselines (paper Section 4.3, Figure 4; Appendix I), the statistics: per-group
+metrics, the three Pareto fronts and each method's dominated hypervolume; the figures (the fronts, the CFG sweep
+with and without SPELL) and the W&B run are `spell_lab.analysis.baselines_figures`.
 
     python -m spell_lab.analysis.baselines RUN_DIR [--wandb offline|disabled|online]
 
@@ -15,6 +16,8 @@ Definitions:
   (each metric's worst value over every group of the run, less 10% of its range: the usual nadir margin, so an
   extreme point still counts), so the methods of one run share one box.
 - *Neutral* groups are the plain sampler (each sweep's neutral point); their outputs are compared bit for bit.
+- Order: the groups in the run's order (`group_order`), SPELL's own sweep (the one varying its radius: the method
+  studied) first; the other methods follow as the run made them.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import driver, plots
-from .load import measured, method_of, model_name
+from . import driver
+from .load import every_round, method_of, model_name, order_of
 from .pareto import hypervolume_2d, pareto_mask
 from ..models import condition_fidelity, reference_data
 from .quality import condition_metrics, generated
@@ -40,21 +43,26 @@ FRONTS = {  # name -> (quality on x, diversity on y)
     "fidelity_vendi": ("fidelity", "vendi"),
 }
 METRICS = ("precision", "recall", "density", "coverage", "vendi", "fidelity", "fd")
-LABELS = {"precision": "precision ↑", "recall": "recall ↑", "density": "density ↑", "coverage": "coverage ↑",
-          "vendi": "Vendi (features) ↑", "fidelity": "condition fidelity ↑", "fd": "Fréchet distance ↓"}
-ORDER = ("spell", "cfg", "interval", "pg", "cads", "spell_cfg")  # fixes colours and table order
-APPENDIX_I = ("cfg", "spell_cfg")
 NADIR_MARGIN = 0.1  # the hypervolume's reference point: each metric's worst value in the run, less 10% of its range
 
 
 # ----------------------------------------------------------------------------------------------- run groups
 
 def baseline_groups(datasets: dict) -> list[str]:
-    """The sweep groups of a run, sweep by sweep (the canonical order), then by grid position."""
-    names = [n for n in datasets if GROUP.match(n)]
-    rank = {s: i for i, s in enumerate(ORDER)}
-    return sorted(names, key=lambda n: (rank.get(GROUP.match(n)["sweep"], len(ORDER)), GROUP.match(n)["sweep"],
-                                        int(GROUP.match(n)["i"])))
+    """The sweep groups of a run in the run's order, SPELL's own sweep first (`lead_sweep`)."""
+    names = [n for n in order_of(datasets) if GROUP.match(n)]
+    lead = lead_sweep(sweeps_of(datasets[names[0]])) if names else None
+    return [n for n in names if sweep_of(n) == lead] + [n for n in names if sweep_of(n) != lead]
+
+
+def sweep_of(name: str) -> str:
+    return GROUP.match(name)["sweep"]
+
+
+def lead_sweep(sweeps: dict) -> str | None:
+    """The sweep of the method studied: the one that varies SPELL's radius (None where the run has none)."""
+    return next((s for s, spec in sweeps.items()
+                 if (spec.get("method") or {}).get("name") == "spell" and spec.get("vary") == "radius"), None)
 
 
 def sweeps_of(ds: xr.Dataset) -> dict:
@@ -83,7 +91,7 @@ def describe(name: str, ds: xr.Dataset, sweeps: dict) -> dict:
 
 def front_table(datasets: dict, real_x, real_cond, features, fidelity=None, k: int = 5):
     """(fronts, per_condition): one row per group (its sweep, parameter, value, method and every metric averaged
-    over conditions) and the long per-(group, condition) table behind it. Measured samples only."""
+    over conditions) and the long per-(group, condition) table behind it."""
     names = baseline_groups(datasets)
     if not names:
         raise ValueError("no baseline groups (<sweep>-<i>) in the run; make one with "
@@ -92,7 +100,7 @@ def front_table(datasets: dict, real_x, real_cond, features, fidelity=None, k: i
     rf = features(real_x)
     rows, long = [], []
     for name in names:
-        ds = measured(datasets[name])
+        ds = datasets[name]
         x0, cond = generated(ds)
         per = condition_metrics(x0, cond, real_x, real_cond, features, k, real_features=rf, fidelity=fidelity)
         per.insert(0, "group", name)
@@ -115,7 +123,8 @@ def nadir(values, margin: float = NADIR_MARGIN) -> float:
 
 def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
     """One row per sweep: its dominated hypervolume on each front (reference point: `nadir` of each metric over the
-    run), its points on the joint front of every method, and the hypervolume relative to CFG's where there is one."""
+    run), its points on the joint front of every method, and the hypervolume relative to CFG's where there is one;
+    in the table's order."""
     out = {}
     for front, (qx, dy) in fronts_present(table).items():
         ref = (nadir(table[qx]), nadir(table[dy]))
@@ -130,8 +139,7 @@ def hypervolumes(table: pd.DataFrame) -> pd.DataFrame:
         for c in [c for c in hv.columns if c.startswith("hv_")]:
             base = hv.loc["cfg", c]
             hv[c.replace("hv_", "vs_cfg_")] = hv[c] / base if base > 0 else np.nan
-    rank = {s: i for i, s in enumerate(ORDER)}
-    return hv.loc[sorted(hv.index, key=lambda s: rank.get(s, len(ORDER)))]
+    return hv
 
 
 def with_hypervolumes(table: pd.DataFrame, hv: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +149,8 @@ def with_hypervolumes(table: pd.DataFrame, hv: pd.DataFrame) -> pd.DataFrame:
 
 
 def neutral_check(datasets: dict, table: pd.DataFrame) -> str:
-    """One line: do the neutral groups' outputs equal each other bit for bit (they are all the plain sampler)?"""
+    """One line: do the neutral groups' outputs equal each other bit for bit (they are all the plain sampler)?
+    datasets: every round (`load.every_round`)."""
     names = [n for n in table.index[table["neutral"]] if n in datasets]
     if len(names) < 2:
         return f"{len(names)} neutral group(s): nothing to compare"
@@ -165,89 +174,7 @@ def format_table(hv: pd.DataFrame) -> str:
     return shown.rename(columns=lambda c: c.replace("hv_", "HV ").replace("_", "/")).to_string()
 
 
-# ----------------------------------------------------------------------------------------------- figures
-
-def colours(sweeps) -> dict:
-    """One colour per sweep; SPELL on top of CFG shares SPELL's colour (its line is drawn dashed beside CFG's)."""
-    import seaborn as sns
-
-    palette = sns.color_palette("colorblind", 10)
-    fixed = {"spell": 0, "cfg": 1, "interval": 2, "pg": 3, "cads": 4, "spell_cfg": 0}
-    extra = iter(range(5, 10))
-    return {s: palette[fixed[s] if s in fixed else next(extra, 9)] for s in sweeps}
-
-
-def _front_axes(ax, table: pd.DataFrame, qx: str, dy: str, sweeps, colour, label_points: bool = True):
-    for j, sweep in enumerate(sweeps):
-        rows = table[table["sweep"] == sweep].copy()
-        rows = rows.sort_values("value", key=lambda v: pd.to_numeric(v, errors="coerce"))
-        style = dict(marker=plots.MARKERS[j % len(plots.MARKERS)], ls=plots.LINE_STYLES[j % len(plots.LINE_STYLES)])
-        ax.plot(rows[qx], rows[dy], color=colour[sweep], lw=1.6, ms=6, label=rows["label"].iloc[0], **style)
-        if label_points:
-            for _, r in rows[~rows["neutral"]].iterrows():  # the star stands for every neutral point
-                ax.annotate(r["shown"], (r[qx], r[dy]), textcoords="offset points", xytext=(4, 3), fontsize=7,
-                            color=colour[sweep])
-    neutral = table[table["neutral"]]
-    if len(neutral):
-        ax.scatter(neutral[qx].iloc[:1], neutral[dy].iloc[:1], marker="*", s=260, c="k", zorder=5,
-                   label="plain sampler (every neutral point)")
-    ax.set_xlabel(LABELS[qx])
-    ax.set_ylabel(LABELS[dy])
-
-
-@plots.styled
-def plot_fronts(table: pd.DataFrame, hv: pd.DataFrame | None = None, sweeps=None):
-    """Figure 4: the three fronts, one line per method through its grid, points labelled by their parameter."""
-    sweeps = list(dict.fromkeys(sweeps or table["sweep"]))
-    fronts = fronts_present(table)
-    fig = plots.Figure(figsize=(5.2 * len(fronts), 4.8), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(fronts)))
-    colour = colours(table["sweep"].unique())
-    for ax, (front, (qx, dy)) in zip(axes, fronts.items()):
-        _front_axes(ax, table, qx, dy, sweeps, colour)
-        title = f"{dy} vs {qx}"
-        if hv is not None and f"hv_{front}" in hv:
-            best = hv[f"hv_{front}"].loc[[s for s in sweeps if s in hv.index]].idxmax()
-            title += f"\nlargest hypervolume: {hv.loc[best, 'label']}"
-        ax.set_title(title, fontsize=10)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), frameon=False)
-    params = ", ".join(f"{table[table['sweep'] == s]['label'].iloc[0]}: {table[table['sweep'] == s]['parameter'].iloc[0]}"
-                       for s in sweeps)
-    fig.suptitle(f"Diversity vs quality fronts, same seeds for every method (up and right is better)\n"
-                 f"points labelled by the swept parameter ({params})", fontsize=10, fontweight="bold")
-    return fig
-
-
-def plot_guidance(table: pd.DataFrame):
-    """Appendix I: the CFG weight sweep without and with SPELL on top, on the same three fronts."""
-    return plot_fronts(table[table["sweep"].isin(APPENDIX_I)], None, list(APPENDIX_I))
-
-
-def make_figures(table: pd.DataFrame, hv: pd.DataFrame) -> dict:
-    figs = {"fronts": plot_fronts(table, hv, [s for s in ORDER if s in set(table["sweep"]) and s != "spell_cfg"]
-                                  + [s for s in table["sweep"].unique() if s not in ORDER])}
-    if set(APPENDIX_I) <= set(table["sweep"]):
-        figs["guidance_spell"] = plot_guidance(table)
-    return figs
-
-
-# ----------------------------------------------------------------------------------------------- edges
-
-def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
-    """One W&B run: the fronts and hypervolume tables, the per-condition metrics and the figures; each method's
-    hypervolumes as summary numbers."""
-    from .wandb_log import RunLog, config_from_attrs
-
-    hv = result["table"]
-    attrs = dict(datasets[baseline_groups(datasets)[0]].attrs) | {"reference": result["reference"]}
-    summary = {f"{front}/{sweep}": v for sweep, row in hv.iterrows() for front, v in row.items()
-               if front.startswith(("hv_", "vs_cfg_"))}
-    return [RunLog(name="baselines", config=config_from_attrs(attrs), summary=summary,
-                   tags=("baselines", model_name(attrs)),
-                   tables={"fronts": result["fronts"].reset_index(), "hypervolume": hv.reset_index(),
-                           "per_condition": result["per_condition"]}, images=images)]
-
+# ----------------------------------------------------------------------------------------------- the entry
 
 def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
     """Metrics against held-out real data (reference: (x, cond, features) or None for the built-in model's), the
@@ -261,15 +188,16 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     points, per = front_table(datasets, real_x, real_cond, features, fidelity=condition_fidelity(model), k=k)
     hv = hypervolumes(points)
     return {"table": hv, "points": points, "fronts": with_hypervolumes(points, hv), "per_condition": per,
-            "reference": desc, "neutral": neutral_check(datasets, points)}
+            "reference": desc, "neutral": neutral_check(every_round(datasets), points)}
 
 
+FIGURES = "spell_lab.analysis.baselines_figures"
 ANALYSIS = driver.register(driver.Analysis(
     experiment="baselines", select=baseline_groups, keep=("x0",), statistics=statistics,
-    figures=lambda datasets, r: make_figures(r["points"], r["table"]),
+    figures=driver.lazy(FIGURES, "figures"), wandb_runs=driver.lazy(FIGURES, "wandb_runs"),
     files=lambda r: {"fronts.csv": r["fronts"].to_csv(), "hypervolume.csv": r["table"].to_csv(),
                      "per_condition.csv": r["per_condition"].to_csv(index=False)},
-    wandb_runs=wandb_runs, format_table=format_table,
+    format_table=format_table,
     none_found="has no baseline groups (<sweep>-<i>); make one with `python -m spell_lab.experiments.baselines`",
     summary_lines=lambda res: [f"\nneutral points: {res['neutral']}", f"real data: {res['reference']}"]))
 load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)

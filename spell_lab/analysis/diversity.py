@@ -1,6 +1,7 @@
 """The diversity benchmark (paper Section 4.2, Table 1): each model without and with SPELL on the same seeds.
 
-Pure functions over the run stores and held-out real data, one figure, and the edges (`analyse_run`, `main`)
+The statistics: pure functions over the run stores and held-out real data, and the driver's entry (`analyse_run`,
+`main`); the figures and W&B runs are `spell_lab.analysis.diversity_figures`.
 
     python -m spell_lab.analysis.diversity RUN_DIR [--wandb offline|disabled|online]
 
@@ -29,8 +30,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from . import driver, plots
-from .load import measured, model_name
+from . import driver
+from .load import model_name
 from ..models import condition_fidelity, reference_data
 from .quality import condition_metrics, generated
 
@@ -108,7 +109,7 @@ def metric_tables(datasets: dict, reference=None, k: int = 5) -> tuple[pd.DataFr
     rows, long = [], []
     reference = dict(reference or {})
     for model, groups in by_model(datasets).items():
-        groups = {n: measured(ds) for n, ds in groups.items() if parse_group(n)}
+        groups = {n: ds for n, ds in groups.items() if parse_group(n)}
         if not groups:
             continue
         if model not in reference:
@@ -201,70 +202,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------- figures
-
-@plots.styled
-def plot_change(per_seed: pd.DataFrame, metrics=METRICS[:7]):
-    """The relative change SPELL makes to each metric, per model: one dot per seed set (paired: same seeds), the
-    bar their mean; dotted, the paper's coverage band (-1% .. +2%). FD is lower-is-better."""
-    metrics = measured_metrics(per_seed, metrics)
-    models = list(dict.fromkeys(per_seed["model"]))
-    colors = plots.setup_colors(models)
-    fig = plots.Figure(figsize=(1.25 * len(metrics) * max(1, len(models)) ** 0.5 + 2.5, 4.2), layout="constrained")
-    ax = fig.subplots()
-    width = 0.8 / max(1, len(models))
-    for j, model in enumerate(models):
-        g = per_seed[per_seed["model"] == model]
-        own = measured_metrics(g, metrics)
-        wide = g.pivot(index="seed_set", columns="arm", values=own).dropna()
-        for i, m in ((metrics.index(m), m) for m in own):
-            rel = 100 * (wide[(m, "spell")] - wide[(m, "without")]) / wide[(m, "without")]
-            x = i + (j - (len(models) - 1) / 2) * width
-            ax.bar(x, rel.mean(), width * 0.9, color=colors[model], alpha=0.35, label=model if i == 0 else None)
-            ax.scatter(np.full(len(rel), x), rel, color=colors[model], s=16, zorder=3, edgecolor="k", lw=0.4)
-    ax.axhline(0, color="0.2", lw=0.8)
-    i = metrics.index("coverage") if "coverage" in metrics else None
-    if i is not None:
-        ax.hlines([-1, 2], i - 0.45, i + 0.45, colors="0.3", linestyles=":", lw=1.2)
-    ax.set_xticks(range(len(metrics)), [LABELS[m] for m in metrics], fontsize=9)
-    ax.set_ylabel("SPELL vs without, same seeds (%)")
-    ax.legend(frameon=False, fontsize=9, loc="best")
-    ax.set_title("Relative change by SPELL (dots: seed sets; bars: their mean; dotted: the paper's coverage band)",
-                 fontsize=10)
-    return fig
-
-
-def make_figures(datasets: dict, per_seed: pd.DataFrame) -> dict:
-    from .gallery import plot_gallery
-
-    figs = {"relative_change": plot_change(per_seed)}
-    for model, groups in by_model(datasets).items():
-        if "spell-s0" in groups and "without-s0" in groups and "image" in groups["spell-s0"]:
-            figs[f"gallery_{model}"] = plot_gallery(groups, setup="spell-s0", baseline="without-s0")
-    return figs
-
-
-# ----------------------------------------------------------------------------------------------- edges
-
-def wandb_runs(datasets: dict, result: dict, images: dict) -> list:
-    """One W&B run per model: the Table 1 rows as summary (`without/<metric>`, `spell/<metric>`, `change/<metric>`),
-    the tables and the figures."""
-    from .wandb_log import RunLog, config_from_attrs
-
-    table, per_seed, per_condition = result["table"], result["per_seed_set"], result["per_condition"]
-    runs = []
-    for model, groups in by_model(datasets).items():
-        if model not in table.index.get_level_values(0):
-            continue
-        spell = next(ds for n, ds in sorted(groups.items()) if n.startswith("spell-"))
-        summary = {f"{setup}/{col}": v for setup, row in table.loc[model].iterrows() for col, v in row.items()}
-        own = {k: v for k, v in images.items() if k == "relative_change" or k == f"gallery_{model}"}
-        runs.append(RunLog(name=f"diversity-{model}", config=config_from_attrs(dict(spell.attrs)), summary=summary,
-                           tags=("diversity", model_of(spell)), images=own,
-                           tables={"table1": table.loc[[model]], "per_seed_set": per_seed[per_seed["model"] == model],
-                                   "per_condition": per_condition[per_condition["model"] == model]}))
-    return runs
-
+# ----------------------------------------------------------------------------------------------- the entry
 
 def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
     """Per-condition metrics against held-out real data and Table 1 (mean ± std over seed sets, relative change)."""
@@ -272,13 +210,15 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     return {"table": benchmark_table(per_seed), "per_seed_set": per_seed, "per_condition": per_condition}
 
 
+FIGURES = "spell_lab.analysis.diversity_figures"
 TABLE_FILES = ("diversity_table.csv", "diversity_table.md", "diversity_per_seed_set.csv", "diversity_per_condition.csv")
 ANALYSIS = driver.register(driver.Analysis(
     experiment="diversity", select=lambda ds: sorted(n for n in ds if parse_group(n)), keep=("x0",),
-    stores=model_dirs, statistics=statistics, figures=lambda datasets, r: make_figures(datasets, r["per_seed_set"]),
+    stores=model_dirs, statistics=statistics, figures=driver.lazy(FIGURES, "figures"),
+    wandb_runs=driver.lazy(FIGURES, "wandb_runs"),
     files=lambda r: dict(zip(TABLE_FILES, (r["table"].to_csv(), to_markdown(r["table"]),
                                            r["per_seed_set"].to_csv(index=False), r["per_condition"].to_csv(index=False)))),
-    wandb_runs=wandb_runs, format_table=format_table,
+    format_table=format_table,
     none_found="has no diversity groups (without-s0, spell-s0, ...); make one with "
                "`python -m spell_lab.experiments.diversity`",
     summary_lines=lambda res: [f"tables: {', '.join(str(p) for p in res['files'].values())}"]))

@@ -1,17 +1,21 @@
 """One analysis driver: an experiment's analysis is one `Analysis` entry (which groups, its statistics, its figures,
 its files, its W&B runs), and what every analysis shares is defined once here:
 
-    load_run(entry, run_dir)        the run's groups, checked, unwritten units dropped (several stores: `stores`)
+    load_run(entry, run_dir)        the run's groups, checked, unwritten units dropped, measured samples only
+                                    (`load.measured`, applied here once; `.every` keeps every round)
     latest_run(entry)               the newest run directory under runs/<experiment>
     analyse_run(entry, run_dir)     statistics -> figures (PNG + PDF) -> files (CSV, Markdown) -> W&B, no model run
     main(entry, argv)               `python -m spell_lab.analysis.EXPERIMENT RUN_DIR`: the re-render command
 
-An experiment's module keeps its statistics and figure functions and binds these to its entry, e.g.
-`analyse_run = partial(driver.analyse_run, ANALYSIS)`.
+An experiment's analysis is two modules: `analysis/<experiment>.py`, its statistics (pure functions) and its entry,
+and `analysis/<experiment>_figures.py`, what is drawn from them (figures, the W&B runs that carry them), which the
+entry names with `lazy` (imported when drawn: the statistics never import their figures). The group order and the
+reference group are the run's (the store's root attributes, `load.run_layout`), never declared here again.
 """
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass, field
 from functools import partial
@@ -24,6 +28,15 @@ from . import load, plots
 
 def _none(*args, **kwargs):
     return []
+
+
+def lazy(module: str, name: str) -> Callable:
+    """`module.name`, imported on the first call: how an entry names its figures module's functions."""
+    def call(*args, **kwargs):
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,12 @@ def store_dirs(entry: Analysis, run_dir) -> list[Path]:
 
 
 def load_run(entry: Analysis, run_dir) -> load.Groups:
-    """The run's groups that `entry.select` names, checked and loaded; several stores: keyed `<store dir>/<group>`."""
+    """The run's groups that `entry.select` names, checked and loaded, each its measured samples (`load.measured`,
+    applied here and nowhere else; `.every` has every round); several stores: keyed `<store dir>/<group>`."""
+    return load.measured_groups(_load_groups(entry, run_dir))
+
+
+def _load_groups(entry: Analysis, run_dir) -> load.Groups:
     dirs = store_dirs(entry, run_dir)
     if entry.stores is None:
         return load.load_run(dirs[0], experiment=entry.experiment, select=entry.select, keep=entry.keep,

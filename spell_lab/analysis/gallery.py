@@ -12,7 +12,7 @@ from matplotlib.colors import ListedColormap, Normalize
 
 from . import plots
 from .activity import active, ever_active
-from .load import reference_of
+from .load import every_round, order_of, reference_of
 
 
 def images(ds: xr.Dataset, idx: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -121,11 +121,12 @@ def delta_text(moved: float | None, steps: int) -> str:
 def gallery_selection(datasets: dict, setup: str | None = None, conditions=None, baseline: str | None = None,
                       max_conditions: int = 2) -> tuple[str, list]:
     """(setup, conditions) the gallery draws. setup None: `iterative` where present, else the first setup in the
-    paper's order; conditions None: the setup's first `max_conditions` in generation order. Conditions are matched
+    run's order; conditions None: the setup's first `max_conditions` in generation order. Conditions are matched
     by value or name (`--classes 3 5`). A setup or condition the store lacks raises ValueError naming what it has.
-    baseline None: the run's reference group (`load.reference_of`)."""
+    baseline None: the run's reference group (`load.reference_of`). Every round counts (`load.every_round`)."""
+    datasets = every_round(datasets)
     baseline = reference_of(datasets) if baseline is None else baseline
-    names = plots.ordered(n for n in datasets if n != baseline)
+    names = [n for n in order_of(datasets) if n != baseline]
     if setup is None:
         setup = "iterative" if "iterative" in names else names[0] if names else None
     if setup is None or setup not in names:
@@ -205,7 +206,9 @@ def plot_gallery(datasets: dict, setup: str | None = None, baseline: str | None 
     outline's colour (colorbar) and the label under the image say how far the output moved from the one without
     SPELL (Δ, L2 in the diffusion space) and for how many steps SPELL was active. Rounds before the setup's
     `measure_from_round` (memory only: nothing to repel yet) are drawn once where they equal the baseline.
-    setup and conditions: see `gallery_selection`; baseline None: the run's reference group."""
+    setup and conditions: see `gallery_selection`; baseline None: the run's reference group. It draws every round
+    (`load.every_round`), whichever samples the caller's groups keep."""
+    datasets = every_round(datasets)
     baseline = reference_of(datasets) if baseline is None else baseline
     setup, conditions = gallery_selection(datasets, setup, conditions, baseline, max_conditions)
     ds, base = datasets[setup], datasets.get(baseline)

@@ -1,4 +1,5 @@
-"""Loading a run for analysis: the one `load_run` and the one `measured`, shared by every experiment's analysis.
+"""Loading a run for analysis: the one `load_run` and the one `measured` (applied once, by the analysis driver),
+shared by every experiment's analysis.
 
 A store group is checked against the schema (docs/design.md section 5), its small variables are read once, images stay
 lazy, and the samples of work units never written (an interrupted run) are left out and counted.
@@ -37,8 +38,19 @@ def measured(ds: xr.Dataset) -> xr.Dataset:
     return ds if first == 0 else ds.isel(sample=(ds["round"] >= first).values)
 
 
-def measured_all(datasets: dict) -> dict:
-    return {name: measured(ds) for name, ds in datasets.items()}
+def measured_groups(groups: "Groups") -> "Groups":
+    """The run's groups as every statistic and figure reads them: each group's measured samples (`measured`),
+    applied here once (the analysis driver's `load_run`); the groups with every round stay in `.every` (the
+    gallery draws the memory-only rounds too)."""
+    out = subset(groups, list(groups), {n: measured(ds) for n, ds in groups.items()})
+    out.every = every_round(groups)
+    return out
+
+
+def every_round(datasets: dict) -> dict:
+    """The groups with every round: `.every` of `measured_groups`' result; any other dict as it is."""
+    every = getattr(datasets, "every", None)
+    return datasets if every is None else every
 
 
 def drop_unwritten(ds: xr.Dataset) -> xr.Dataset:
@@ -124,6 +136,22 @@ class Groups(dict):
     units_total = 0
     order: list[str] | None = None
     reference: str | None = None
+    every: dict | None = None  # measured_groups: the same groups with every round
+
+
+def subset(datasets: dict, names, values: dict | None = None) -> dict:
+    """Some of a run's groups (values: replacements by name), keeping what `load_run` knows about the run (its
+    order, reference group, missing units, every-round groups); a plain dict stays a plain dict."""
+    values = values or {}
+    picked = {n: values.get(n, datasets[n]) for n in names}
+    if not isinstance(datasets, Groups):
+        return picked
+    out = Groups(picked)
+    out.units_missing, out.units_total = datasets.units_missing, datasets.units_total
+    out.order, out.reference = datasets.order, datasets.reference
+    if datasets.every is not None:
+        out.every = subset(datasets.every, [n for n in names if n in datasets.every])
+    return out
 
 
 def run_layout(run_dir, datasets: dict) -> tuple[list[str], str | None]:
@@ -141,9 +169,16 @@ def run_layout(run_dir, datasets: dict) -> tuple[list[str], str | None]:
 
 
 def order_of(datasets: dict) -> list[str]:
-    """The groups in the run's order (`Groups.order`); a plain dict: its own order."""
+    """The groups present in the run's order (`Groups.order`); a plain dict: its own order."""
     order = getattr(datasets, "order", None) or []
     return [n for n in order if n in datasets] + [n for n in datasets if n not in order]
+
+
+def run_order(datasets: dict) -> list[str]:
+    """Every group of the run in its order, present or not (colours and styles follow it, so a group keeps its
+    colour in a figure of a few groups); a plain dict: its own order."""
+    order = list(getattr(datasets, "order", None) or [])
+    return order + [n for n in datasets if n not in order]
 
 
 def reference_of(datasets: dict) -> str | None:

@@ -1,4 +1,5 @@
-"""Shared plotting helpers: one colour per setup across every figure, t axes from 1 (noise) to 0 (data), saving."""
+"""Shared plotting helpers: one colour and style per group (by its place in the run's order) across every figure,
+t axes from 1 (noise) to 0 (data), saving."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import numpy as np
 import seaborn as sns
 from matplotlib.figure import Figure  # no pyplot: figures are plain objects, nothing global to close or leak
 
-# Canonical order of the paper's setups (Fig. 5, Fig. 9-15): fixes each setup's colour and its place in tables.
-SETUP_ORDER = ("iterative", "intra", "mixed", "previous64", "large_radius", "overcomp", "main")
 SOURCE_PALETTE = ("#1b9e77", "#7570b3", "#d95f02", "#e7298a", "#66a61e", "#e6ab02")  # by position in schema.SOURCES
 HIGHLIGHT = "#ff8c00"  # the orange outline of Figure 6: SPELL changed this sample
 T_LABEL = "t   (1 = noise  →  0 = data)"
@@ -23,32 +22,35 @@ def source_color(source: str) -> str:
     return SOURCE_PALETTE[list(schema.SOURCES).index(source) % len(SOURCE_PALETTE)]
 
 
-def ordered(names) -> list[str]:
-    """Known setups in the paper's order, then any others in their given order."""
+def _positions(names, order) -> dict[str, int]:
+    """Each name's place in `order` (the run's group order, `load.run_order`); names it lacks (all of them when
+    order is None) follow it in their own order."""
+    order = list(order) if order is not None else []
+    out, extra = {}, len(order)
+    for n in names:
+        out[n] = order.index(n) if n in order else extra
+        extra += n not in order
+    return out
+
+
+def setup_colors(names, order=None) -> dict[str, tuple]:
+    """A stable colour per group, by its place in the run's order: the same group gets the same colour in every
+    figure of the run, whichever subset a figure draws."""
     names = list(names)
-    return [n for n in SETUP_ORDER if n in names] + [n for n in names if n not in SETUP_ORDER]
-
-
-def setup_colors(names) -> dict[str, tuple]:
-    """A stable colour per setup: the same setup gets the same colour in every figure and every run."""
     palette = sns.color_palette("colorblind", 10)
-    extra = iter(sns.color_palette("dark", 10))
-    return {n: palette[SETUP_ORDER.index(n)] if n in SETUP_ORDER else next(extra) for n in ordered(names)}
+    return {n: palette[k % len(palette)] for n, k in _positions(names, order).items()}
 
 
-LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 1)))  # by SETUP_ORDER position
+LINE_STYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 1)))  # by place in the order
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 
 
-def setup_styles(names) -> dict[str, dict]:
-    """A stable line style and marker per setup (plot keywords ls, marker), beside its colour, so overlapping
-    lines stay apart in grayscale print and for colour-blind readers."""
-    known = len(SETUP_ORDER)
-    out = {}
-    for i, n in enumerate(ordered(names)):
-        k = SETUP_ORDER.index(n) if n in SETUP_ORDER else known + i
-        out[n] = {"ls": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)]}
-    return out
+def setup_styles(names, order=None) -> dict[str, dict]:
+    """A stable line style and marker per group (plot keywords ls, marker), by its place in the run's order, beside
+    its colour, so overlapping lines stay apart in grayscale print and for colour-blind readers."""
+    names = list(names)
+    return {n: {"ls": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)]}
+            for n, k in _positions(names, order).items()}
 
 
 def styled(fn):

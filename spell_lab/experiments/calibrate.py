@@ -15,33 +15,20 @@ tuned by F(precision, coverage) without SPELL, then the radius grid calibrated a
 from __future__ import annotations
 
 import json
-import sys
+from functools import partial
 from pathlib import Path
 
 from ..calibration import GRID_SIZE, SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
-from .common import GENERATION, base_parser, calibration_of, conditions_for, load_model_for, print_summary, run_cli, size_of
+from . import skeleton
+from .common import GENERATION, calibration_of, conditions_for, load_model_for
+from .skeleton import Experiment, Generated
+
+TITLE = "SPELL radius calibration (paper Appendix D)"
 
 
-
-def parser():
-    p = base_parser("calibrate", __doc__.split("\n\n")[0], [f for f in GENERATION if f != "protected"])
-    p.add_argument("--per_condition", type=int | None, default=None,
-                   help="samples per condition in the batch (default by size: quick 8, default 16, full 32)")
-    p.add_argument("--grid_size", type=int | None, default=None,
-                   help=f"radii in the grid (default: the paper's {GRID_SIZE}; --select --quick: 4)")
-    p.add_argument("--select", action="store_true",
-                   help="the Appendix D selection: tune CFG by F(P, C), then sweep the grid at that weight (mixed)")
-    p.add_argument("--reference_per_condition", type=int | None, default=None,
-                   help="with --select: held-out real items per condition for precision/coverage (default: as many "
-                   "as are generated per condition, so that coverage compares like with like)")
-    p.add_argument("--guidance_grid", type=float, nargs="+", default=None,
-                   help="with --select: CFG weights to tune over, e.g. --guidance_grid 1 2 3 (default by size)")
-    return p
-
-
-def main(argv=None) -> int:
-    cfg = parser().parse_args(argv)
-    size = size_of(cfg)
+def generate(cfg, size: str) -> Generated:
+    """The calibration (one batch without SPELL, printed; calibration.json under --out), or with --select the
+    Appendix D selection (`select.select`), which analyses as it generates."""
     if cfg.grid_size is not None and cfg.grid_size < 2:
         raise ValueError(f"--grid_size must be >= 2 (got {cfg.grid_size}).")
     if cfg.reference_per_condition is not None and cfg.reference_per_condition < 1:
@@ -53,9 +40,9 @@ def main(argv=None) -> int:
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     if cfg.select:
-        from .select import run_select
+        from .select import select
 
-        return run_select(cfg, model, spec, size, conditions, cfg.per_condition or SIZE_PER_CONDITION[size])
+        return select(cfg, model, spec, size, conditions, cfg.per_condition or SIZE_PER_CONDITION[size])
     cal = calibration_of(cfg, model, size, conditions, cfg.per_condition, cfg.grid_size or GRID_SIZE)
     lines = [
         ("model", f"{cfg.model} ({cal['sampler']}, {cal['steps']} steps, guidance {cal['guidance']:g})"),
@@ -65,14 +52,33 @@ def main(argv=None) -> int:
         (f"grid ({len(cal['grid'])} radii)", format_grid(cal["grid"])),
         ("time", f"{cal['seconds']:.1f} s"),
     ]
-    if cfg.out:
-        path = Path(cfg.out)
+    path = Path(cfg.out) if cfg.out else None
+    if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         (path / "calibration.json").write_text(json.dumps(cal | {"model": cfg.model}, indent=1))
         lines.append(("written", str(path / "calibration.json")))
-    print_summary("SPELL radius calibration (paper Appendix D)", lines)
-    return 0
+    return Generated(path, [], summary=(TITLE, lines))
 
+
+EXPERIMENT = Experiment(
+    name="calibrate", doc=__doc__, generate=generate, title=TITLE,
+    flags=[f for f in GENERATION if f != "protected"],
+    own_flags={
+        "--per_condition": dict(type=int | None, default=None,
+                                help="samples per condition in the batch (default by size: quick 8, default 16, full 32)"),
+        "--grid_size": dict(type=int | None, default=None,
+                            help=f"radii in the grid (default: the paper's {GRID_SIZE}; --select --quick: 4)"),
+        "--select": dict(action="store_true",
+                         help="the Appendix D selection: tune CFG by F(P, C), then sweep the grid at that weight (mixed)"),
+        "--reference_per_condition": dict(type=int | None, default=None,
+                                          help="with --select: held-out real items per condition for precision/"
+                                          "coverage (default: as many as are generated per condition, so that "
+                                          "coverage compares like with like)"),
+        "--guidance_grid": dict(type=float, nargs="+", default=None,
+                                help="with --select: CFG weights to tune over, e.g. --guidance_grid 1 2 3 (default by size)"),
+    })
+main, command = skeleton.command(EXPERIMENT)
+parser = partial(skeleton.parser, EXPERIMENT)
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    command()

@@ -138,6 +138,12 @@ def run_dir_for(experiment: str, cfg, default_name: str) -> Path:
     return Path("runs") / experiment / (cfg.run_name or default_name)
 
 
+def runs_folder(experiment: str, cfg) -> Path:
+    """Where the run directory goes (the parent of --out, else runs/<experiment>): known before rank 0 decides the
+    run directory itself, so the DDP ranks' handoff (`spell_lab.run.handoff`) lives there."""
+    return Path(cfg.out).parent if cfg.out else Path("runs") / experiment
+
+
 def config_dict(cfg) -> dict:
     d = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(vars(cfg))
     d.pop("config", None)

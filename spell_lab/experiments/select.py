@@ -1,4 +1,4 @@
-"""The paper's Appendix D selection, run by `python -m spell_lab.experiments.calibrate --select`.
+"""The paper's Appendix D selection, run by `python -m spell_lab.experiments.calibrate --select` (its entry: calibrate.py).
 
 1. CFG tuning: the guidance weights of the grid, each generated without SPELL on the same seeds, scored by
    F = 2PC / (P + C) of precision and coverage (per-condition metrics against held-out real data on the metric
@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..calibration import best_guidance, best_radius, grid_steps, with_f
-from .common import Timer, calibration_of, config_dict, print_summary, run_dir_for, sampling_for, set_wandb_mode
+from .common import Timer, calibration_of, config_dict, run_dir_for, sampling_for
+from .skeleton import Generated
 from .radius import SIZE_GRID, radius_settings
 
 GUIDANCE_GRID = {"quick": (1.0, 3.0), "default": (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0),
@@ -69,13 +70,12 @@ def sweep_radius(gen, cal, guidance, conditions, per_condition, seed, reference,
     return with_f(table[[c for c in cols if c in table]].reset_index())
 
 
-def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> int:
-    """Both stages, the figures and selection.json in the run directory, and the summary screen."""
+def select(cfg, model, spec, size: str, conditions, per_condition: int) -> Generated:
+    """Both stages, the figures and selection.json in the run directory; the summary screen for the skeleton."""
     from ..analysis import selection as fig
     from ..models.registry import reference_data, require_reference
     from ..run.launch import run_generation
 
-    set_wandb_mode(cfg.wandb)
     require_reference(cfg.model, "--select")
     if cfg.guidance is not None:
         raise ValueError("--select tunes the guidance itself; give the weights to try with --guidance_grid, "
@@ -138,6 +138,5 @@ def run_select(cfg, model, spec, size: str, conditions, per_condition: int) -> i
     tables = ("CFG tuning (no SPELL):\n" + fig.format_f_table(cfg_table, "guidance", w_best)
               + f"\n\nradius sweep at w = {w_best:g} ({SWEEP_PROTOCOL} protocol):\n"
               + fig.format_f_table(r_table, "radius", r_best, extra=("radius_over_median",)))
-    print_summary("SPELL selection (paper Appendix D): CFG weight, then radius, by F(precision, coverage)", lines,
-                  tables)
-    return 0
+    return Generated(root, [], summary=("SPELL selection (paper Appendix D): CFG weight, then radius, by "
+                                        "F(precision, coverage)", lines, tables))

@@ -116,7 +116,14 @@ def model_device(model) -> torch.device:
     return next(iter([*model.parameters(), *model.buffers()]), torch.empty(0)).device
 
 
-def run_generation(
+def run_generation(*, out: Path, **kwargs) -> RunResult:
+    """Generate the settings into a run directory under `out` (resume, --fresh, devices, the store) inside a
+    handoff launch (`handoff.launch`: where the run directory goes; an experiment's command has opened one already)."""
+    with handoff.launch(Path(out).parent):
+        return _generate(out=out, **kwargs)
+
+
+def _generate(
     *,
     experiment: str,
     settings: list[Setting],
