@@ -24,7 +24,9 @@ SPARSITY_LINES = {  # panel title -> (x, y keys): the run store's curves as logg
     "Active shields by source": ("curve/t", ["curve/active_batch_mean", "curve/active_memory_mean",
                                              "curve/active_protected_mean"]),
 }
-SPARSITY_BARS = {"Share active at t = 0.8 and 0.6 (paper: 40% / 21%)": ["active_at_0_8", "active_at_0_6"],
+SPARSITY_BARS = {"Share active at the paper's t = 0.8 and 0.6 noise levels, sigma/alpha 5.11 and 2.28 (paper: 40% / 21%)":
+                 ["active_at_paper_0_8", "active_at_paper_0_6"],
+                 "Share active at this model's t = 0.8 and 0.6": ["active_at_0_8", "active_at_0_6"],
                  "Share of trajectories SPELL changed": ["share_changed"]}
 RADIUS_LINES = {  # Figure 3, from the radius runs (one row per radius, x = radius)
     "Fig. 3: precision, recall, density, coverage against the radius": ("curve/radius", [

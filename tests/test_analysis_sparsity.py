@@ -114,6 +114,8 @@ def test_summary_known_values(four):
                 "median_last_active_t", "share_changed", "n_samples"]) <= set(s)
     assert s["n_samples"] == 4
     assert s["active_at_0.8"] == 0.5 and s["active_at_0.6"] == 0.25
+    # the paper's levels, 5.11 and 2.28, are both nearest step 1 here (t = 0.9: sigma/alpha 2.06; t = 1 is pure noise)
+    assert s["active_at_paper_0.8"] == s["active_at_paper_0.6"] == 0.75
     assert s["share_steps_rel_below_5pct"] == pytest.approx(5 / 17)  # 17 active pairs, 5 below 5%
     assert s["share_steps_rel_below_5pct_all"] == pytest.approx(28 / 40)  # + the 23 inactive zeros
     assert s["max_relative_magnitude"] == 0.5

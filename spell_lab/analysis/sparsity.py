@@ -8,6 +8,10 @@ Pure functions over the run store's Datasets (docs/design.md section 5) and its 
 
 Definitions: the activity ones (active, active share, share active at t, last active t, stops for good, stopped
 share) are `spell_lab.analysis.activity`'s; this module adds
+- *Share active at the paper's t*: at the step whose noise level sigma/alpha is nearest the one the paper's t = 0.8
+  and 0.6 have on Latent Diffusion's schedule (5.11 and 2.28; `schedules.paper_noise_levels`). Models on other
+  schedules reach these levels at other t (digits: t = 0.8 is sigma/alpha 25.1), so these columns are the ones to
+  compare with the paper's Figure 5 (40% and 21%) and between models.
 - *Relative magnitude quantiles*: per step, linear-interpolation quantiles (numpy's default) across samples of
   `relative_magnitude`, either over the trajectories *active* at that step (`over="active"`, the default; NaN
   where none is active) or over *all* trajectories (`over="all"`, inactive ones count as 0). The maximum is over
@@ -31,14 +35,18 @@ import xarray as xr
 
 from .. import schema
 from . import driver
-from .activity import _active_np, active, active_by_source, active_share, activity_numbers, stopped_share
+from ..schedules import paper_noise_levels
+from .activity import (_active_np, active, active_at_noise, active_by_source, active_share, activity_numbers,
+                       stopped_share)
 from .gallery import gallery_selection
 from .load import order_of, reference_of
 
-SUMMARY_KEYS = (  # the table's columns, in order; the first seven are the issue's contract
+SUMMARY_KEYS = (  # the table's columns, in order
     "n_samples",
     "active_at_0.8",
     "active_at_0.6",
+    "active_at_paper_0.8",  # at the paper's t = 0.8 noise level: sigma/alpha 5.11 (LD's schedule), any model
+    "active_at_paper_0.6",  # sigma/alpha 2.28
     "share_steps_rel_below_5pct",  # over active (sample, step) pairs
     "max_relative_magnitude",
     "median_last_active_t",  # over trajectories ever active
@@ -95,6 +103,7 @@ def summary(ds: xr.Dataset) -> dict:
         "n_samples": int(ds.sizes["sample"]),
         "active_at_0.8": acts["active_at_0.8"],
         "active_at_0.6": acts["active_at_0.6"],
+        **{f"active_at_paper_{t}": active_at_noise(ds, level) for t, level in paper_noise_levels().items()},
         "share_steps_rel_below_5pct": share_steps_below(ds, 0.05, "active"),
         "max_relative_magnitude": float(np.nanmax(rel)) if np.isfinite(rel).any() else float("nan"),
         "median_last_active_t": acts["median_last_active_t"],
