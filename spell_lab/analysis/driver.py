@@ -133,6 +133,8 @@ def main(entry: Analysis, argv=None) -> int:
 
     def run(argv) -> int:
         args = p.parse_args(argv)
+        if args.out is not None:
+            cli.check_writable_dir(args.out)
         datasets = load_run(entry, Path(args.run_dir))
         extra = entry.options(args, datasets) if entry.options is not None else {}
         res = analyse_run(entry, Path(args.run_dir), wandb_mode=args.wandb, project=args.project, group=args.group,

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import cli
 from ..calibration import GRID_SIZE, SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
 from .common import GENERATION, base_parser, calibration_of, conditions_for, load_model_for, print_summary, run_cli, size_of
 
@@ -43,6 +44,8 @@ def main(argv=None) -> int:
         raise ValueError(f"--grid_size must be >= 2 (got {cfg.grid_size}).")
     if cfg.guidance_grid is not None and not cfg.select:
         raise ValueError("--guidance_grid is for --select (the CFG tuning); add --select or drop it.")
+    if cfg.out:
+        cli.check_writable_dir(cfg.out)  # before the calibration run, not after it
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     if cfg.select:

@@ -17,7 +17,7 @@ from typing import Iterator
 import lightning as L
 import torch
 
-from .. import store
+from .. import cli, store
 from ..methods import method_params, resolve
 from ..plan import Setting, plan
 from ..samplers import get_sampler
@@ -70,6 +70,7 @@ def run_dirs(out) -> Iterator[Path]:
 def check_out(out: Path) -> None:
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
+    cli.check_writable_dir(out)
 
 
 def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
@@ -229,15 +230,21 @@ def run_generation(
     )
     if inputs:
         content["inputs"] = inputs
+    times, alphas, sigmas = evaluation_grid(model, sampler, steps)  # an unknown sampler is refused here, before
+    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))  # the run directory
+    create_kwargs = dict(
+        experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
+        sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
+        content=content, config=config, reference=reference,
+    )
     with claimed(out, content, fresh=fresh) as run_dir:
-        return _generate(run_dir, experiment=experiment, settings=settings, model=model, specs=specs, content=content,
-                         sampler=sampler, steps=steps, guidance=guidance, config=config, devices=devices,
-                         accelerator=accelerator, strategy=strategy, num_nodes=num_nodes, progress=progress,
-                         reference=reference)
+        return _generate(run_dir, experiment=experiment, settings=settings, model=model, specs=specs, sampler=sampler,
+                         steps=steps, guidance=guidance, create_kwargs=create_kwargs, devices=devices,
+                         accelerator=accelerator, strategy=strategy, num_nodes=num_nodes, progress=progress)
 
 
-def _generate(run_dir: Path, *, experiment, settings, model, specs, content, sampler, steps, guidance, config, devices,
-              accelerator, strategy, num_nodes, progress, reference) -> RunResult:
+def _generate(run_dir: Path, *, experiment, settings, model, specs, sampler, steps, guidance, create_kwargs, devices,
+              accelerator, strategy, num_nodes, progress) -> RunResult:
     """Generate the units not yet (intact) in the store of `run_dir`, which this command holds."""
     path = run_dir / "store.zarr"
     units = plan(settings)
@@ -246,13 +253,6 @@ def _generate(run_dir: Path, *, experiment, settings, model, specs, content, sam
     if not todo:
         return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
     protected = ProtectedLoader(specs) if specs else None
-    times, alphas, sigmas = evaluation_grid(model, sampler, steps)
-    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))
-    create_kwargs = dict(
-        experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
-        sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
-        content=content, config=config, reference=reference,
-    )
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # small batches: 1 thread per process beat 2 by 1.5-6x here; scale with processes

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
-from ..cli import parser as cli_parser, run
+from ..cli import check_writable_dir, parser as cli_parser, run
 from . import open_run, run_attrs, store_path
 from .integrity import REPAIR, damage, damage_error
 
@@ -99,6 +99,7 @@ def export_images(run, out_dir, groups: list[str] | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreViewError(f"{out_dir} is an existing file; give a folder for the images (it is created if missing)")
+    check_writable_dir(out_dir, "--export-images")
     path = store_path(run)
     chosen = select_groups(path, groups)
     found = damage(path, list(chosen))
