@@ -21,8 +21,8 @@ import zarr
 
 from .. import __version__, schema
 from ..plan import Setting
-from .integrity import (REPAIR, StoreDamagedError, damage, damage_error, open_child, open_root,  # noqa: F401
-                        unit_digests, write_digests)
+from .integrity import (REPAIR, StoreDamagedError, damage, damage_error, group_names, open_child,  # noqa: F401
+                        open_root, unit_digests, write_digests)
 
 
 class StoreMismatchError(ValueError):
@@ -176,7 +176,7 @@ def open_run(run: str | Path, *, verify: bool = True) -> dict[str, xr.Dataset]:
     if verify and (found := damage(path)):
         raise damage_error(path, found, REPAIR)
     out = {}
-    for name in sorted(root.group_keys()):
+    for name in group_names(root, path):
         open_child(root, path, name)
         ds = xr.open_zarr(str(path), group=name, zarr_format=3, consolidated=False, mask_and_scale=False)
         out[name] = ds.set_coords([c for c in ("t", "sigma", "alpha") if c in ds])

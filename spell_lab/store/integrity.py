@@ -121,6 +121,20 @@ def open_root(path: Path) -> zarr.Group:
                                 f"run the command that made it with --fresh.") from None
 
 
+def group_names(root: zarr.Group, path: Path) -> list[str]:
+    """The root's groups, sorted; a child whose metadata no longer parses is named."""
+    try:
+        return sorted(root.group_keys())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        for meta in sorted(Path(path).glob("*/zarr.json")):
+            try:
+                json.loads(meta.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise StoreDamagedError(f"{meta} is damaged ({err}); the group cannot be read. Restore it or run "
+                                        "the command that made the store with --fresh.") from None
+        raise StoreDamagedError(f"{path} has damaged metadata ({err}).") from None
+
+
 def open_child(root: zarr.Group, path: Path, name: str):
     try:
         return root[name]
@@ -132,7 +146,7 @@ def open_child(root: zarr.Group, path: Path, name: str):
 def damage(path: Path, groups: list[str] | None = None) -> list[Damage]:
     """Every damaged complete unit of the store at `path` (every group, or those named)."""
     root = open_root(Path(path))
-    names = groups if groups is not None else sorted(root.group_keys())
+    names = groups if groups is not None else group_names(root, Path(path))
     return [d for n in names for d in group_damage(n, open_child(root, Path(path), n))]
 
 
