@@ -251,6 +251,26 @@ def test_bad_input_is_one_line_exit_2_before_anything_exists(tmp_path, capsys, m
     assert tree_digest(tmp_path) == before
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_targets_are_refused_in_one_line(small_store, tmp_path, capsys, monkeypatch):
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    monkeypatch.chdir(tmp_path)
+    try:
+        before = tree_digest(tmp_path)
+        for command, args in [(_experiment(calibrate.main), [*GMM[:3], "--out", str(read_only / "cal")]),
+                              (view.main, [str(small_store), "--export-images", str(read_only / "png")]),
+                              (_digits_train, ["--out", str(read_only / "w")]),
+                              (_experiment(sparsity.main), [*GMM, "--out", str(read_only / "run")])]:
+            assert command(args) == 2
+            err = capsys.readouterr().err.strip()
+            assert "is not writable" in err and "\n" not in err, err
+        assert tree_digest(tmp_path) == before
+    finally:
+        read_only.chmod(0o755)
+
+
 @pytest.mark.parametrize("fault, code, words", [
     (OSError(errno.ENOSPC, "No space left on device", "/runs/x/store.zarr/g/x0/c/0"), 1, "the disk is full"),
     (PermissionError(errno.EACCES, "Permission denied", "/ro/run"), 2, "/ro/run: Permission denied"),

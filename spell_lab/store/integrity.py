@@ -93,18 +93,25 @@ def group_damage(name: str, group: zarr.Group) -> list[Damage]:
         return [Damage(name, -1, "unit_complete", _why(err))]
     arrays = sample_arrays(group)
     size = next(iter(arrays.values())).chunks[0] if arrays else 0  # chunks along `sample` are one unit wide
-    out = []
-    for unit in np.flatnonzero(done):
-        sums = recorded(group, int(unit))
-        for array_name, array in arrays.items():
+    units = [int(u) for u in np.flatnonzero(done)]
+    sums = {u: recorded(group, u) for u in units}
+    hurt: dict[int, Damage] = {}
+    for array_name, array in arrays.items():
+        try:
+            whole = array[:]  # one read per array; a chunk that no longer decodes: unit by unit, to name it
+        except Exception:  # noqa: BLE001 - any decoding error is damage, named below
+            whole = None
+        for u in units:
+            if u in hurt:
+                continue  # a unit is reported once, by its first damaged array
             try:
-                values = array[unit * size:(unit + 1) * size]
+                values = whole[u * size:(u + 1) * size] if whole is not None else array[u * size:(u + 1) * size]
             except Exception as err:  # noqa: BLE001
-                out.append(Damage(name, int(unit), array_name, _why(err)))
-                break
-            if sums is not None and array_name in sums and digest(values) != sums[array_name]:
-                out.append(Damage(name, int(unit), array_name, "checksum mismatch"))
-                break
+                hurt[u] = Damage(name, u, array_name, _why(err))
+                continue
+            if sums[u] is not None and array_name in sums[u] and digest(values) != sums[u][array_name]:
+                hurt[u] = Damage(name, u, array_name, "checksum mismatch")
+    out = [hurt[u] for u in sorted(hurt)]
     for coord in ("step", "t", "sigma", "alpha"):
         if coord in group:
             try:
