@@ -426,6 +426,20 @@ def test_two_commands_into_one_directory_end_in_one_store(gmm_quick_run, tmp_pat
 
 
 @pytest.mark.e2e
+def test_a_full_disk_during_a_run_is_one_line_exit_1_and_the_store_stays_readable(tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "store.zarr"))
+
+    monkeypatch.setattr(store, "write_units", full)  # the writer's every flush finds the disk full
+    out = tmp_path / "run"
+    assert run_cli(sparsity.main, [*GMM_QUICK, "--setups", "intra", "--out", str(out)]) == 1
+    text = capsys.readouterr().err
+    err = text.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "No space left on device (the disk is full" in err and "Traceback" not in text
+    assert store.damage(out / "store.zarr") == []  # nothing half-marked: the same command later resumes it
+
+
+@pytest.mark.e2e
 def test_protection_when_spell_moves_nothing_ends_in_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--quick", "--devices", "1", "--searches", "exact", "--radius", "5", "--wandb", "disabled", "--no_progress",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -172,9 +173,9 @@ def set_path(cfg, name: str, items: np.ndarray) -> Path:
             raise ValueError(f"{candidate} holds a run made from another protected set (or none); it was left "
                              "untouched. Pass --fresh to start a new run beside it, or --out to choose another directory.")
     candidate.mkdir(parents=True, exist_ok=True)
-    tmp = candidate / "protected.tmp.npy"
-    np.save(tmp, items)
-    tmp.replace(candidate / "protected.npy")
+    with tempfile.NamedTemporaryFile(dir=candidate, prefix=".protected-", suffix=".npy", delete=False) as f:
+        np.save(f, items)  # a name of its own: two commands into one directory never write the same file
+    Path(f.name).replace(candidate / "protected.npy")
     return candidate / "protected.npy"
 
 
