@@ -104,8 +104,16 @@ def register(name: str, **defaults):
     return add
 
 
+POSITIVE = {"overcomp", "max_iter"}  # numeric parameters that must be > 0; every other one >= 0
+UNBOUNDED = {"sigma_hi"}  # may be inf (an interval without an upper end)
+
+
 def method_params(method: dict | str) -> dict:
-    """The plain data of a method with its defaults filled in; unknown names or parameters are refused."""
+    """The plain data of a method with its defaults filled in; unknown names or parameters, and values of the wrong
+    kind (a flag that is not true/false, a number that is NaN, negative or, except sigma_hi, infinite) are refused."""
+    if not isinstance(method, (dict, str)):
+        raise TypeError(f"a method is a name or plain data such as {{'name': 'spell', 'radius': 3.0}}; got "
+                        f"{method!r}. Methods: {', '.join(sorted(REGISTRY))}.")
     method = {"name": method} if isinstance(method, str) else dict(method)
     name = method.pop("name", None)
     if name not in REGISTRY:
@@ -114,7 +122,26 @@ def method_params(method: dict | str) -> dict:
     unknown = sorted(set(method) - set(spec.defaults))
     if unknown:
         raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it takes {sorted(spec.defaults)}.")
+    for key, value in method.items():
+        _check_param(name, key, value, spec.defaults[key])
     return {"name": name, **spec.defaults, **method}
+
+
+def _check_param(method: str, key: str, value, default) -> None:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"method {method!r}: {key} must be true or false (got {value!r}).")
+        return
+    if not (default is None or isinstance(default, (int, float))):
+        return  # text parameters are checked by the method itself
+    if value is None and default is None:
+        return  # the run's value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"method {method!r}: {key} must be a number (got {value!r}).")
+    low_ok = value > 0 if key in POSITIVE else value >= 0
+    if math.isnan(value) or not low_ok or (math.isinf(value) and key not in UNBOUNDED):
+        bound = "> 0" if key in POSITIVE else ">= 0"
+        raise ValueError(f"method {method!r}: {key} must be {bound} and finite (got {value!r}).")
 
 
 def resolve(method: dict | str, *, protected=None) -> Hooks:

@@ -113,6 +113,8 @@ def correction(
     if check:
         check_radius(radius, overcomp)
         _check_pair(x0, centers, skip_self)
+    if x0.shape[0] == 0:
+        return _empty(x0)  # an empty batch: nothing to correct
     B, K = x0.shape[0], centers.shape[0]
     wd = _work_dtype(x0.dtype)
     x = x0.reshape(B, -1).to(wd)
@@ -180,6 +182,12 @@ def all_finite(t: torch.Tensor, chunk: int = DEFAULT_CHUNK) -> bool:
 
 
 def _check_pair(x0: torch.Tensor, centers: torch.Tensor, skip_self: bool) -> None:
+    for name, t in (("x0", x0), ("centers", centers)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__}); convert it with "
+                            "torch.as_tensor(...), in the diffusion space's dtype.")
+    if not (x0.is_floating_point() and centers.is_floating_point()):
+        raise TypeError(f"x0 and centers must be floating point (got {x0.dtype}, {centers.dtype}).")
     if x0.ndim < 2:
         raise ValueError(f"x0 must be a batch (B, ...) with at least 2 dims, got shape {tuple(x0.shape)}.")
     if centers.shape[1:] != x0.shape[1:]:
@@ -220,6 +228,13 @@ class Memory:
             self.conditions = torch.zeros(items.shape[0], dtype=torch.long, device=items.device)
 
     def add(self, x0: torch.Tensor, cond: torch.Tensor) -> None:
+        cond = torch.as_tensor(cond, device=x0.device)
+        if cond.ndim != 1 or cond.shape[0] != x0.shape[0]:
+            raise ValueError(f"Memory.add needs one condition per output: got {x0.shape[0]} outputs and conditions "
+                             f"of shape {tuple(cond.shape)}.")
+        if self.items is not None and x0.shape[1:] != self.items.shape[1:]:
+            raise ValueError(f"Memory.add: outputs of shape {tuple(x0.shape[1:])} do not match the memory's "
+                             f"{tuple(self.items.shape[1:])}.")
         if self.items is None:
             self.items, self.conditions = x0.detach().clone(), cond.detach().clone()
         else:

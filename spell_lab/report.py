@@ -70,6 +70,9 @@ def has_login() -> bool:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError):
         return False
+    except OSError as err:  # e.g. a ~/.netrc this user cannot read: one line, not a traceback
+        raise ValueError(f"cannot read {err.filename or '~/.netrc'} ({err.strerror}); make it readable "
+                         "(chmod 600) or set WANDB_API_KEY, then run this again. Nothing was sent.") from None
 
 
 def main(argv=None) -> int:

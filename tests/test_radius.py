@@ -122,7 +122,7 @@ def test_negative_radius_is_a_clear_error(capsys):
 
     assert run_cli(radius.main, ["--model", "gmm", "--radii", "-1", "2"]) == 2
     err = capsys.readouterr().err
-    assert "--radii must be finite and >= 0" in err and "-1.0" in err
+    assert "--radii must be >= 0 (and finite)" in err and "-1.0" in err
     assert run_cli(radius.main, ["--model", "some/pipeline"]) == 2  # refused before anything loads or samples
     assert "held-out real data" in capsys.readouterr().err
 

@@ -151,6 +151,8 @@ def main(entry: Analysis, argv=None) -> int:
 
     def run(argv) -> int:
         args = p.parse_args(argv)
+        run_dir = Path(args.run_dir).parent if Path(args.run_dir).name == "store.zarr" else Path(args.run_dir)
+        cli.check_writable_dir(args.out if args.out is not None else run_dir / "figures")  # read-only: refused now
         datasets = load_run(entry, Path(args.run_dir))
         extra = entry.options(args, datasets) if entry.options is not None else {}
         res = analyse_run(entry, Path(args.run_dir), wandb_mode=args.wandb, project=args.project, group=args.group,

@@ -125,7 +125,8 @@ def style_legend(fig_or_ax, entries, **kw):
 
 def to_gray01(arrays: list[np.ndarray]) -> list[np.ndarray]:
     """Float images to [0, 1] with one shared scale (1st-99th percentile), so paired panels are comparable."""
-    flat = np.concatenate([a.ravel() for a in arrays if a is not None and a.size]) if arrays else np.array([])
+    parts = [a.ravel() for a in arrays if a is not None and a.size]
+    flat = np.concatenate(parts) if parts else np.array([])  # no image at all (e.g. SPELL moved none): a unit scale
     flat = flat[np.isfinite(flat)]
     lo, hi = (np.percentile(flat, [1, 99]) if flat.size else (0.0, 1.0))
     hi = hi if hi > lo else lo + 1.0

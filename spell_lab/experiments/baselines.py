@@ -76,7 +76,8 @@ def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run
         if size == "quick":
             values = values[:1] + values[-1:] if len(values) > 1 else values
         for i, v in enumerate(values):
-            if not (v is None or isinstance(v, dict) or (isinstance(v, (int, float)) and not math.isnan(v))):
+            number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            if not (v is None or isinstance(v, dict) or number):  # the method checks its range
                 raise ValueError(f"grid value {v!r} of {sweep!r} is not a number, null or a dict of parameters.")
             settings.append(Setting(group_name(sweep, i), point(sweep, v, run_weight), rounds=SIZE_ROUNDS[size],
                                     conditions=tuple(conditions), seed=seed, note=SWEEPS[sweep]["label"]))

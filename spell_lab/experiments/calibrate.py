@@ -18,6 +18,7 @@ import json
 from functools import partial
 from pathlib import Path
 
+from .. import cli
 from ..calibration import GRID_SIZE, SIZE_CONDITIONS, SIZE_PER_CONDITION, format_grid
 from . import skeleton
 from .common import GENERATION, calibration_of, conditions_for, load_model_for
@@ -37,6 +38,8 @@ def generate(cfg, size: str) -> Generated:
         raise ValueError("--reference_per_condition is for --select (its metrics); add --select or drop it.")
     if cfg.guidance_grid is not None and not cfg.select:
         raise ValueError("--guidance_grid is for --select (the CFG tuning); add --select or drop it.")
+    if cfg.out:
+        cli.check_writable_dir(cfg.out)  # before the calibration run, not after it
     model, spec = load_model_for(cfg)
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     if cfg.select:

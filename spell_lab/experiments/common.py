@@ -124,7 +124,14 @@ def load_model_for(cfg, device="cpu"):
     """A built-in model by name; anything else is a diffusers pipeline id or directory, loaded offline."""
     from ..models import is_builtin, load_model
 
+    prompts = getattr(cfg, "prompts", None)
+    if prompts is not None and not Path(prompts).is_file():
+        raise FileNotFoundError(f"--prompts {prompts} does not exist (or is not a file); give a text file of prompts, "
+                                "one a line.")
     if is_builtin(cfg.model):
+        if prompts is not None:
+            raise ValueError(f"--prompts is for diffusers models; the built-in model {cfg.model!r} is conditioned on "
+                             "classes: drop --prompts (choose classes with --classes).")
         return load_model(cfg.model, device=device), {"name": cfg.model}
     from ..diffusers.model import load_pipeline_model  # heavy import only when a pipeline is asked for
 

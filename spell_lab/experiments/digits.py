@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.per_class < 2:
         raise ValueError(f"--per-class must be >= 2 for a within-class distance (got {args.per_class}).")
+    parse_weights(args.guidance)
+    cli.check_writable_dir(args.out)  # before minutes of sampling
     evaluate(args)
     return 0
 

@@ -114,6 +114,7 @@ def main(argv=None) -> int:
         raise ValueError(f"--per-class must be >= 6 for per-class precision/recall (got {args.per_class}).")
     if args.threads < 1 or (args.steps is not None and args.steps < 1):
         raise ValueError("--threads and --steps must be >= 1.")
+    cli.check_writable_dir(args.out)  # before minutes of sampling
     evaluate(args)
     return 0
 

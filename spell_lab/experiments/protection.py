@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -71,8 +72,10 @@ def build_settings(searches, path, radius, overcomp, conditions, per_condition, 
     """`baseline` (no SPELL, no protected set: the plain sampler's time) and one SPELL setting per search, all on the
     same seeds and rounds."""
     unknown = [s for s in searches if s not in SEARCHES]
-    if not searches or unknown:
-        raise ValueError(f"unknown search(es) {unknown or searches}; choose from {', '.join(SEARCHES)}.")
+    if not searches:
+        raise ValueError(f"--searches names no search; choose from {', '.join(SEARCHES)}.")
+    if unknown:
+        raise ValueError(f"unknown search(es) {unknown}; choose from {', '.join(SEARCHES)}.")
     if not (math.isfinite(radius) and radius > 0):
         raise ValueError(f"--radius must be > 0 (got {radius}); the baseline group is the run without SPELL.")
     if not (math.isfinite(overcomp) and overcomp > 0):
@@ -126,6 +129,27 @@ def calibrate_radius(model, items, conditions, per_condition, sampling, seed, sh
                 median_nearest=float(np.median(dist)), seconds=round(timer.seconds, 2))
 
 
+SET_COPIES = 3  # the items, the encoder's output batch list and the index's own copy are in memory at once
+
+
+def available_memory() -> int | None:
+    """Bytes the machine can still give (MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def check_memory(set_size: int, dims: int) -> None:
+    """Refuse a protected set that cannot fit, from an estimate, before spending minutes building part of it."""
+    need, have = SET_COPIES * 4 * dims * set_size, available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"--set_size {set_size} needs about {need / 2**30:.1f} GiB ({set_size} items x {dims} "
+                         f"dimensions x 4 bytes x {SET_COPIES} copies); this machine has {have / 2**30:.1f} GiB "
+                         "available. Choose a smaller --set_size.")
+
+
 def set_path(cfg, name: str, items: np.ndarray) -> Path:
     """RUN_DIR/protected.npy for this run: the run directory the flags name (with --fresh, the next free one beside
     it), written once; a directory that holds a run made from another set is refused, left untouched."""
@@ -149,9 +173,9 @@ def set_path(cfg, name: str, items: np.ndarray) -> Path:
             raise ValueError(f"{candidate} holds a run made from another protected set (or none); it was left "
                              "untouched. Pass --fresh to start a new run beside it, or --out to choose another directory.")
     candidate.mkdir(parents=True, exist_ok=True)
-    tmp = candidate / "protected.tmp.npy"
-    np.save(tmp, items)
-    tmp.replace(candidate / "protected.npy")
+    with tempfile.NamedTemporaryFile(dir=candidate, prefix=".protected-", suffix=".npy", delete=False) as f:
+        np.save(f, items)  # a name of its own: two commands into one directory never write the same file
+    Path(f.name).replace(candidate / "protected.npy")
     return candidate / "protected.npy"
 
 
@@ -170,8 +194,10 @@ def generate(cfg, size: str) -> Generated:
         raise ValueError(f"--set_size must be >= 1797, the training images (got {cfg.set_size}).")
     if (cfg.calibration_per_condition or 2) < 2:
         raise ValueError("--calibration_per_condition must be >= 2.")
-    build_settings(searches, "protected.npy", cfg.radius or 1.0, cfg.overcomp, [0], per_condition, cfg.batch, 0)
-    model, spec = load_model(MODEL), {"name": MODEL}
+    radius = 1.0 if cfg.radius is None else cfg.radius
+    build_settings(searches, "protected.npy", radius, cfg.overcomp, [0], per_condition, cfg.batch, 0)  # before
+    model, spec = load_model(MODEL), {"name": MODEL}  # anything is built or written: every check that can refuse
+    check_memory(cfg.set_size or SIZE_SET[size] or 0, int(np.prod(model.sample_shape)))
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
     items = protected_items(model, cfg.set_size or SIZE_SET[size], cfg.augment_seed)

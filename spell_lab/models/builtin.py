@@ -26,7 +26,7 @@ register(ModelEntry(
     # calibrate --select on the shipped model: w = 2, median 32.64, r = 26.11 = 0.80x median (analysis/digits)
     selected_radius=26.11,
     radius_source="python -m spell_lab.experiments.calibrate --select (analysis/digits)",
-    train_command="python -m spell_lab.models.digits_train",
+    train_command="python -m spell_lab.models.digits_train --into-package",
     description="class-conditional diffusion model on scikit-learn's 8x8 digits, shipped weights and classifier",
 ))
 

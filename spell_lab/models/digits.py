@@ -17,7 +17,7 @@ the 8x8 grid) is a sufficient statistic: the UNet works on 8x8 and x0_hat = Q w0
 
 This module is the model and its space only (it samples nothing). Training: `spell_lab.models.digits_train`;
 the evaluation, which samples: `spell_lab.experiments.digits`. The trained weights ship in `weights/`:
-    python -m spell_lab.models.digits_train         # diffusion model + classifier (seeded)
+    python -m spell_lab.models.digits_train --into-package  # diffusion model + classifier (seeded)
     python -m spell_lab.experiments.digits          # accuracy, distances, grids (analysis/digits)
 """
 
@@ -38,7 +38,7 @@ from .base import NULL_CONDITION, Denoiser
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MODEL_FILE = WEIGHTS_DIR / "digits.safetensors"
 CLASSIFIER_FILE = WEIGHTS_DIR / "digits_classifier.safetensors"
-TRAIN_COMMAND = "python -m spell_lab.models.digits_train"
+TRAIN_COMMAND = "python -m spell_lab.models.digits_train --into-package"
 
 
 class WeightsError(ValueError):

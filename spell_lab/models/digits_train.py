@@ -1,13 +1,18 @@
 """Training the built-in `digits` model and its classifier (seeded), the shipped weights' command:
 
-    python -m spell_lab.models.digits_train [--steps 5000] [--scale S] [--threads 1] [--out DIR]
+    python -m spell_lab.models.digits_train [--steps 5000] [--scale S] [--threads 1] [--out DIR | --into-package]
 
+The weights go to --out (default runs/digits_train/weights); the package's own folder is written only with
+--into-package (the shipped weights' command). Both files are trained in a temporary folder beside the target and
+moved into place at the end, so a failed or interrupted training leaves the target as it was.
 The model and its space are in `spell_lab.models.digits`; nothing here samples.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,15 +133,22 @@ def train_main(args) -> None:
 
     torch.set_num_threads(args.threads)
     cfg = DigitsConfig(resolution=args.resolution, scale=args.scale)
-    _, ema, report = train_denoiser(cfg, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, log=log)
-    meta = asdict(cfg) | {"train_steps": args.steps, "train_seconds": round(report.seconds), "seed": args.seed,
-                          "final_loss": report.losses[-1], "train_load_average": os.getloadavg()[1]}
     out = Path(args.out)
-    save_weights(ema, out / MODEL_FILE.name, meta)
-    clf, clf_report = train_classifier(cfg.resolution, cfg.mean, cfg.std, args.classifier_steps, seed=args.seed,
-                                       log=log)
-    save_weights(clf, out / CLASSIFIER_FILE.name, {"resolution": cfg.resolution, "mean": cfg.mean, "std": cfg.std,
-                                                     "scale": cfg.scale, **clf_report})
+    out.mkdir(parents=True, exist_ok=True)  # an unwritable target is refused here, before any training
+    work = Path(tempfile.mkdtemp(prefix=".digits_train-", dir=out))
+    try:
+        _, ema, report = train_denoiser(cfg, args.steps, batch=args.batch, lr=args.lr, seed=args.seed, log=log)
+        meta = asdict(cfg) | {"train_steps": args.steps, "train_seconds": round(report.seconds), "seed": args.seed,
+                              "final_loss": report.losses[-1], "train_load_average": os.getloadavg()[1]}
+        save_weights(ema, work / MODEL_FILE.name, meta)
+        clf, clf_report = train_classifier(cfg.resolution, cfg.mean, cfg.std, args.classifier_steps, seed=args.seed,
+                                           log=log)
+        save_weights(clf, work / CLASSIFIER_FILE.name, {"resolution": cfg.resolution, "mean": cfg.mean,
+                                                        "std": cfg.std, "scale": cfg.scale, **clf_report})
+        for name in (MODEL_FILE.name, CLASSIFIER_FILE.name):
+            os.replace(work / name, out / name)  # same file system: each file is replaced whole
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out / MODEL_FILE.name} ({report.seconds:.0f}s, final loss {report.losses[-1]:.4f}) "
           f"and {out / CLASSIFIER_FILE.name} (held-out accuracy {clf_report['heldout_accuracy']:.4f})")
 
@@ -151,15 +163,24 @@ def parser():
     t.add_argument("--scale", type=float, default=DigitsConfig.scale, help="global scale of the diffusion space")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=2)
-    t.add_argument("--out", type=str, default=str(WEIGHTS_DIR), help="folder for the weights (default: the package's)")
+    t.add_argument("--out", type=str | None, default=None, help=f"folder for the weights (default {DEFAULT_OUT})")
+    t.add_argument("--into-package", action="store_true", help=f"write the weights into the package ({WEIGHTS_DIR})")
     return t
 
 
+DEFAULT_OUT = "runs/digits_train/weights"
+MIN_RESOLUTION = 8  # the digits are 8x8; the model upsamples them
+
+
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    if not (args.steps > 0 and args.classifier_steps > 0 and args.scale > 0):
-        raise ValueError(f"--steps, --classifier-steps and --scale must be > 0 (got {args.steps}, "
-                         f"{args.classifier_steps}, {args.scale}).")
+    args = parser().parse_args(argv)  # sizes, rates and the scale are checked against spell_lab.cli.RANGES
+    if args.out is not None and args.into_package:
+        raise ValueError("--out and --into-package exclude each other; pick one.")
+    if args.resolution < MIN_RESOLUTION:
+        raise ValueError(f"--resolution must be >= {MIN_RESOLUTION}, the digits' own size (got {args.resolution}).")
+    args.out = str(WEIGHTS_DIR) if args.into_package else args.out or DEFAULT_OUT
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a file; give a folder for the weights (it is created if missing).")
     train_main(args)
     return 0
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -16,13 +17,14 @@ from typing import Iterator
 import lightning as L
 import torch
 
-from .. import store
+from .. import cli, store
 from ..methods import method_params, resolve
 from ..plan import Setting, plan
 from ..samplers import get_sampler
 from . import handoff
 from .handoff import is_child_rank
 from .lightning import SpellPredict, StoreWriter, UnitData
+from .lock import holding
 from .references import ProtectedLoader, check_references, file_digest, load_reference_set
 
 warnings.filterwarnings("ignore", message=".*Couldn't infer the batch indices.*")  # the writer gets the unit itself
@@ -65,10 +67,15 @@ def run_dirs(out) -> Iterator[Path]:
         yield Path(f"{out}-{n}")
 
 
-def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
-    """Same content: resume into `out`. Other content: error, or with fresh=True a new directory beside it."""
+def check_out(out: Path) -> None:
     if Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out {out} is a file; give a directory for the run (it is created if missing).")
+    cli.check_writable_dir(out)
+
+
+def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
+    """Same content: resume into `out`. Other content: error, or with fresh=True a new directory beside it."""
+    check_out(out)
     for candidate in run_dirs(out):
         if not (candidate / "store.zarr").exists():
             return candidate
@@ -79,6 +86,77 @@ def resolve_run_dir(out: Path, content: dict, *, fresh: bool) -> Path:
         except store.StoreMismatchError:
             if not fresh:
                 raise
+
+
+def _takes(candidate: Path, content: dict, fresh: bool) -> bool:
+    """Whether a command generates into `candidate`: no store there, or (without --fresh) a store of the same
+    content to resume; another content's store is refused without --fresh (touching nothing), skipped with it."""
+    if not (candidate / "store.zarr").exists():
+        return True
+    try:
+        store.check_store(candidate / "store.zarr", content)
+    except store.StoreMismatchError:
+        if not fresh:
+            raise
+        return False
+    return not fresh
+
+
+@contextmanager
+def claimed(out: Path, content: dict, *, fresh: bool) -> Iterator[Path]:
+    """The run directory this command generates into (resolve_run_dir's rule), held while it is used: rank 0 takes
+    each candidate's lock (`lock.holding`; another command in it: one line, then wait) before it reads the store
+    there, so two commands never decide from a store the other is writing. A launched DDP rank gets rank 0's choice."""
+    if is_child_rank():
+        yield Path(handoff.rank_zero("run_dir", lambda: str(resolve_run_dir(out, content, fresh=fresh))))
+        return
+    check_out(out)
+    for candidate in run_dirs(out):
+        with holding(candidate):  # creates it where missing: only the first missing candidate, the one chosen
+            if _takes(candidate, content, fresh):
+                yield Path(handoff.hand("run_dir", str(candidate)))
+                return
+
+
+def resumable(path: Path, settings: list[Setting]) -> list[tuple[str, int]]:
+    """The work units of the store at `path` that are complete and intact. A damaged unit is named on stderr and
+    marked incomplete, so this run regenerates it."""
+    if not path.exists():
+        return []
+    done, damaged = store.usable_units(path, [s.name for s in settings])
+    for d in damaged:
+        print(f"damaged: {path}: {d}; generating this unit again", file=sys.stderr, flush=True)
+    return sorted(done)
+
+
+def check_hardware(accelerator: str, devices, num_nodes: int) -> None:
+    """Refuse, before anything exists, what Lightning would only find out later (or wait for forever)."""
+    if (devices is not None and devices < 1) or num_nodes < 1:
+        raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--accelerator {accelerator}: this machine has no usable CUDA GPU; use --accelerator cpu "
+                         "(or auto).")
+    if accelerator == "gpu" or accelerator == "cuda":
+        if devices is not None and devices > torch.cuda.device_count():
+            raise ValueError(f"--devices {devices}: this machine has {torch.cuda.device_count()} GPU(s).")
+    if num_nodes > 1 and not in_cluster():
+        raise ValueError(f"--num_nodes {num_nodes} needs a cluster: run under SLURM, torchrun or another launcher "
+                         "Lightning detects, or set MASTER_ADDR, MASTER_PORT and NODE_RANK on every node; on one "
+                         "machine leave --num_nodes at 1.")
+
+
+def in_cluster() -> bool:
+    """A multi-node launch Lightning can join: a detected cluster environment, or MASTER_ADDR set by the user."""
+    from lightning.fabric.plugins.environments import (KubeflowEnvironment, LSFEnvironment, MPIEnvironment,
+                                                       SLURMEnvironment, TorchElasticEnvironment)
+
+    detected = []
+    for env in (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, KubeflowEnvironment, MPIEnvironment):
+        try:
+            detected.append(bool(env.detect()))
+        except Exception:  # noqa: BLE001 - an environment's probe (e.g. MPI without mpi4py) is not a cluster
+            detected.append(False)
+    return any(detected) or "MASTER_ADDR" in os.environ
 
 
 PER_PROCESS_WORK = 10_000  # sample-steps a CPU process must have to be worth DDP's start-up (seconds)
@@ -143,8 +221,7 @@ def _generate(
     progress: bool = True,
     reference: str | None = None,
 ) -> RunResult:
-    if (devices is not None and devices < 1) or num_nodes < 1:
-        raise ValueError(f"--devices and --num_nodes must be >= 1 (got {devices}, {num_nodes}).")
+    check_hardware(accelerator, devices, num_nodes)
     # every method checked and its defaults filled in before anything exists: the store records what ran
     settings = [replace(s, method=method_params(s.method)) for s in settings]
     for s in settings:
@@ -160,24 +237,29 @@ def _generate(
     )
     if inputs:
         content["inputs"] = inputs
-    run_dir = Path(handoff.rank_zero("run_dir", lambda: str(resolve_run_dir(out, content, fresh=fresh))))
-    path = run_dir / "store.zarr"
-    units = plan(settings)
-    done = set()
-    if path.exists():
-        for s in settings:
-            done |= {(s.name, i) for i, ok in enumerate(store.completed_units(path, s.name)) if ok}
-    todo = [u for u in units if (u.setting.name, u.index) not in done]
-    if not todo:
-        return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
-    protected = ProtectedLoader(specs) if specs else None
-    times, alphas, sigmas = evaluation_grid(model, sampler, steps)
-    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))
+    times, alphas, sigmas = evaluation_grid(model, sampler, steps)  # an unknown sampler is refused here, before
+    probe = model.to_images(torch.zeros(1, *model.sample_shape, device=model_device(model)))  # the run directory
     create_kwargs = dict(
         experiment=experiment, settings=settings, times=times, alphas=alphas, sigmas=sigmas,
         sample_shape=tuple(model.sample_shape), image_shape=None if probe is None else tuple(probe.shape[1:]),
         content=content, config=config, reference=reference,
     )
+    with claimed(out, content, fresh=fresh) as run_dir:
+        return _generate(run_dir, experiment=experiment, settings=settings, model=model, specs=specs, sampler=sampler,
+                         steps=steps, guidance=guidance, create_kwargs=create_kwargs, devices=devices,
+                         accelerator=accelerator, strategy=strategy, num_nodes=num_nodes, progress=progress)
+
+
+def _generate(run_dir: Path, *, experiment, settings, model, specs, sampler, steps, guidance, create_kwargs, devices,
+              accelerator, strategy, num_nodes, progress) -> RunResult:
+    """Generate the units not yet (intact) in the store of `run_dir`, which this command holds."""
+    path = run_dir / "store.zarr"
+    units = plan(settings)
+    done = {tuple(u) for u in handoff.rank_zero("done", lambda: resumable(path, settings))}
+    todo = [u for u in units if (u.setting.name, u.index) not in done]
+    if not todo:
+        return RunResult(run_dir, path, len(units), len(done), not is_child_rank())
+    protected = ProtectedLoader(specs) if specs else None
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if on_cpu and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # small batches: 1 thread per process beat 2 by 1.5-6x here; scale with processes

@@ -4,6 +4,8 @@ schedule, condition transform, interventions such as SPELL), recording."""
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,51 @@ def method_generators(seeds, device, stream: str = "method") -> list[torch.Gener
     return [torch.Generator(device=device).manual_seed(derived(s)) for s in seeds]
 
 
+SEED_LIMIT = 2**63  # torch's generators take 64-bit seeds; the run layer gives sample i the seed seed + i
+
+
+def check_request(model, steps, guidance) -> None:
+    """Refuse steps and guidance the sampler cannot use, with what to give instead."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1 (got {steps!r}); None takes the model's "
+                         f"({model.default_steps}).")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real) or not (math.isfinite(guidance)
+                                                                                    and guidance >= 0):
+        raise ValueError(f"guidance must be a finite number >= 0 (got {guidance!r}); 1 is the conditional model "
+                         f"alone, None the model's default ({model.default_guidance}).")
+
+
+def check_seeds(seeds) -> list[int]:
+    """Seeds as a list of integers in [0, 2**63): one per sample, each sample's own generator."""
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    if not hasattr(seeds, "__len__") or isinstance(seeds, (str, bytes, dict)):
+        raise TypeError(f"seeds must be a list of integers, one per sample (got {type(seeds).__name__}); e.g. "
+                        "list(range(8)).")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 0 <= s < SEED_LIMIT]
+    if bad:
+        raise ValueError(f"seeds must be integers between 0 and 2**63 - 1 (got {bad[0]!r}).")
+    return [int(s) for s in seeds]
+
+
+def check_conditions(model, cond, n: int) -> torch.Tensor:
+    """One condition per seed, each one of the model's (or -1, no condition)."""
+    cond = torch.as_tensor(cond)
+    if cond.is_floating_point() or cond.dtype == torch.bool or cond.ndim != 1:
+        raise ValueError(f"cond must be a 1-d tensor of integer conditions, one per sample (got dtype {cond.dtype}, "
+                         f"shape {tuple(cond.shape)}).")
+    if cond.shape[0] != n:
+        raise ValueError(f"got {n} seeds for {cond.shape[0]} conditions: give one seed per sample.")
+    if n == 0:
+        raise ValueError("nothing to generate: give at least one condition and one seed.")
+    classes = getattr(model, "num_classes", 0)
+    bad = cond[(cond != NULL_CONDITION) & ((cond < 0) | (cond >= classes))] if classes else cond[:0]
+    if len(bad):
+        raise ValueError(f"condition {int(bad[0])} does not exist: the model has conditions 0..{classes - 1} "
+                         f"({NULL_CONDITION} means none).")
+    return cond.long()
+
+
 def stacked_normal(generators, shape, device, dtype=torch.float32) -> torch.Tensor:
     return torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in generators])
 
@@ -62,13 +109,13 @@ def generate(
     hooks = method if method is not None else Hooks.of_spell(spell)
     hooks.validate_model(model)
     sampler = sampler or model.default_sampler
-    steps = steps or model.default_steps
+    steps = model.default_steps if steps is None else steps
     guidance = model.default_guidance if guidance is None else guidance
+    check_request(model, steps, guidance)
     device = torch.device(device) if device is not None else next(model.parameters(), torch.empty(0)).device
     step_fn, eval_times = get_sampler(sampler, model.schedule.kind)
-    cond = torch.as_tensor(cond, dtype=torch.long, device=device)
-    if len(seeds) != cond.shape[0]:
-        raise ValueError(f"got {len(seeds)} seeds for {cond.shape[0]} conditions: give one seed per sample.")
+    seeds = check_seeds(seeds)
+    cond = check_conditions(model, cond, len(seeds)).to(device)
     gens = sample_generators(seeds, device)
     ts = model.schedule.grid(steps)
     # x_1 ~ N(0, s1^2): sigma_1 (alpha_1 x0 neglected), or the schedule's own init_noise_sigma (diffusers' convention)

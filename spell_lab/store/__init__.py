@@ -1,8 +1,9 @@
 """The run store (docs/design.md section 5): `store.zarr` (zarr v3), one group per setting, readable with xarray.
 
 The whole layout is created up front from the run's plan; each work unit then writes its own sample region
-(chunks along `sample` are one unit wide, so ranks never share a chunk) and finally sets `unit_complete[unit]`.
-Float arrays are NaN-filled and counts -1-filled, so an unwritten unit is visible.
+(chunks along `sample` are one unit wide, so ranks never share a chunk), its arrays' checksums
+(`integrity`) and finally sets `unit_complete[unit]`. Float arrays are NaN-filled and counts -1-filled, so an
+unwritten unit is visible; `open_run` reads only stores whose complete units still match their checksums.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import zarr
 
 from .. import __version__, schema
 from ..plan import Setting
+from .integrity import (REPAIR, StoreDamagedError, damage, damage_error, group_names, open_child,  # noqa: F401
+                        open_root, unit_digests, write_digests)
 
 
 class StoreMismatchError(ValueError):
@@ -101,7 +104,7 @@ def create_store(
 
 def check_store(path: Path, content: dict) -> None:
     """Raise StoreMismatchError, touching nothing, when the store at `path` was made from other content."""
-    root = zarr.open_group(str(path), mode="r")
+    root = open_root(Path(path))
     if root.attrs.get("experiment") != content.get("experiment"):
         raise StoreMismatchError(
             f"{path} holds a store of experiment {root.attrs.get('experiment')!r}, not {content.get('experiment')!r}. "
@@ -118,6 +121,20 @@ def check_store(path: Path, content: dict) -> None:
 
 def completed_units(path: Path, setting_name: str) -> np.ndarray:
     return zarr.open_group(str(path), mode="r")[setting_name]["unit_complete"][:]
+
+
+def usable_units(path: Path, setting_names: list[str]) -> tuple[set[tuple[str, int]], list]:
+    """For a resume: the (group, unit) pairs complete and undamaged, and the damage found. Each damaged unit is
+    marked incomplete in the store, so the run regenerates it (a read-only store is refused here in one line)."""
+    found = damage(path, setting_names)
+    if found:
+        root = zarr.open_group(str(path), mode="r+")
+        for d in found:
+            if d.unit < 0:
+                raise damage_error(path, [d], "It cannot be repaired in place; run the command again with --fresh.")
+            root[d.group]["unit_complete"][d.unit] = False
+    done = {(name, i) for name in setting_names for i, ok in enumerate(completed_units(path, name)) if ok}
+    return done, found
 
 
 def write_units(root: zarr.Group, setting_name: str, units: list[tuple[int, int, dict]]) -> None:
@@ -137,6 +154,7 @@ def write_units(root: zarr.Group, setting_name: str, units: list[tuple[int, int,
         for name in run[0][2]:
             if name in g:
                 g[name][start:stop] = np.concatenate([u[2][name] for u in run])
+    write_digests(g, unit_digests(g, units))  # after the data, before the marks: a marked unit has its checksums
     for run in runs:
         g["unit_complete"][run[0][0] : run[-1][0] + 1] = True
 
@@ -150,17 +168,21 @@ def store_path(run: str | Path) -> Path:
     return p
 
 
-def open_run(run: str | Path) -> dict[str, xr.Dataset]:
-    """Every setting of a run as a lazily loaded xarray.Dataset, by group name."""
+def open_run(run: str | Path, *, verify: bool = True) -> dict[str, xr.Dataset]:
+    """Every setting of a run as a lazily loaded xarray.Dataset, by group name. verify: first read every complete
+    unit back against its checksums and raise StoreDamagedError naming the first damaged one."""
     path = store_path(run)
-    root = zarr.open_group(str(path), mode="r")
+    root = open_root(path)
+    if verify and (found := damage(path)):
+        raise damage_error(path, found, REPAIR)
     out = {}
-    for name in sorted(root.group_keys()):
+    for name in group_names(root, path):
+        open_child(root, path, name)
         ds = xr.open_zarr(str(path), group=name, zarr_format=3, consolidated=False, mask_and_scale=False)
         out[name] = ds.set_coords([c for c in ("t", "sigma", "alpha") if c in ds])
     return out
 
 
 def run_attrs(run: str | Path) -> dict:
-    return dict(zarr.open_group(str(store_path(run)), mode="r").attrs)
+    return dict(open_root(store_path(run)).attrs)
 

@@ -5,6 +5,8 @@
     main(argv)                                RUN [--export-images DIR] [--groups a,b]; user errors exit 2
 
 Everything is read lazily through xarray; only the per-sample summary arrays and one unit of images at a time load.
+Every complete unit is first read back against its checksums (`spell_lab.store.integrity`): the description names a
+damaged unit ("damaged") and leaves it out of the summary; an export refuses a damaged store in one line.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
-from ..cli import parser as cli_parser, run
+from ..cli import check_writable_dir, parser as cli_parser, run
 from . import open_run, run_attrs, store_path
+from .integrity import REPAIR, damage, damage_error
 
 SETTING_KEYS = ("intra_batch", "memory", "rounds", "conditions")  # what a group's `setting` attribute adds (the first
 # two only in stores made before the `method` attribute)
@@ -32,9 +35,11 @@ def unit_size(ds: xr.Dataset) -> int:
     return ds.sizes["sample"] // ds.sizes["unit"]
 
 
-def complete_samples(ds: xr.Dataset) -> np.ndarray:
-    """Per sample, whether its work unit is complete."""
-    return np.repeat(ds["unit_complete"].values, unit_size(ds))
+def complete_samples(ds: xr.Dataset, damaged=()) -> np.ndarray:
+    """Per sample, whether its work unit is complete (and not among the `damaged` unit indices)."""
+    done = ds["unit_complete"].values.copy()
+    done[[u for u in damaged if u >= 0]] = False
+    return np.repeat(done, unit_size(ds))
 
 
 def describe(run, groups: list[str] | None = None) -> str:
@@ -44,12 +49,17 @@ def describe(run, groups: list[str] | None = None) -> str:
         f"run {path.parent}",
         f"experiment {attrs.get('experiment')}, created {attrs.get('created')}, git {attrs.get('git_commit')}",
     ]
-    for name, ds in select_groups(path, groups).items():
-        lines += [group_line(name, ds), "  " + summary(ds)]
+    chosen = select_groups(path, groups)
+    found = damage(path, list(chosen))
+    for name, ds in chosen.items():
+        damaged = [d for d in found if d.group == name]
+        lines += [group_line(name, ds, damaged), "  " + summary(ds, [d.unit for d in damaged])]
+    if found:
+        lines.append(f"damaged: {len(found)} unit(s); {REPAIR}")
     return "\n".join(lines)
 
 
-def group_line(name: str, ds: xr.Dataset) -> str:
+def group_line(name: str, ds: xr.Dataset, damaged=()) -> str:
     done = ds["unit_complete"].values
     keys = []
     if "method" in ds.attrs:  # name(parameters); stores made before the attribute show radius and overcomp
@@ -59,16 +69,19 @@ def group_line(name: str, ds: xr.Dataset) -> str:
         keys += [f"radius={ds.attrs.get('radius')}", f"overcomp={ds.attrs.get('overcomp')}"]
     setting = json.loads(ds.attrs.get("setting", "{}"))
     keys += [f"{k}={setting[k]}" for k in SETTING_KEYS if k in setting]
+    hurt = "".join(f", damaged: unit {d.unit} {d.array} ({d.why})" for d in damaged)
     return (
-        f"{name}: {ds.sizes['sample']} samples, {ds.sizes['step']} steps, units {int(done.sum())}/{len(done)} complete, "
-        + " ".join(keys)
+        f"{name}: {ds.sizes['sample']} samples, {ds.sizes['step']} steps, units {int(done.sum()) - len(damaged)}/"
+        f"{len(done)} complete{hurt}, " + " ".join(keys)
     )
 
 
-def summary(ds: xr.Dataset) -> str:
-    """Over the samples of complete units: the share intervened, the share inside a shield, and the median final
-    nearest distance of those that had a reference (it is +inf for the others, e.g. a first round without memory)."""
-    keep = complete_samples(ds)
+def summary(ds: xr.Dataset, damaged=()) -> str:
+    """Over the samples of complete, undamaged units: the share intervened, the share inside a shield, and the median
+    final nearest distance of those that had a reference (+inf for the others, e.g. a first round without memory)."""
+    if any(u < 0 for u in damaged):
+        return "not summarised: the group itself is damaged"
+    keep = complete_samples(ds, damaged)
     if not keep.any():
         return "no complete units yet"
     intervened, inside = ds["intervened"].values[keep], ds["inside_shield"].values[keep]
@@ -86,7 +99,12 @@ def export_images(run, out_dir, groups: list[str] | None = None) -> list[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise StoreViewError(f"{out_dir} is an existing file; give a folder for the images (it is created if missing)")
-    chosen = select_groups(store_path(run), groups)
+    check_writable_dir(out_dir, "--export-images")
+    path = store_path(run)
+    chosen = select_groups(path, groups)
+    found = damage(path, list(chosen))
+    if found:  # named before anything is written, not skipped
+        raise damage_error(path, found, REPAIR)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, ds in chosen.items():
@@ -104,7 +122,7 @@ def export_images(run, out_dir, groups: list[str] | None = None) -> list[Path]:
 
 
 def select_groups(path: Path, groups: list[str] | None) -> dict[str, xr.Dataset]:
-    everything = open_run(path)
+    everything = open_run(path, verify=False)  # the callers check the chosen groups themselves
     if groups is None:
         return everything
     unknown = [g for g in groups if g not in everything]
