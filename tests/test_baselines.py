@@ -136,7 +136,7 @@ def test_rerender_equals_the_run(quick_run, tmp_path, capsys):
     (["--grids", '{"pg": []}'], "non-empty"),
     (["--model", "some/hub-id"], "held-out real data"),
     (["--grids", '{"cfg": [{"radius": 1}]}'], "no parameter"),
-    (["--sweeps", "cads"], "model 'fashion' has none"),  # the default model: diffusers' DiT embeds the class per block
+    (["--model", "gmm", "--sweeps", "cads"], "model 'gmm' has none"),  # no condition embedding to anneal
 ])
 def test_bad_input_exits_2_and_creates_nothing(tmp_path, capsys, argv, message):
     from spell_lab.experiments.common import run_cli

@@ -198,10 +198,10 @@ def run_generation(*, out: Path, **kwargs) -> RunResult:
     """Generate the settings into a run directory under `out` (resume, --fresh, devices, the store) inside a
     handoff launch (`handoff.launch`: where the run directory goes; an experiment's command has opened one already)."""
     with handoff.launch(Path(out).parent):
-        return _generate(out=out, **kwargs)
+        return _claim_and_generate(out=out, **kwargs)
 
 
-def _generate(
+def _claim_and_generate(
     *,
     experiment: str,
     settings: list[Setting],
