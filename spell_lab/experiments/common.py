@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -64,6 +65,23 @@ def base_parser(experiment: str, description: str, flags=GENERATION) -> Argument
             kwargs = dict(kwargs, help=kwargs["help"].replace("EXPERIMENT", experiment))
         p.add_argument(*args, **kwargs)
     return p
+
+
+def check_choices(flag: str, given, known, one: str, some: str) -> None:
+    """A list flag's names (`--setups`, `--searches`): at least one, each known; `one`/`some`: "setup"/"setup(s)"."""
+    if not given:
+        raise ValueError(f"{flag} names no {one}; choose from {', '.join(known)}.")
+    unknown = [g for g in given if g not in known]
+    if unknown:
+        raise ValueError(f"unknown {some} {unknown}; choose from {', '.join(known)}.")
+
+
+def check_spell_knobs(radius: float, overcomp: float, radius_note: str) -> None:
+    """--radius > 0 (`radius_note`: why, after "(got r)") and --overcomp > 0, both finite."""
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"--radius must be > 0{radius_note.format(radius=radius)}")
+    if not (math.isfinite(overcomp) and overcomp > 0):
+        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
 
 
 def size_of(cfg) -> str:

@@ -137,14 +137,20 @@ def evaluate(args) -> dict:
     return report
 
 
-def parser():
-    e = cli.parser("python -m spell_lab.experiments.digits", __doc__.split("\n")[0])
+def evaluation_parser(module: str, doc: str, *, guidance: str, out: str, threads: int):
+    """The flags a built-in model's evaluation command shares (this one, experiments.fashion)."""
+    e = cli.parser(f"python -m {module}", doc.split("\n")[0])
     e.add_argument("--per-class", type=int, default=100)
-    e.add_argument("--guidance", type=str, default="1,1.5,2,3", help="comma-separated CFG weights (1 = no guidance)")
+    e.add_argument("--guidance", type=str, default=guidance, help="comma-separated CFG weights (1 = no guidance)")
     e.add_argument("--steps", type=int | None, default=None, help="sampler steps (default: the model's)")
-    e.add_argument("--out", type=str, default="analysis/digits")
-    e.add_argument("--threads", type=int, default=2)
+    e.add_argument("--out", type=str, default=out)
+    e.add_argument("--threads", type=int, default=threads)
     return e
+
+
+def parser():
+    return evaluation_parser("spell_lab.experiments.digits", __doc__, guidance="1,1.5,2,3", out="analysis/digits",
+                             threads=2)
 
 
 def main(argv=None) -> int:

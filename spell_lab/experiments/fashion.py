@@ -24,7 +24,7 @@ import torch
 
 from .. import cli
 from ..models import fashion as fm
-from .digits import first_per_class, parse_weights, save_grid, within_class
+from .digits import evaluation_parser, first_per_class, parse_weights, save_grid, within_class
 
 
 def _accuracy(pred: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -98,13 +98,9 @@ def evaluate(args) -> dict:
 
 
 def parser():
-    e = cli.parser("python -m spell_lab.experiments.fashion", __doc__.split("\n")[0])
-    e.add_argument("--per-class", type=int, default=100)
-    e.add_argument("--guidance", type=str, default="1,1.5,2,3,4", help="comma-separated CFG weights (1 = no guidance)")
-    e.add_argument("--steps", type=int | None, default=None, help="sampler steps (default: the model's)")
+    e = evaluation_parser("spell_lab.experiments.fashion", __doc__, guidance="1,1.5,2,3,4", out="analysis/fashion",
+                          threads=1)
     e.add_argument("--data", type=str | None, default=None, help="directory of the Fashion-MNIST IDX files (default: Debian's)")
-    e.add_argument("--out", type=str, default="analysis/fashion")
-    e.add_argument("--threads", type=int, default=1)
     return e
 
 

@@ -16,7 +16,6 @@ to ImageNet without SPELL): a radius at which the baseline leaves about that sha
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from functools import partial
@@ -29,7 +28,8 @@ from ..models import load_model
 from ..plan import Setting
 from ..protect import protected_spec
 from . import skeleton
-from .common import GENERATION, Timer, conditions_for, config_dict, launch, run_dir_for, sampling_for
+from .common import (GENERATION, Timer, check_choices, check_spell_knobs, conditions_for, config_dict, launch,
+                     run_dir_for, sampling_for)
 from .skeleton import Experiment, Generated
 
 EXPERIMENT = "protection"
@@ -71,15 +71,8 @@ def search_spec(name: str, path, radius: float) -> tuple[dict, dict]:
 def build_settings(searches, path, radius, overcomp, conditions, per_condition, batch, seed) -> list[Setting]:
     """`baseline` (no SPELL, no protected set: the plain sampler's time) and one SPELL setting per search, all on the
     same seeds and rounds."""
-    unknown = [s for s in searches if s not in SEARCHES]
-    if not searches:
-        raise ValueError(f"--searches names no search; choose from {', '.join(SEARCHES)}.")
-    if unknown:
-        raise ValueError(f"unknown search(es) {unknown}; choose from {', '.join(SEARCHES)}.")
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"--radius must be > 0 (got {radius}); the baseline group is the run without SPELL.")
-    if not (math.isfinite(overcomp) and overcomp > 0):
-        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+    check_choices("--searches", searches, SEARCHES, "search", "search(es)")
+    check_spell_knobs(radius, overcomp, " (got {radius}); the baseline group is the run without SPELL.")
     if per_condition < K + 1:
         raise ValueError(f"--per_condition must be >= {K + 1}: per-condition precision/recall use k = {K} neighbours "
                          f"(got {per_condition}).")

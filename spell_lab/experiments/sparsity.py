@@ -8,7 +8,6 @@ the gallery's "same seeds without SPELL"), renders the figures, logs to W&B and 
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..methods import spell_method
 from ..plan import Setting
 from ..protect import protected_spec
 from . import skeleton
-from .common import conditions_for, config_dict, launch, load_model_for, sampling_for
+from .common import check_choices, check_spell_knobs, conditions_for, config_dict, launch, load_model_for, sampling_for
 from .skeleton import Experiment, Generated
 
 # Presets as plain data. rounds = batch size of each round per condition; memory = repel from earlier rounds;
@@ -38,15 +37,8 @@ REFERENCE = "baseline"  # the `iterative` plan at radius 0: the store's referenc
 
 
 def build_settings(setups, radius, overcomp, size, conditions, all_conditions, seed, protected=None) -> list[Setting]:
-    unknown = [s for s in setups if s not in SETUPS]
-    if not setups:
-        raise ValueError(f"--setups names no setup; choose from {', '.join(SETUPS)}.")
-    if unknown:
-        raise ValueError(f"unknown setup(s) {unknown}; choose from {', '.join(SETUPS)}.")
-    if not (math.isfinite(radius) and radius > 0):
-        raise ValueError(f"--radius must be > 0 for the sparsity setups (got {radius}); they measure SPELL acting.")
-    if not (math.isfinite(overcomp) and overcomp > 0):
-        raise ValueError(f"--overcomp must be > 0 (got {overcomp}); 1 is the exact correction.")
+    check_choices("--setups", setups, SETUPS, "setup", "setup(s)")
+    check_spell_knobs(radius, overcomp, " for the sparsity setups (got {radius}); they measure SPELL acting.")
     settings = []
     for name in setups:
         spec = dict(SETUPS[name])

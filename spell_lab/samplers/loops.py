@@ -46,12 +46,17 @@ def ddpm(denoise, x, ts, schedule, noise=None):
     return x
 
 
+def _euler_step(denoise, x, ts, s, i):
+    """One Euler step in sigma from ts[i] to ts[i + 1]: (the slope d = (x - x0_hat) / sigma, the new x)."""
+    d = (x - denoise(x, ts[i], i)) / s[i]
+    return d, x + (s[i + 1] - s[i]) * d
+
+
 def euler(denoise, x, ts, schedule, noise=None):
     """Euler on the probability-flow ODE in sigma (Karras et al., 2022, Algorithm 1 with Euler steps); alpha = 1."""
     _, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        d = (x - denoise(x, ts[i], i)) / s[i]
-        x = x + (s[i + 1] - s[i]) * d
+        _, x = _euler_step(denoise, x, ts, s, i)
     return x
 
 
@@ -59,8 +64,7 @@ def heun(denoise, x, ts, schedule, noise=None):
     """Heun's 2nd order method (Karras et al., 2022, Algorithm 1); Euler on the last step to sigma = 0."""
     _, s = _coefs(schedule, ts)
     for i in range(len(ts) - 1):
-        d = (x - denoise(x, ts[i], i)) / s[i]
-        x_next = x + (s[i + 1] - s[i]) * d
+        d, x_next = _euler_step(denoise, x, ts, s, i)
         if i + 2 < len(ts):  # not the last step
             d_next = (x_next - denoise(x_next, ts[i + 1], i)) / s[i + 1]  # still step i
             x_next = x + (s[i + 1] - s[i]) * 0.5 * (d + d_next)
