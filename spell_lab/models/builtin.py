@@ -36,9 +36,9 @@ register(ModelEntry(
     reference="spell_lab.models.fashion:held_out",
     features="spell_lab.models.fashion:FashionFeatures",
     fidelity="spell_lab.models.fashion:fidelity",
-    # calibrate --select on the shipped weights: w = 3, median 31.45, r = 20.97 = 0.667x median, 0.96 grid steps
-    # from 25 (analysis/fashion)
-    selected_radius=20.97,
+    # calibrate --select on the shipped weights (real items matched per class): w = 4, median 44.42, r = 41.46 =
+    # 0.933x median, 2.78 grid steps from 25 (analysis/fashion)
+    selected_radius=41.46,
     radius_source="python -m spell_lab.experiments.calibrate --select --model fashion (analysis/fashion)",
     default=True,
     train_command="python -m spell_lab.models.fashion_train --into-package",
