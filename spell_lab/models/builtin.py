@@ -36,9 +36,9 @@ register(ModelEntry(
     reference="spell_lab.models.fashion:held_out",
     features="spell_lab.models.fashion:FashionFeatures",
     fidelity="spell_lab.models.fashion:fidelity",
-    # calibrate --select on the shipped weights (real items matched per class): w = 4, median 44.42, r = 41.46 =
-    # 0.933x median, 2.78 grid steps from 25 (analysis/fashion)
-    selected_radius=41.46,
+    # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 3, median 47.25,
+    # r = 37.8 = 0.80x median, 2.03 grid steps from 25 (analysis/fashion)
+    selected_radius=37.8,
     radius_source="python -m spell_lab.experiments.calibrate --select --model fashion (analysis/fashion)",
     default=True,
     train_command="python -m spell_lab.models.fashion_train --into-package",

@@ -345,8 +345,8 @@ def parser():
     p.add_argument("--clf-steps", type=int, default=3000)
     p.add_argument("--clf-batch", type=int, default=64)
     p.add_argument("--clf-lr", type=float, default=2e-3)
-    p.add_argument("--default-guidance", type=float, default=4.0,
-                   help="the model's default CFG weight (calibrate --select's F-best on the shipped weights: 4, "
+    p.add_argument("--default-guidance", type=float, default=3.0,
+                   help="the model's default CFG weight (calibrate --select --full's F-best on the shipped weights: 3, "
                    "analysis/fashion)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads; one is 3-6x faster than two for these small "
