@@ -72,14 +72,14 @@ def load_gmm(device="cpu", **kwargs) -> GaussianMixture:
 
 
 def held_out(conditions, per_condition: int | None, seed: int):
-    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture,
-    256 per condition unless told."""
-    return mixture_samples(GaussianMixture(), conditions, 256 if per_condition is None else per_condition, seed)
+    """The built-in gmm's held-out data (its registry entry's `reference`): `mixture_samples` of the default mixture."""
+    return mixture_samples(GaussianMixture(), conditions, per_condition, seed)
 
 
-def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int, seed: int):
-    """`per_condition` exact samples of each condition's mixture (the mean of a uniformly drawn component + std x
-    noise, seeded): (x, cond, description)."""
+def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int | None, seed: int):
+    """`per_condition` (None: 256) exact samples of each condition's mixture (the mean of a uniformly drawn component
+    + std x noise, seeded): (x, cond, description)."""
+    per_condition = 256 if per_condition is None else int(per_condition)
     g = torch.Generator().manual_seed(seed)
     xs, cs = [], []
     for c in conditions:
