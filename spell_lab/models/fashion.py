@@ -2,8 +2,9 @@
 
 The paper's models are latent diffusion models; this one is small enough for a CPU and real in every part:
   - a VAE (`diffusers.AutoencoderKL`, f = 4): a 28x28 image, padded to 32x32 and mapped to [-1, 1], becomes a
-    4x8x8 latent (256 dims). Latents are multiplied by one global `scaling_factor` (SD's convention, in the VAE's
-    config), chosen so that Appendix D's selection picks r = 25 (rule: analysis/fashion/README.md);
+    4x8x8 latent (256 dims), centred (`centre_latent_space`: no constant offset for LD's first step to leak).
+    Latents are multiplied by one global `scaling_factor` (SD's convention, in the VAE's config), chosen by a rule
+    aimed at Appendix D's selection picking r = 25 (the rule and how close it came: analysis/fashion/README.md);
   - a class-conditional denoiser (`diffusers.DiTTransformer2DModel`, patch 2: 16 tokens) trained with label dropout
     for classifier-free guidance and epsilon prediction on Latent Diffusion's schedule: scaled-linear betas
     0.00085 to 0.012 over 1,000 training steps. The null class is index 1000, DiTPipeline's convention;
