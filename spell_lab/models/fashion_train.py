@@ -13,13 +13,14 @@ sqrt(abar_T) = 0.068 of x0 on LD's schedule, holds no constant offset that sampl
 trained with a penalty on the batch mean of its posterior means (--centre-weight), and the per-channel mean left
 after training is folded exactly into the VAE's two 1x1 convolutions (`fashion.centre_latent_space`).
 
-Latent scale rule: r = 25 should sit at RATIO of the generated images' within-class median, where the digits model's
-Appendix D selection put it (analysis/digits), and generated images spread SPREAD times as much as real ones within
-a class (measured on the earlier model, below). So scaling_factor = 25 / (RATIO * SPREAD * m), m the median
-within-class distance of the encoded training images (posterior means, unscaled), computed from the data of each
-run. History (analysis/fashion/README.md): the first model used 25 / (RATIO * m) (1.803) and generated 0.64x the
-real spread; the second 2.875 from the first's selection, which generated SPREAD = 32.41 / 53.43 of the real median
-at w = 3 and selected r = 20.97.
+Latent scale rule: r = 25 should be what Appendix D's selection (`calibrate --select --full`) picks at the default
+guidance. The selection picked RATIO of the generated images' within-class median, and generated images spread
+SPREAD times the encoded training images' median within a class, both measured on the third model (below). So
+scaling_factor = 25 / (RATIO * SPREAD * m), m the median within-class distance of the encoded training images
+(posterior means, unscaled), computed from the data of each run. History (analysis/fashion/README.md): the first
+model used 25 / (0.733 * m) (1.803) and generated 0.64x the real spread; the second 2.875 from the first's selection,
+which selected r = 20.97; the third (centred latents) 8.937 from 25 / (0.733 * 0.607 * m), and selected r = 37.8 =
+0.80x its generated median 47.25 at w = 3, which gives this rule's constants.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ from .. import cli
 from . import fashion as fm
 from .fashion_data import CLASS_NAMES, load_split, stratified_part, write_heldout
 
-RATIO = 0.733  # r / within-class median at the digits model's selection (analysis/digits/README.md)
 TARGET_RADIUS = 25.0  # the paper's Latent Diffusion radius
-SPREAD = 32.41 / 53.43  # generated / real within-class median at w = 3 on the second model (analysis/fashion)
+RATIO = 37.8 / 47.25  # selected r / generated within-class median at w = 3, third model (analysis/fashion/scale_trials)
+SPREAD = 47.25 / (8.936878 * 6.291531)  # that generated median / the training latents' m, in the same units
 STAGES = ("vae", "latents", "denoiser", "classifier", "export")
 
 
@@ -213,8 +214,13 @@ def stage_latents(args, work: Path, images: torch.Tensor, labels: torch.Tensor) 
     rec = vae.decode(mean[:2000]).sample
     torch.save({"mean": mean, "std": std}, work / "latents" / "latents.pt")
     return {"before_centring": before, "after_centring": _offset_facts(mean), "within_class_median": m,
-            "per_class_medians": medians, "scaling_factor": TARGET_RADIUS / (RATIO * SPREAD * m),
+            "per_class_medians": medians,
             "reconstruction_mse_first_2000": float((rec - images[:2000]).pow(2).mean())}
+
+
+def scaling_rule(m: float) -> float:
+    """The module docstring's latent scale from the encoded training set's within-class median m."""
+    return TARGET_RADIUS / (RATIO * SPREAD * m)
 
 
 def _encode(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,9 +314,8 @@ def train(args) -> Path:
     facts = {}
     facts["vae"] = _done(work, "vae") or _finish(work, "vae", stage_vae(args, work, images))
     facts["latents"] = _done(work, "latents") or _finish(work, "latents", stage_latents(args, work, images, labels))
-    if args.scaling_factor is not None:  # chosen by hand (e.g. another iteration, from a trained model's selection)
-        facts["latents"] = facts["latents"] | {"scaling_factor_rule": facts["latents"]["scaling_factor"],
-                                               "scaling_factor": args.scaling_factor}
+    rule = scaling_rule(facts["latents"]["within_class_median"])  # applied here, so the latents stage is reusable
+    facts["latents"] = facts["latents"] | {"scaling_factor_rule": rule, "scaling_factor": args.scaling_factor or rule}
     facts["denoiser"] = _done(work, "denoiser") or _finish(
         work, "denoiser", stage_denoiser(args, work, labels, facts["latents"]["scaling_factor"]))
     facts["classifier"] = _done(work, "classifier") or _finish(
