@@ -2,13 +2,18 @@
 exact (the bound index, with and without the candidate cache) and approximate IVF (1, 2, 3, 5, 10 probes), side by
 side.
 
-    python benchmarks/bench_protection.py [--n 1200000] [--batch 32] [--radius 25] [--cache-margin 2] [--every 1]
-        [--nlist L] [--bound-dims 32] [--more-bound-dims 16] [--more-cache-margins 5 10] [--mmap-index]
+    python benchmarks/bench_protection.py [--model digits|fashion] [--n 1200000] [--batch 32] [--trajectories 1]
+        [--radius 25] [--cache-margin 2] [--every 1] [--nlist L] [--bound-dims 32] [--more-bound-dims 16]
+        [--more-cache-margins 5 10] [--mmap-index]
 
-The protected set: the digits model's training images in its diffusion space (D = 48 x 48 = 2304), grown to N items
-by clustered noise around them in the 8x8 pixel space (deterministic; item i is image i mod 1797), written as a .npy
-in a temp dir and memory-mapped. Queries: the x0_hat of every denoiser evaluation of one real digits trajectory
-batch (`generate`, DDIM, the model's default steps and guidance), fed to each search in order, as a run does.
+The protected set, written as a .npy in a temp dir and memory-mapped:
+- digits: the model's training images in its diffusion space (D = 48 x 48 = 2304), grown to N items by clustered
+  noise around them in the 8x8 pixel space (deterministic; item i is image i mod 1797);
+- fashion: the 60,000 training images' latents (D = 4 x 8 x 8 = 256, full rank), grown to N by the deterministic
+  image-space augmentations of `spell_lab.models.fashion_training_set` (the protection experiment's set), read from
+  its cache of unscaled latents (encoded on a miss: about 30 min per 1.2M images on one core), times the scaling factor.
+Queries: the x0_hat of every denoiser evaluation of --trajectories real trajectory batches of the model (`generate`,
+its default sampler, steps and guidance), fed to each search in order, as a run does.
 Misses are (query, shield) pairs the exhaustive search finds and the index does not. --mmap-index saves the built index
 and maps its lists from the file (a set about half of RAM: the mapped set and the lists then share the page cache).
 """
@@ -58,16 +63,33 @@ def write_set(model, n: int, noise: float, path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def trajectory(model, batch: int) -> list[torch.Tensor]:
-    """x0_hat (batch, 1, 48, 48) at every denoiser evaluation of one generation, in order."""
+def write_fashion_set(model, n: int, path: Path) -> np.ndarray:
+    """(n, 4, 8, 8) float32 .npy: the cached unscaled training latents (grown to n) times the model's scaling factor,
+    chunk by chunk; returned memory-mapped."""
+    from spell_lab.models.fashion_training_set import unscaled_set
+
+    unscaled = unscaled_set(model.vae, n, seed=0, progress=lambda i, n: print(f"encoded {i:,} / {n:,}", flush=True))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, *model.sample_shape))
+    for start in range(0, n, CHUNK):
+        out[start : start + CHUNK] = (torch.from_numpy(np.array(unscaled[start : start + CHUNK]))
+                                      * model.scaling_factor).numpy()
+    out.flush()
+    del out
+    return np.load(path, mmap_mode="r")
+
+
+def trajectory(model, batch: int, trajectories: int = 1) -> list[torch.Tensor]:
+    """x0_hat (batch, *sample_shape) at every denoiser evaluation of `trajectories` generations, in order."""
     seen = []
 
     def record(x0, cond, **context):
         seen.append(x0.clone())
         return SpellStep.unchanged(x0)
 
-    cond = torch.arange(batch) % model.num_classes
-    generate(model, cond, list(range(batch)), method=Hooks(interventions=(record,)), record=False)
+    for t in range(trajectories):
+        cond = (torch.arange(batch) + t * batch) % model.num_classes
+        generate(model, cond, list(range(t * batch, (t + 1) * batch)), method=Hooks(interventions=(record,)),
+                 record=False)
     return seen
 
 
@@ -100,8 +122,10 @@ def with_bound(ivf, items, dims):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1_200_000, help="protected items (11 GB of float32 at 1.2M)")
+    ap.add_argument("--model", choices=("digits", "fashion"), default="digits", help="whose training set (above)")
+    ap.add_argument("--n", type=int, default=1_200_000, help="protected items (digits: 11 GB of float32 at 1.2M)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--trajectories", type=int, default=1, help="trajectory batches whose x0_hat are the queries")
     ap.add_argument("--radius", type=float, default=25.0)
     ap.add_argument("--noise", type=float, default=0.15, help="pixel noise (8x8, [0, 1] range) growing the set")
     ap.add_argument("--cache-margin", type=float, default=2.0)
@@ -114,16 +138,18 @@ def main():
     ap.add_argument("--dir", default=None, help="where to write the set (default: a temp dir, removed after)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # as the run layer does on CPU (2 threads on small ops were 10-50x slower under load)
-    model = load_model("digits")
+    model = load_model(args.model)
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="bench_protection_"))
     try:
         t = time.perf_counter()
-        items = write_set(model, args.n, args.noise, tmp / "set.npy")
+        items = (write_fashion_set(model, args.n, tmp / "set.npy") if args.model == "fashion"
+                 else write_set(model, args.n, args.noise, tmp / "set.npy"))
         print(f"set: {args.n:,} items x {int(np.prod(items.shape[1:]))} float32 ({items.nbytes / 2**30:.1f} GiB, "
               f"memory-mapped), written in {time.perf_counter() - t:.0f} s")
-        queries = trajectory(model, args.batch)[:: args.every]
-        print(f"queries: {len(queries)} evaluations (every {args.every}) x {args.batch} samples of one digits trajectory; "
-              f"r = {args.radius}, noise {args.noise}, cache margin {args.cache_margin}")
+        queries = trajectory(model, args.batch, args.trajectories)[:: args.every]
+        print(f"queries: {len(queries)} evaluations (every {args.every}) x {args.batch} samples of {args.trajectories} "
+              f"{args.model} trajectory batch(es); r = {args.radius}, noise {args.noise if args.model == 'digits' else '-'}, "
+              f"cache margin {args.cache_margin}", flush=True)
         t = time.perf_counter()
         ivf = FaissProtected(tmp / "set.npy", nlist=args.nlist, bound_dims=args.bound_dims)
         build = time.perf_counter() - t

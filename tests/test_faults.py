@@ -442,7 +442,7 @@ def test_a_full_disk_during_a_run_is_one_line_exit_1_and_the_store_stays_readabl
 @pytest.mark.e2e
 def test_protection_when_spell_moves_nothing_ends_in_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--quick", "--devices", "1", "--searches", "exact", "--radius", "5", "--wandb", "disabled", "--no_progress",
+    args = ["--model", "digits", "--quick", "--devices", "1", "--searches", "exact", "--radius", "5", "--wandb", "disabled", "--no_progress",
             "--out", str(out)]
     assert run_cli(protection.main, args) == 0, capsys.readouterr().err[-2000:]
     assert "moved_gallery" in capsys.readouterr().out and (out / "figures" / "moved_gallery.png").exists()

@@ -21,8 +21,8 @@ EXACT = ("exact", "ivf_exact", "ivf_exact_cache", "overlap")  # the searches tha
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("protection") / "run"
-    res = command("spell_lab.experiments.protection", "--quick", "--out", str(out), "--wandb", "disabled",
-                  "--no_progress")
+    res = command("spell_lab.experiments.protection", "--model", "digits", "--quick", "--out", str(out), "--wandb",
+                  "disabled", "--no_progress")
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout
 
@@ -45,7 +45,7 @@ def test_overlap_aware_correction_clears_the_overlapping_shields_the_single_corr
     --per_condition 64` (analysis/protection/README.md); seed 106 of digit 1 is one of them. The same seeds with the
     overlap-aware correction leave none."""
     out = tmp_path / "run"
-    res = command("spell_lab.experiments.protection", "--radius", "22", "--steps", "10", "--searches", "exact,overlap",
+    res = command("spell_lab.experiments.protection", "--model", "digits", "--radius", "22", "--steps", "10", "--searches", "exact,overlap",
                   "--classes", "1", "--per_condition", "6", "--seed", "106", "--devices", "1", "--out", str(out),
                   "--wandb", "disabled", "--no_progress")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -72,7 +72,7 @@ def test_the_run_keeps_its_set_radius_and_its_own_timing(quick_run):
     from spell_lab.models import load_model
 
     kept = np.load(out / "protected.npy")
-    assert np.array_equal(kept, protection.protected_items(load_model("digits"), None, 0))  # the training images
+    assert np.array_equal(kept, protection.protected_items("digits", load_model("digits"), None, 0))  # the training images
     assert kept.shape == (len(load_data()[0]), 1, 48, 48)
     runs = store.open_run(out)
     radii = {float(ds.attrs["radius"]) for name, ds in runs.items() if name != "baseline"}
@@ -114,7 +114,7 @@ def test_the_table_and_figures_exist_and_rerender(quick_run, tmp_path):
 ])
 def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "run"
-    assert run_cli(protection.main, ["--quick", "--out", str(out), "--wandb", "disabled", *args]) == 2
+    assert run_cli(protection.main, ["--model", "digits", "--quick", "--out", str(out), "--wandb", "disabled", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists()
@@ -123,7 +123,8 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path, capsys, a
 def test_a_run_directory_of_another_set_is_refused_untouched(quick_run, capsys):
     out, _ = quick_run
     before = (out / "protected.npy").read_bytes()
-    code = run_cli(protection.main, ["--quick", "--out", str(out), "--set_size", "1800", "--wandb", "disabled"])
+    code = run_cli(protection.main, ["--model", "digits", "--quick", "--out", str(out), "--set_size", "1800",
+                                     "--wandb", "disabled"])
     assert code == 2 and "another protected set" in capsys.readouterr().err
     assert (out / "protected.npy").read_bytes() == before
 

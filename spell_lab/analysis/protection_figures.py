@@ -103,12 +103,12 @@ def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, searc
     shape = datasets[search]["x0"].shape[1:]
     item_ds = xr.Dataset({"x0": (datasets[search]["x0"].dims, np.asarray(item_rows(items, item_idx)).reshape(
         len(item_idx), *shape) if len(item_idx) else np.zeros((0, *shape)))})
-    rows = [("without SPELL", images(datasets[ref].drop_vars("image", errors="ignore"), partner)[0],
-             judged[ref]["nearest"].to_numpy()[partner]),
-            ("its nearest\nprotected item", images(item_ds, np.arange(len(item_idx)))[0], None),
-            (f"with SPELL\n({search})", images(datasets[search].drop_vars("image", errors="ignore"), pick)[0],
-             judged[search]["nearest"].to_numpy()[pick])]
-    shown = plots.to_gray01([r[1] for r in rows])
+    show = _pictures(datasets)
+    rows = [("without SPELL", show(datasets[ref], partner), judged[ref]["nearest"].to_numpy()[partner]),
+            ("its nearest\nprotected item", show(item_ds, np.arange(len(item_idx))), None),
+            (f"with SPELL\n({search})", show(datasets[search], pick), judged[search]["nearest"].to_numpy()[pick])]
+    decoded = rows[0][1].dtype == np.uint8
+    shown = [r[1] for r in rows] if decoded else plots.to_gray01([r[1] for r in rows])
     ncols = max(1, len(pick))
     fig = plots.Figure(figsize=(1.25 * ncols + 1.8, 4.9), layout="constrained")
     axes = fig.subplots(3, ncols, squeeze=False)
@@ -119,7 +119,7 @@ def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, searc
             if c >= len(pick):
                 ax.axis("off")
                 continue
-            ax.imshow(imgs[c], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(imgs[c], **({} if decoded else dict(cmap="gray_r", vmin=0, vmax=1)), interpolation="nearest")
             if dist is not None:
                 inside = dist[c] < radius
                 ax.set_xlabel(f"d/r {dist[c] / radius:.2f}", fontsize=7, color=plots.HIGHLIGHT if inside else "0.2")
@@ -130,6 +130,27 @@ def plot_moved_gallery(datasets: dict, judged: dict, items, radius: float, searc
     fig.suptitle(f"Figure 7: outputs SPELL moved away from protected items (orange: within r = {radius:.4g}){note}",
                  fontweight="bold", fontsize=10)
     return fig
+
+
+def _pictures(datasets: dict):
+    """(group, indices) -> pictures: where x0 is itself a picture (digits), x0 as grey values; where it is a latent
+    (the store's `image` has another size: fashion), the model's decoded uint8 images (n, H, W, 3), the same decoder
+    the run used for `image`, applied alike to outputs and protected items."""
+    ds = datasets[reference_of(datasets)]
+    if "image" not in ds or tuple(ds["image"].shape[1:3]) == tuple(ds["x0"].shape[-2:]):
+        return lambda group, idx: images(group.drop_vars("image", errors="ignore"), idx)[0]
+    import torch
+
+    from ..models import load_model
+
+    model = load_model(model_name(ds.attrs))
+
+    def decode(group, idx):
+        if not len(idx):
+            return np.zeros((0, 1, 1, 3), np.uint8)
+        x0 = group["x0"].isel(sample=np.asarray(idx, dtype=int)).transpose("sample", ...).values
+        return model.to_images(torch.as_tensor(np.asarray(x0, dtype=np.float32))).numpy()
+    return decode
 
 
 def make_figures(datasets, table, judged, items, radius) -> dict:

@@ -1,10 +1,11 @@
-"""The protection benchmark (paper Section 4.6, Table 2; Appendix G) on the built-in digits model.
+"""The protection benchmark (paper Section 4.6, Table 2; Appendix G) on a built-in model's own training set.
 
-    python -m spell_lab.experiments.protection
+    python -m spell_lab.experiments.protection [--model fashion|digits] [--data DIR]
 
-The protected set is the digits model's training images (all 1797 of scikit-learn's digits: `digits_train` trains
-on every one) encoded into its diffusion space, optionally grown to --set_size items by deterministic augmentations
-(spell_lab.models.digits_augment); the run directory keeps the set it used as `protected.npy`. The same seeds are
+The protected set is the model's training items in its diffusion space (the registry's `training_set`: digits' 1797
+images; fashion's 60,000 Fashion-MNIST training images encoded by its VAE, cached, read from --data or Debian's
+dataset-fashion-mnist), optionally grown to --set_size items by deterministic image-space augmentations; the run
+directory keeps the set it used as `protected.npy`. The same seeds are
 generated without SPELL (`baseline`) and with SPELL repelling from the set under each search (`--searches`), one
 store group each; the table, the leak-rate-against-time figure, the Figure 7 gallery and W&B follow.
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..methods import spell_method
 from ..models import load_model
+from ..models.registry import require_training_set, training_set
 from ..plan import Setting
 from ..protect import protected_spec
 from . import skeleton
@@ -33,7 +35,6 @@ from .common import (GENERATION, Timer, check_choices, check_spell_knobs, condit
 from .skeleton import Experiment, Generated
 
 EXPERIMENT = "protection"
-MODEL = "digits"  # the benchmark protects this built-in model's own training images (protected_items)
 MAX_ITER = 8  # overlap-aware correction: corrections per evaluation at most
 CACHE_MARGIN = 0.5  # the candidate cache's margin m, as a multiple of the radius
 # Searches as plain data: the protected-set index (spell_lab.protect) and extra SPELL parameters (`method`).
@@ -88,17 +89,9 @@ def build_settings(searches, path, radius, overcomp, conditions, per_condition, 
     return settings
 
 
-def protected_items(model, set_size: int | None, seed: int) -> np.ndarray:
-    """The training images in the model's diffusion space, grown to set_size by augmentation: (N, 1, R, R) float32."""
-    import torch
-
-    from ..models.digits import load_data
-    from ..models.digits_augment import grow
-
-    pixels, _ = load_data()
-    pixels = grow(pixels, set_size or len(pixels), seed)
-    with torch.no_grad():
-        return torch.cat([model.space.encode(p) for p in pixels.split(8192)]).cpu().numpy().astype(np.float32)
+def protected_items(name: str, model, set_size: int | None, seed: int, data_dir=None) -> np.ndarray:
+    """The model's training items in its diffusion space, grown to set_size by augmentation: (N, *shape) float32."""
+    return training_set(name, model, set_size, seed, data_dir)
 
 
 def calibrate_radius(model, items, conditions, per_condition, sampling, seed, share) -> dict:
@@ -184,18 +177,19 @@ def generate(cfg, size: str) -> Generated:
     if not 0 < share < 1:
         raise ValueError(f"--too_close must be a share between 0 and 1 (got {share}).")
     if cfg.set_size is not None and cfg.set_size < 1:
-        raise ValueError(f"--set_size must be >= 1797, the training images (got {cfg.set_size}).")
+        raise ValueError(f"--set_size must be at least the model's training items (got {cfg.set_size}).")
     if (cfg.calibration_per_condition or 2) < 2:
         raise ValueError("--calibration_per_condition must be >= 2.")
     radius = 1.0 if cfg.radius is None else cfg.radius
     build_settings(searches, "protected.npy", radius, cfg.overcomp, [0], per_condition, cfg.batch, 0)  # before
-    model, spec = load_model(MODEL), {"name": MODEL}  # anything is built or written: every check that can refuse
+    require_training_set(cfg.model)
+    model, spec = load_model(cfg.model), {"name": cfg.model}  # anything is built or written: every check that can refuse
     check_memory(cfg.set_size or SIZE_SET[size] or 0, int(np.prod(model.sample_shape)))
     conditions = conditions_for(model, SIZE_CONDITIONS[size], cfg.classes)
     sampling = sampling_for(cfg, model, size)
-    items = protected_items(model, cfg.set_size or SIZE_SET[size], cfg.augment_seed)
+    items = protected_items(cfg.model, model, cfg.set_size or SIZE_SET[size], cfg.augment_seed, cfg.data)
     protection = _radius(cfg, model, items, conditions, cfg.calibration_per_condition or per_condition, sampling, share)
-    name = f"digits-n{len(items)}-r{protection['radius']:g}-{size}"
+    name = f"{cfg.model}-n{len(items)}-r{protection['radius']:g}-{size}"
     path = set_path(cfg, name, items)  # the first thing written
     settings = build_settings(searches, path, protection["radius"], cfg.overcomp, conditions, per_condition,
                               cfg.batch, cfg.seed)
@@ -230,7 +224,7 @@ def _radius(cfg, model, items, conditions, per_condition, sampling, share) -> di
 
 ENTRY = Experiment(
     name=EXPERIMENT, doc=__doc__, title="SPELL protection benchmark (Table 2)", generate=generate,
-    flags=[f for f in GENERATION if f not in ("model", "protected", "prompts")]  # digits: its own training set
+    flags=[f for f in GENERATION if f not in ("protected", "prompts")]  # a built-in model: its own training set
     + ["per_condition", "batch", "calibration_per_condition"],
     own_flags={
         "--searches": dict(type=str | None, default=None,
@@ -242,8 +236,11 @@ ENTRY = Experiment(
                                  "shield (default 0.076, the paper's 7.6%%; quick 0.3)"),
         "--overcomp": dict(type=float, default=1.1,
                            help="overcompensation lambda (1.1: outputs put on a shield's sphere clear it despite rounding)"),
-        ("--set_size", "--set-size"): dict(type=int | None, default=None, help="protected items: the 1797 training "
-                                           "images grown by augmentation (default: 1797; full 100000)"),
+        ("--set_size", "--set-size"): dict(type=int | None, default=None, help="protected items: the model's training "
+                                           "items grown by augmentation (default: the training items alone; full "
+                                           "100000)"),
+        "--data": dict(type=str | None, default=None, help="directory of the Fashion-MNIST IDX files (fashion; "
+                                                           "default: Debian's dataset-fashion-mnist)"),
         "--augment_seed": dict(type=int, default=0, help="seed of the augmentations"),
     })
 main, command = skeleton.command(ENTRY)

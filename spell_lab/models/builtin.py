@@ -23,6 +23,7 @@ register(ModelEntry(
     reference="spell_lab.models.digits_heldout:held_out",
     features="spell_lab.metrics.features:DigitsFeatures",
     fidelity="spell_lab.models.digits_heldout:fidelity",
+    training_set="spell_lab.models.digits_training_set:training_set",
     # calibrate --select on the shipped model: w = 2, median 32.64, r = 26.11 = 0.80x median (analysis/digits)
     selected_radius=26.11,
     radius_source="python -m spell_lab.experiments.calibrate --select (analysis/digits)",
@@ -36,6 +37,7 @@ register(ModelEntry(
     reference="spell_lab.models.fashion:held_out",
     features="spell_lab.models.fashion:FashionFeatures",
     fidelity="spell_lab.models.fashion:fidelity",
+    training_set="spell_lab.models.fashion_training_set:training_set",
     # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 3, median 47.25,
     # r = 37.8 = 0.80x median, 2.03 grid steps from 25 (analysis/fashion)
     selected_radius=37.8,

@@ -23,8 +23,9 @@ CHUNK = 4096  # warps per batch (memory stays small for millions of items)
 
 
 def warp(images: torch.Tensor, g: torch.Generator, *, max_shift=MAX_SHIFT, max_degrees=MAX_DEGREES,
-         elastic=ELASTIC) -> torch.Tensor:
-    """One random warp per image (n, H, W) in [0, 1] -> (n, H, W) in [0, 1]; background outside stays 0."""
+         elastic=ELASTIC, elastic_grid=ELASTIC_GRID) -> torch.Tensor:
+    """One random warp per image (n, H, W) in [0, 1] -> (n, H, W) in [0, 1]; background outside stays 0.
+    Shift and elastic std in pixels of the image's grid (fashion_training_set warps 28x28 images with it)."""
     n, h, w = images.shape
     to_unit = torch.tensor([2.0 / w, 2.0 / h])  # pixels -> grid_sample's [-1, 1] coordinates
     angle = (torch.rand(n, generator=g) * 2 - 1) * math.radians(max_degrees)
@@ -32,7 +33,7 @@ def warp(images: torch.Tensor, g: torch.Generator, *, max_shift=MAX_SHIFT, max_d
     cos, sin = angle.cos(), angle.sin()
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)  # (n, H, W, 2): where each output pixel reads
-    coarse = torch.randn(n, 2, ELASTIC_GRID, ELASTIC_GRID, generator=g) * elastic
+    coarse = torch.randn(n, 2, elastic_grid, elastic_grid, generator=g) * elastic
     field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
     out = F.grid_sample(images[:, None], grid + field * to_unit, mode="bilinear", padding_mode="zeros",
                         align_corners=False)
@@ -53,3 +54,4 @@ def grow(images: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
         parts.append(warp(images[(torch.arange(j, j + k)) % n], g))
         j += k
     return torch.cat(parts)
+

@@ -9,6 +9,7 @@ An entry declares everything the experiments and analyses need to know about a b
         reference="spell_lab.models.gmm:held_out",       # (conditions, per_condition|None, seed) -> (x, cond, description)
         features="spell_lab.metrics.features:RawFeatures",  # () -> extractor, (N, *shape) -> (N, D) features
         fidelity=None,                                   # (x0, cond) -> (N,) probability of the requested condition
+    training_set=None,                               # (model, set_size|None, seed, data_dir=None) -> (N, *shape) float32
         selected_radius=None, radius_source="calibrate --select --model gmm selects 0",
     ))
 
@@ -34,6 +35,9 @@ class ModelEntry:
     reference: Ref | None = None  # (conditions, per_condition|None, seed) -> (x in the diffusion space, cond, description)
     features: Ref | None = None  # () -> feature extractor (metrics/features.py): (N, *shape) -> (N, D)
     fidelity: Ref | None = None  # (x0, cond) -> (N,) probability the model's classifier gives the requested condition
+    # (model, set_size|None, seed, data_dir=None) -> (N, *sample_shape) float32: the model's own training items in its
+    # diffusion space, grown to set_size by seeded augmentations (None: the training items alone); the protected set
+    training_set: Ref | None = None
     selected_radius: float | None = None  # Appendix D's selected radius (calibrate --select); None: none selected
     radius_source: str = ""  # how the selected radius was found (or why there is none), shown in errors
     default: bool = False  # the model commands use when --model is not given (exactly one entry)
@@ -96,6 +100,24 @@ def require_reference(name: str, what: str) -> ModelEntry:
         raise ValueError(f"{what} measures against held-out real data, which exists for the built-in models "
                          f"{', '.join(with_reference())} only (got {name!r}).")
     return MODELS[name]
+
+
+def with_training_set() -> tuple[str, ...]:
+    """The built-in models whose own training set can be the protected set (the protection experiment)."""
+    return tuple(n for n, e in MODELS.items() if e.training_set is not None)
+
+
+def require_training_set(name: str) -> ModelEntry:
+    """The entry of a model whose training set is known; else a one-line error naming the models that have one."""
+    if name not in MODELS or MODELS[name].training_set is None:
+        raise ValueError(f"the protection benchmark protects a built-in model's own training set, known for "
+                         f"{', '.join(with_training_set())} only (got --model {name}).")
+    return MODELS[name]
+
+
+def training_set(name: str, model, set_size: int | None = None, seed: int = 0, data_dir=None):
+    """The model's training items in its diffusion space, grown to set_size: (N, *sample_shape) float32."""
+    return resolve(require_training_set(name).training_set)(model, set_size, seed, data_dir=data_dir)
 
 
 def load_model(name: str, device="cpu", **kwargs):

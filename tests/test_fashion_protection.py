@@ -1,0 +1,119 @@
+"""fashion's training set as the protected set, without the real dataset: a fake Fashion-MNIST directory (the four IDX
+files in the real format, a few hundred random images) read through --data; the cache under XDG_CACHE_HOME."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import command
+
+from spell_lab.experiments import protection
+from spell_lab.experiments.common import run_cli
+from spell_lab.models import fashion_training_set as fts
+from spell_lab.models.fashion import load_fashion, pad_images
+from spell_lab.models.fashion_data import FILES, load_split
+from spell_lab.models.registry import training_set
+
+N_TRAIN, N_TEST = 240, 60
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """IDX: magic (0, 0, 0x08 = uint8, ndim), big-endian uint32 dims, the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fake_fashion")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 6:22, 8:20] = rng.integers(60, 256, (n, 16, 12))  # a bright block on black, as the garments
+        write_idx(d / FILES[split][0], images)
+        write_idx(d / FILES[split][1], (np.arange(n) % 10).astype(np.uint8))
+    return d
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_fashion()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "spell_lab" / "fashion_training_set"
+
+
+def test_the_training_set_is_the_models_own_latents_and_the_second_call_reads_the_cache(fake_data, model, cache):
+    images, _ = load_split("train", fake_data)
+    first = training_set("fashion", model, None, 0, fake_data)
+    assert first.shape == (N_TRAIN, 4, 8, 8) and first.dtype == np.float32
+    assert torch.equal(torch.from_numpy(first), model.encode(pad_images(images)))  # as the model encodes, bit for bit
+    assert len(list(cache.glob("*/seed0-n240.npy"))) == 1
+    t = time.perf_counter()
+    again = training_set("fashion", model, None, 0, fake_data)
+    assert time.perf_counter() - t < 1.0 and np.array_equal(again, first)
+
+
+def test_the_cache_holds_unscaled_latents_so_another_scaling_factor_reuses_it(fake_data, model, cache, monkeypatch):
+    first = training_set("fashion", model, None, 0, fake_data)
+    files = sorted(cache.rglob("*.npy"))
+    monkeypatch.setattr(model, "scaling_factor", 2.5)
+    other = training_set("fashion", model, None, 0, fake_data)
+    assert sorted(cache.rglob("*.npy")) == files  # nothing encoded again
+    unscaled = np.load(files[0])
+    np.testing.assert_array_equal(other, (torch.from_numpy(unscaled) * 2.5).numpy())
+    np.testing.assert_allclose(first / model.vae.config.scaling_factor, unscaled, rtol=1e-6)
+
+
+def test_the_grown_set_is_seeded_warps_of_the_images_and_a_smaller_set_is_its_prefix(fake_data, model, cache):
+    images, _ = load_split("train", fake_data)
+    grown = training_set("fashion", model, 3 * N_TRAIN, 7, fake_data)
+    assert grown.shape == (3 * N_TRAIN, 4, 8, 8)
+    originals = training_set("fashion", model, None, 7, fake_data)
+    assert np.array_equal(grown[:N_TRAIN], originals)  # the training images first
+    warped = fts.images_in_space(images, N_TRAIN, 3 * N_TRAIN, 7)
+    assert not torch.equal(warped[:N_TRAIN], pad_images(images))  # warped, not copied
+    assert torch.equal(warped, fts.images_in_space(images, N_TRAIN, 3 * N_TRAIN, 7))  # the same seed: bit for bit
+    assert not torch.equal(warped, fts.images_in_space(images, N_TRAIN, 3 * N_TRAIN, 8))  # another seed: other warps
+    assert float((warped[:N_TRAIN] - pad_images(images)).abs().mean()) < 0.5  # small warps of image i mod N
+    for f in cache.rglob("*.npy"):
+        f.unlink()
+    smaller = training_set("fashion", model, 2 * N_TRAIN, 7, fake_data)  # encoded afresh
+    assert np.array_equal(smaller, grown[: 2 * N_TRAIN])
+
+
+def test_without_the_dataset_one_line_exit_2_and_nothing_created(tmp_path, cache, capsys):
+    out = tmp_path / "run"
+    args = ["--model", "fashion", "--quick", "--data", str(tmp_path / "none"), "--out", str(out), "--wandb", "disabled"]
+    assert run_cli(protection.main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "apt-get install dataset-fashion-mnist" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not cache.parent.parent.exists()
+
+
+def test_a_model_without_a_training_set_is_refused_naming_those_with_one(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(protection.main, ["--model", "gmm", "--quick", "--out", str(out), "--wandb", "disabled"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "digits" in err and "fashion" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.e2e
+def test_quick_protection_on_fashion_leaves_no_output_in_a_shield_and_decodes_its_gallery(fake_data, tmp_path):
+    out = tmp_path / "run"
+    res = command("spell_lab.experiments.protection", "--model", "fashion", "--quick", "--data", str(fake_data),
+                  "--searches", "exact,ivf_exact,ivf1", "--steps", "4", "--out", str(out), "--wandb", "disabled",
+                  "--no_progress", env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert np.load(out / "protected.npy").shape == (N_TRAIN, 4, 8, 8)
+    table = pd.read_csv(out / "figures" / "table2.csv", index_col="search")
+    assert list(table.index) == ["baseline", "exact", "ivf_exact", "ivf1"]
+    for name in ("exact", "ivf_exact"):
+        assert table.loc[name, "n_too_close"] == 0 and table.loc[name, "min_nearest_over_r"] >= 1.0, name
+    assert (out / "figures" / "moved_gallery.png").stat().st_size > 10_000
