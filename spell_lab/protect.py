@@ -291,8 +291,9 @@ class FaissProtected:
         if gpu is None:  # CPU: one range search, then the nearest for the queries it left with nothing
             rows = self._range(index, q, t2, np.arange(len(q)))
             empty = np.flatnonzero([r.size == 0 for r in rows])
-            if empty.size:
-                nearest = index.search(q[empty], 1)[1][:, 0]
+            if empty.size:  # exact: the nearest of the IVF's nearest cell (above r: approximate, as documented),
+                # not a second scan of the flat bound index (a fifth of the exact search's time on fashion at 120k)
+                nearest = self._nearest_cell(host[empty]) if self.exact else index.search(q[empty], 1)[1][:, 0]
                 for j, b in enumerate(empty):
                     rows[b] = nearest[j : j + 1]
         else:  # CUDA: faiss-gpu k-NN; the queries whose k-th is within thr may hold more: range search on the CPU
@@ -308,6 +309,10 @@ class FaissProtected:
             r = r[r >= 0]
             out[b, : len(r)] = r
         return out, np.full(len(q), cells, dtype=np.int64)
+
+    def _nearest_cell(self, host: torch.Tensor) -> np.ndarray:
+        self.index.nprobe = 1
+        return self.index.search(np.ascontiguousarray(host.numpy(), dtype=np.float32), 1)[1][:, 0]
 
     @staticmethod
     def _range(index, q, t2, which) -> list[np.ndarray]:

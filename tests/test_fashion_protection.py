@@ -108,7 +108,8 @@ def test_a_model_without_a_training_set_is_refused_naming_those_with_one(tmp_pat
 def test_quick_protection_on_fashion_leaves_no_output_in_a_shield_and_decodes_its_gallery(fake_data, tmp_path):
     out = tmp_path / "run"
     res = command("spell_lab.experiments.protection", "--model", "fashion", "--quick", "--data", str(fake_data),
-                  "--searches", "exact,ivf_exact,ivf1", "--steps", "4", "--out", str(out), "--wandb", "disabled",
+                  "--searches", "exact,ivf_exact,ivf1", "--steps", "2", "--classes", "0", "--out", str(out), "--wandb",
+                  "disabled",
                   "--no_progress", env={"XDG_CACHE_HOME": str(tmp_path / "xdg")})
     assert res.returncode == 0, res.stderr[-3000:]
     assert np.load(out / "protected.npy").shape == (N_TRAIN, 4, 8, 8)

@@ -11,8 +11,9 @@ Definitions:
 - *Too close*: an output within the radius r of a protected item, judged afterwards from the stored x0 by an
   exhaustive search of the whole set in float64 (`nearest_items`), whatever index the run searched with.
   `own_inside_pct` is what the run's own search saw at the end (`inside_shield`): an approximate index misses some.
-- *Precision, recall*: per condition against the held-out digits (`spell_lab.models.reference_data`; k = 5), averaged over
-  conditions. The held-out digits are among the training images, so they are protected items themselves.
+- *Precision, recall*: per condition against the model's held-out real data (`spell_lab.models.reference_data`; k = 5),
+  averaged over conditions. The held-out digits are among digits' training images, so protected items themselves;
+  fashion's come from the test set, not protected.
 - *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
   batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
 - *Cells per query*: index cells the search scanned per query (`cells_probed`), averaged over queries and steps:
