@@ -118,3 +118,12 @@ def test_quick_protection_on_fashion_leaves_no_output_in_a_shield_and_decodes_it
     for name in ("exact", "ivf_exact"):
         assert table.loc[name, "n_too_close"] == 0 and table.loc[name, "min_nearest_over_r"] >= 1.0, name
     assert (out / "figures" / "moved_gallery.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("model_name, dims", [("fashion", 256), ("digits", 2304)])
+def test_the_memory_check_uses_the_models_sample_shape(tmp_path, capsys, model_name, dims):
+    out = tmp_path / "run"
+    args = ["--model", model_name, "--quick", "--set_size", "100000000", "--out", str(out), "--wandb", "disabled"]
+    assert run_cli(protection.main, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"100000000 items x {dims} dimensions" in err and len(err.splitlines()) == 1 and not out.exists()
