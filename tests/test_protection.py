@@ -47,10 +47,9 @@ def test_overlap_aware_correction_clears_the_overlapping_shields_the_single_corr
     --per_condition 64` (analysis/protection/README.md); seed 106 of digit 1 is one of them. The same seeds with the
     overlap-aware correction leave none."""
     out = tmp_path / "run"
-    res = command("spell_lab.experiments.protection", "--radius", "22", "--steps", "10", "--searches", "exact,overlap",
-                  "--classes", "1", "--per_condition", "6", "--seed", "106", "--devices", "1", "--out", str(out),
-                  "--wandb", "disabled", "--no_progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    args = ["--radius", "22", "--steps", "10", "--searches", "exact,overlap", "--classes", "1", "--per_condition", "6",
+            "--seed", "106", "--devices", "1", "--out", str(out), "--wandb", "disabled", "--no_progress"]
+    assert run_cli(protection.main, args) == 0  # in this process: no interpreter to start
     table = pd.read_csv(out / "figures" / "table2.csv", index_col="search")
     assert table.loc["exact", "n_too_close"] >= 1 and table.loc["exact", "min_nearest_over_r"] < 1.0
     assert table.loc["overlap", "n_too_close"] == 0 and table.loc["overlap", "min_nearest_over_r"] >= 1.0
