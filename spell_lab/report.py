@@ -4,8 +4,9 @@
 
 The experiments log offline by default; after `wandb sync RUN_DIR/wandb/offline-run-*` the runs are in the project
 and this builds one report over them: Figure 5a/b (relative magnitude and active share over t, one line per setup),
-Figure 9b (stopped for good), the shields by source, the summary numbers, the gallery, and Figure 3 (metrics
-against the radius) from radius runs. `build_report` is pure (no network); only `main` saves, and only with a
+Figure 9b (stopped for good), the shields by source (each also against the step's noise level sigma/alpha, log
+scale), the summary numbers (the active share at the paper's noise levels beside the model's own t), the gallery,
+and Figure 3 (metrics against the radius) from radius runs. `build_report` is pure (no network); only `main` saves, and only with a
 W&B login, since a report lives on the W&B server.
 """
 
@@ -24,6 +25,8 @@ SPARSITY_LINES = {  # panel title -> (x, y keys): the run store's curves as logg
     "Active shields by source": ("curve/t", ["curve/active_batch_mean", "curve/active_memory_mean",
                                              "curve/active_protected_mean"]),
 }
+# the same curves against each step's noise level (log x): where the paper's and every model's steps are comparable
+SPARSITY_NOISE_LINES = {f"{title}, against σ/α": ("curve/sigma_alpha", y) for title, (_, y) in SPARSITY_LINES.items()}
 SPARSITY_BARS = {"Share active at the paper's t = 0.8 and 0.6 noise levels, sigma/alpha 5.11 and 2.28 (paper: 40% / 21%)":
                  ["active_at_paper_0_8", "active_at_paper_0_6"],
                  "Share active at this model's t = 0.8 and 0.6": ["active_at_0_8", "active_at_0_6"],
@@ -47,6 +50,7 @@ def build_report(project: str, entity: str = "", group: str | None = None):
     sparsity = wr.PanelGrid(
         runsets=[runset("sparsity runs", "sparsity-analysis")],
         panels=[wr.LinePlot(title=t, x=x, y=y, smoothing_factor=0.0) for t, (x, y) in SPARSITY_LINES.items()]
+        + [wr.LinePlot(title=t, x=x, y=y, smoothing_factor=0.0, log_x=True) for t, (x, y) in SPARSITY_NOISE_LINES.items()]
         + [wr.BarPlot(title=t, metrics=m) for t, m in SPARSITY_BARS.items()]
         + [wr.MediaBrowser(title="Fig. 6: gallery", media_keys=["figure/gallery"])],
     )

@@ -139,10 +139,16 @@ SCHEDULES = {"vp": VPLinear, "edm": EDM, "flow": RectifiedFlow}
 PAPER_TIMES = (0.8, 0.6)
 
 
+def noise_level(schedule, t) -> torch.Tensor:
+    """sigma_t / alpha_t of a schedule at times t (float64): the noise level comparisons across schedules use."""
+    a, s = schedule.alpha_sigma(torch.as_tensor(t, dtype=torch.float64))
+    return s / a
+
+
 def paper_noise_levels() -> dict[float, float]:
     """{the paper's t: sigma/alpha there on LD's schedule}."""
-    a, s = LatentDiffusionSchedule().alpha_sigma(torch.tensor(PAPER_TIMES, dtype=torch.float64))
-    return {t: float(v) for t, v in zip(PAPER_TIMES, s / a)}
+    levels = noise_level(LatentDiffusionSchedule(), PAPER_TIMES)
+    return {t: float(v) for t, v in zip(PAPER_TIMES, levels)}
 
 
 def snr_db(schedule, t: float) -> float:

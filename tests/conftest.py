@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GMM_QUICK = ["--model", "gmm", "--radius", "3", "--quick", "--wandb", "disabled", "--no_progress"]
 # fixtures that launch a run (the session one below, and the module-scoped runs of single test files): their users
 # are end-to-end tests
-E2E_FIXTURES = {"gmm_quick_run", "quick_run", "quick_select", "reference_run", "digits_run"}
+E2E_FIXTURES = {"gmm_quick_run", "baselines_quick_run", "quick_run", "quick_select", "reference_run", "digits_run"}
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -195,6 +195,18 @@ def gmm_quick_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gmm_quick") / "run"
     assert sparsity.main([*GMM_QUICK, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def baselines_quick_run(tmp_path_factory):
+    """`baselines --model digits --quick --steps 8` (every sweep), once per session (its tests and its notebook's):
+    read only."""
+    from spell_lab.experiments import baselines
+
+    out = tmp_path_factory.mktemp("baselines") / "quick"
+    assert baselines.main(["--model", "digits", "--quick", "--steps", "8", "--wandb", "disabled", "--no_progress",
+                           "--out", str(out)]) == 0
     return out
 
 

@@ -224,12 +224,12 @@ def test_cli_errors_are_clear(tmp_path, capsys):
 def test_wandb_offline_one_run_per_setup(tmp_path):
     from spell_lab.analysis.wandb_log import log_runs
 
-    run = synthetic_run(("iterative", "overcomp"), steps=6)
+    run = synthetic_run(("overcomp",), steps=6)
     table = sp.summary_table(run)
     png = spf.plots.save(spf.plot_active_share(run), tmp_path / "figures", "active_share")["png"]
     runs = spf.wandb_runs(run, {"table": table}, {"active_share": png})
     dirs = log_runs(runs, project="spell_lab-test", group="sparsity-test", run_dir=tmp_path, mode="offline")
-    assert len(dirs) == 3  # iterative, overcomp and the baseline reference
+    assert len(dirs) == 2  # the setup and the baseline reference
     for d in dirs:
         assert d.parent == tmp_path / "wandb" and d.name.startswith("offline-run-")
         assert list(d.glob("*.wandb"))

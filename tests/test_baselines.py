@@ -3,6 +3,7 @@ line, its neutral points bit for bit, and its refusals."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -80,12 +81,9 @@ def test_groups_follow_the_runs_order_with_spells_sweep_first():
     assert abf.front_sweeps(table) == ["spell", "cfg", "pg"]  # Figure 4 leaves Appendix I's SPELL + CFG out
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("baselines") / "quick"
-    assert baselines.main(["--model", "digits", "--quick", "--steps", "8", "--wandb", "disabled", "--no_progress",
-                           "--out", str(out)]) == 0
-    return out
+@pytest.fixture
+def quick_run(baselines_quick_run):
+    return baselines_quick_run  # the session's run (conftest), which the notebook's test reads too
 
 
 def test_quick_run_end_to_end(quick_run, capsys):
@@ -124,11 +122,14 @@ def test_diversity_moves_the_expected_way(quick_run):
 def test_rerender_equals_the_run(quick_run, tmp_path, capsys):
     from spell_lab.analysis import baselines as ab
 
-    assert ab.main([str(quick_run), "--wandb", "disabled", "--out", str(tmp_path)]) == 0
+    run = shutil.copytree(quick_run, tmp_path / "run")  # W&B writes into the run directory: the session's is read only
+    assert ab.main([str(run), "--wandb", "offline", "--out", str(tmp_path / "again")]) == 0
     a = pd.read_csv(quick_run / "figures" / "fronts.csv")
-    b = pd.read_csv(tmp_path / "fronts.csv")
+    b = pd.read_csv(tmp_path / "again" / "fronts.csv")
     pd.testing.assert_frame_equal(a, b)
-    assert "bit-identical" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bit-identical" in out and "wandb: " in out  # and its W&B run, offline in the run directory
+    assert list((run / "wandb").glob("offline-run-*/*.wandb"))
 
 
 @pytest.mark.parametrize("argv, message", [

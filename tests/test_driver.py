@@ -2,6 +2,7 @@
 runs), renders through the same loading, files, W&B and re-render command as the five experiments."""
 
 import ast
+import dataclasses
 import re
 from pathlib import Path
 
@@ -41,8 +42,11 @@ def test_a_fake_experiment_renders_through_the_shared_driver(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "figs" / "counts.csv", index_col=0)
     assert list(table.index) == ["intra", "iterative"] and (table["samples"] > 0).all()
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
-    res = driver.analyse_run(FAKE, run_dir, wandb_mode="disabled", out_dir=tmp_path / "again", scale=2.0)
+    built = []
+    entry = dataclasses.replace(FAKE, wandb_runs=lambda *a: built.append(1) or FAKE.wandb_runs(*a))
+    res = driver.analyse_run(entry, run_dir, wandb_mode="disabled", out_dir=tmp_path / "again", scale=2.0)
     assert (res["table"]["samples"] == 2 * table["samples"]).all() and res["wandb_dirs"] == []
+    assert built == []  # W&B disabled: its runs (sparsity's draw figures of their own) are not even built
 
 
 def test_the_fake_experiments_errors_are_one_line(tmp_path, capsys):

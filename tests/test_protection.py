@@ -1,6 +1,8 @@
 """The protection benchmark (Table 2) end to end: the quick run through the real command line, its judge against a
 brute-force reference, the deterministic augmentations, the refused inputs and the re-render command."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,10 +47,9 @@ def test_overlap_aware_correction_clears_the_overlapping_shields_the_single_corr
     --per_condition 64` (analysis/protection/README.md); seed 106 of digit 1 is one of them. The same seeds with the
     overlap-aware correction leave none."""
     out = tmp_path / "run"
-    res = command("spell_lab.experiments.protection", "--model", "digits", "--radius", "22", "--steps", "10", "--searches", "exact,overlap",
-                  "--classes", "1", "--per_condition", "6", "--seed", "106", "--devices", "1", "--out", str(out),
-                  "--wandb", "disabled", "--no_progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    args = ["--model", "digits", "--radius", "22", "--steps", "10", "--searches", "exact,overlap", "--classes", "1",
+            "--per_condition", "6", "--seed", "106", "--devices", "1", "--out", str(out), "--wandb", "disabled", "--no_progress"]
+    assert run_cli(protection.main, args) == 0  # in this process: no interpreter to start
     table = pd.read_csv(out / "figures" / "table2.csv", index_col="search")
     assert table.loc["exact", "n_too_close"] >= 1 and table.loc["exact", "min_nearest_over_r"] < 1.0
     assert table.loc["overlap", "n_too_close"] == 0 and table.loc["overlap", "min_nearest_over_r"] >= 1.0
@@ -94,9 +95,11 @@ def test_the_table_and_figures_exist_and_rerender(quick_run, tmp_path):
     for name in ("leak_vs_time", "distances", "moved_gallery"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 10_000, name
     assert (out / "figures" / "table2.md").read_text().startswith("| search |")
-    res = command("spell_lab.analysis.protection", str(out), "--wandb", "disabled", "--out", str(tmp_path / "again"))
+    run = shutil.copytree(out, tmp_path / "run")  # W&B writes into the run directory: the module's stays as made
+    res = command("spell_lab.analysis.protection", str(run), "--wandb", "offline", "--out", str(tmp_path / "again"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "again" / "leak_vs_time.png").exists() and "too close" in res.stdout
+    assert "wandb: " in res.stdout and list((run / "wandb").glob("offline-run-*/*.wandb"))  # its W&B run, offline
     a = pd.read_csv(out / "figures" / "table2.csv", index_col="search")["n_too_close"]
     b = pd.read_csv(tmp_path / "again" / "table2.csv", index_col="search")["n_too_close"]
     pd.testing.assert_series_equal(a, b)

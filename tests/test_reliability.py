@@ -35,20 +35,30 @@ def values(ds):
     return ds.drop_attrs().drop_vars(list(schema.CLOCK)).load()  # wall-clock fields differ between identical runs
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_keeps_its_finished_units_and_resumes_exactly(tmp_path, uninterrupted, signal_name):
-    out = tmp_path / "run"
-    env = {INTERRUPT_AFTER: "5", "SPELL_LAB_INTERRUPT_SIGNAL": signal_name}
+def interrupted(out, signal_name: str, after: int, done_before: int):
+    """The quick command into `out`, stopped by `signal_name` after `after` units of its own: exit 130, the finished
+    units kept (although the writer buffers 8 at a time) and the command that resumes printed."""
+    env = {INTERRUPT_AFTER: str(after), "SPELL_LAB_INTERRUPT_SIGNAL": signal_name}
     res = command("spell_lab.experiments.sparsity", *QUICK, "--out", str(out), env=env)
+    saved = done_before + after
     assert res.returncode == 130, res.stderr[-2000:]
-    assert "Traceback" not in res.stderr and "5 of 18 work units are saved" in res.stderr
+    assert "Traceback" not in res.stderr and f"{saved} of 18 work units are saved" in res.stderr, res.stderr[-2000:]
     assert f"python -m spell_lab.experiments.sparsity {' '.join(QUICK)} --out {out}" in res.stderr  # how to resume
-    done = sum(int(ds["unit_complete"].sum()) for ds in store.open_run(out).values())
-    assert done == 5  # every finished unit, although the writer buffers 8 at a time
-    partial = command("spell_lab.analysis.sparsity", str(out), "--wandb", "disabled")
-    assert partial.returncode == 0 and "13 of 18 work units are missing" in partial.stdout, partial.stderr[-2000:]
+    assert sum(int(ds["unit_complete"].sum()) for ds in store.open_run(out).values()) == saved  # resumed, then added
+
+
+def test_interrupted_runs_keep_their_finished_units_and_resume_exactly(tmp_path, uninterrupted, capsys):
+    """Ctrl-C (SIGINT), then SIGTERM in the run that resumes it: each stop keeps what was finished, a partial store
+    is analysed as such, and the run resumed after both equals the uninterrupted one."""
+    from spell_lab.analysis import sparsity as analysis
+
+    out = tmp_path / "run"
+    interrupted(out, "SIGINT", after=5, done_before=0)
+    interrupted(out, "SIGTERM", after=5, done_before=5)
+    assert analysis.main([str(out), "--wandb", "disabled"]) == 0
+    assert "8 of 18 work units are missing" in capsys.readouterr().out
     again = command("spell_lab.experiments.sparsity", *QUICK, "--out", str(out))
-    assert again.returncode == 0 and "5 already done, resumed" in again.stdout, again.stderr[-2000:]
+    assert again.returncode == 0 and "10 already done, resumed" in again.stdout, again.stderr[-2000:]
     resumed = store.open_run(out)
     for name, ds in uninterrupted.items():
         xr.testing.assert_equal(values(resumed[name]), values(ds))

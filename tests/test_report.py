@@ -17,7 +17,11 @@ def test_report_specification():
     assert sparsity.runsets[0].groupby == ["config.setup"]  # one line per setup, as in Fig. 5
     assert "sparsity-analysis" in sparsity.runsets[0].filters and "sparsity-digits-r25" in sparsity.runsets[0].filters
     lines = [p for p in sparsity.panels if isinstance(p, wr.LinePlot)]
-    assert [p.y for p in lines] == [y for _, y in SPARSITY_LINES.values()] and all(p.x == "curve/t" for p in lines)
+    by_t, by_noise = lines[:len(SPARSITY_LINES)], lines[len(SPARSITY_LINES):]
+    assert [p.y for p in by_t] == [y for _, y in SPARSITY_LINES.values()] and all(p.x == "curve/t" for p in by_t)
+    assert [p.y for p in by_noise] == [p.y for p in by_t]  # each curve again against the noise level, log scale
+    assert all(p.x == "curve/sigma_alpha" and p.log_x for p in by_noise)
+    assert any(isinstance(p, wr.BarPlot) and "active_at_paper_0_8" in p.metrics for p in sparsity.panels)
     assert any(isinstance(p, wr.BarPlot) and "active_at_0_8" in p.metrics for p in sparsity.panels)
     assert any(isinstance(p, wr.MediaBrowser) and p.media_keys == ["figure/gallery"] for p in sparsity.panels)
     assert [p.y for p in radius.panels] == [y for _, y in RADIUS_LINES.values()]

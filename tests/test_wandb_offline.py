@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import GMM_QUICK
 
-ARGS = ["--model", "gmm", "--radius", "3", "--quick", "--setups", "iterative,overcomp", "--no_progress"]
+ARGS = ["--model", "gmm", "--radius", "3", "--quick", "--setups", "overcomp", "--no_progress"]
 
 
 def no_network_prefix() -> list[str]:
@@ -28,7 +29,7 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     runs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # one W&B run per setup: iterative, overcomp, baseline
+    assert len(runs) == 2  # one W&B run per setup: overcomp, and the baseline reference
     for run in runs:
         assert list(run.glob("*.wandb")), f"no offline log in {run}"
     media = list((out / "wandb").rglob("*.png"))
@@ -38,21 +39,18 @@ def test_offline_run_lands_in_the_run_directory(tmp_path):
     log = next(runs[0].glob("*.wandb")).read_bytes()  # the offline log holds the config
     assert all(k in log for k in (b"intra_batch", b"method_name", b"overcomp", b"sparsity"))  # unpacked; tag
     own = [r for r in runs if list(r.rglob("setup/active_share_*.png"))]
-    assert len(own) == 2  # each setup's run has its own figures; the baseline reference has none
+    assert len(own) == 1  # each setup's run has its own figures; the baseline reference has none
     tables = list((out / "wandb").rglob("samples_*.table.json"))
-    assert len(tables) == 3 and '"intervened"' in tables[0].read_text()  # one per-sample table per W&B run
+    assert len(tables) == 2 and '"intervened"' in tables[0].read_text()  # one per-sample table per W&B run
     again = subprocess.run([*no_network_prefix(), sys.executable, "-m", "spell_lab.analysis.sparsity", str(out)],
                            capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     rerun = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(rerun) == 3 and {r.name.rsplit("-", 1)[1] for r in rerun} == ids  # the same runs, updated
+    assert len(rerun) == 2 and {r.name.rsplit("-", 1)[1] for r in rerun} == ids  # the same runs, updated
 
 
-@pytest.mark.e2e
-def test_disabled_writes_no_wandb(tmp_path):
-    from spell_lab.experiments import sparsity
-
-    out = tmp_path / "run"
-    assert sparsity.main([*ARGS, "--out", str(out), "--wandb", "disabled"]) == 0
-    assert not (out / "wandb").exists()
-    assert (out / "figures" / "active_share.png").exists()
+def test_disabled_writes_no_wandb(gmm_quick_run):
+    """The session's quick run was made with --wandb disabled: its figures, and no W&B directory."""
+    assert "--wandb disabled" in " ".join(GMM_QUICK)
+    assert not (gmm_quick_run / "wandb").exists()
+    assert (gmm_quick_run / "figures" / "active_share.png").exists()

@@ -5,7 +5,10 @@
 - *Active share* at a step: the fraction of all trajectories (samples) that are active there.
 - *Share active at t = 0.8*: the active share at the step whose t is nearest 0.8; where t repeats (Heun-type
   samplers evaluate twice per t) the first such step, i.e. the earlier one in sampling order.
-- *Last active t*: t at a trajectory's last active step (NaN if never active). Its activity *stops for good*
+- *Share active at the paper's t = 0.8*: at the step whose sigma/alpha is nearest 5.11 in log scale, the level the
+  paper's t = 0.8 has on Latent Diffusion's schedule (`schedules.paper_noise_levels`; 0.6: 2.28).
+- *Last active t*: t at a trajectory's last active step (NaN if never active); its *sigma/alpha*, the noise level
+  there (the store's own, `noise.step_levels`). Its activity *stops for good*
   when its active steps form one unbroken run; a trajectory still active at the final step also counts as one run.
 - *Stopped share* at step i: among trajectories ever active, those whose last active step is before i.
 """
@@ -18,9 +21,12 @@ import xarray as xr
 
 from .. import schema
 from ..activity import first_last_active, is_active
+from ..schedules import paper_noise_levels
+from .noise import levels_at_steps, step_levels
 
-ACTIVITY_KEYS = ("mean_active_share", "active_at_0.8", "active_at_0.6", "active_at_end", "share_changed",
-                 "median_last_active_t", "stops_for_good")
+ACTIVITY_KEYS = ("mean_active_share", "active_at_0.8", "active_at_0.6", "active_at_paper_0.8", "active_at_paper_0.6",
+                 "active_at_end", "share_changed", "median_last_active_t", "median_last_active_sigma_alpha",
+                 "stops_for_good")
 
 
 def active(ds: xr.Dataset) -> xr.DataArray:
@@ -51,8 +57,7 @@ def nearest_noise_step(ds: xr.Dataset, level: float) -> int:
     """Index of the step whose noise level sigma/alpha is nearest `level` in log scale (ties: the earlier step), so
     that models on different schedules are compared where their inputs are equally noisy."""
     with np.errstate(divide="ignore"):  # alpha 0 (pure noise) or sigma 0 (the last step): infinitely far
-        ratio = ds["sigma"].values.astype(float) / ds["alpha"].values.astype(float)
-        return int(np.argmin(np.abs(np.log(ratio) - np.log(level))))
+        return int(np.argmin(np.abs(np.log(step_levels(ds)) - np.log(level))))
 
 
 def active_at_noise(ds: xr.Dataset, level: float) -> float:
@@ -121,18 +126,31 @@ def ever_active(ds: xr.Dataset) -> np.ndarray:
 
 
 
+def last_active_level(ds: xr.Dataset) -> np.ndarray:
+    """(sample,) sigma/alpha at the last active step; NaN where never active (or the store records no level)."""
+    return levels_at_steps(ds, last_active_step(ds).values)
+
+
+def _nanmedian(x: np.ndarray) -> float:
+    return float(np.nanmedian(x)) if np.isfinite(x).any() else float("nan")
+
+
 def activity_numbers(ds: xr.Dataset) -> dict:
     """How much and how long SPELL acts on a group (keys ACTIVITY_KEYS): the active share averaged over
-    (trajectory, step) pairs and at t = 0.8, 0.6 and the last step, the share ever active, the median last active t
-    (over ever-active trajectories) and the share that stops for good. NaN where undefined."""
+    (trajectory, step) pairs, at t = 0.8, 0.6, at the paper's t = 0.8, 0.6 noise levels (sigma/alpha 5.11, 2.28:
+    `active_at_noise`) and at the last step, the share ever active, the median last active t and the median
+    sigma/alpha there (over ever-active trajectories) and the share that stops for good. NaN where undefined."""
     act = _active_np(ds)
-    lat = last_active_t(ds).values
+    has_levels = step_levels(ds) is not None
     return {
         "mean_active_share": float(active(ds).mean()),
         "active_at_0.8": active_at(ds, 0.8),
         "active_at_0.6": active_at(ds, 0.6),
+        **{f"active_at_paper_{t}": active_at_noise(ds, level) if has_levels else float("nan")
+           for t, level in paper_noise_levels().items()},
         "active_at_end": float(act[:, -1].mean()) if act.size else float("nan"),
         "share_changed": float(ever_active(ds).mean()) if ds.sizes["sample"] else float("nan"),
-        "median_last_active_t": float(np.nanmedian(lat)) if np.isfinite(lat).any() else float("nan"),
+        "median_last_active_t": _nanmedian(last_active_t(ds).values),
+        "median_last_active_sigma_alpha": _nanmedian(last_active_level(ds)),
         "stops_for_good": stops_for_good(ds),
     }

@@ -127,7 +127,7 @@ def analyse_run(entry: Analysis, run_dir, *, wandb_mode: str = "offline", projec
         paths[name] = out_dir / name
         paths[name].write_text(text)
     images = {k: (v["png"] if isinstance(v, dict) else v) for k, v in figures.items()}
-    runs = entry.wandb_runs(datasets, result, images)
+    runs = [] if wandb_mode == "disabled" else entry.wandb_runs(datasets, result, images)  # disabled: none built
     key = "+".join(store_key(d) for d in store_dirs(entry, run_dir))
     wandb_dirs = log_runs(runs, project=project, group=group or f"{entry.experiment}-{run_dir.name}", run_dir=run_dir,
                           mode=wandb_mode, job_type=f"{entry.experiment}-analysis", key=key)

@@ -1,5 +1,6 @@
 """Shared plotting helpers: one colour and style per group (by its place in the run's order) across every figure,
-t axes from 1 (noise) to 0 (data), saving."""
+t axes from 1 (noise) to 0 (data) with the store's own noise level sigma/alpha as a second axis and the paper's two
+noise levels marked, saving."""
 
 from __future__ import annotations
 
@@ -74,10 +75,56 @@ def t_axis(ax, t=None, label: bool = True) -> None:
         ax.set_xlabel(T_LABEL)
 
 
-def t_marks(ax, ts=(0.8, 0.6)) -> None:
-    """Faint vertical guides at the t values the summary reports."""
-    for t in ts:
-        ax.axvline(t, color="0.55", lw=0.8, ls=":", zorder=0)
+NOISE_LABEL = "σ/α  (noise level, log-spaced ticks)"
+PAPER_MARK = "#8c2d04"  # the paper's noise levels: one colour in every figure
+_PAPER_BOX = dict(facecolor="white", alpha=0.7, edgecolor="none", pad=0.5)  # the label stays readable over lines
+
+
+def noise_ticks(nmap) -> list[float]:
+    """1-3 log-spaced sigma/alpha values inside the store's recorded range."""
+    values = [float(f"{m}e{k}") for k in range(-4, 5) for m in (1, 3)]
+    return [v for v in values if nmap.level[0] <= v <= nmap.level[-1]]
+
+
+def noise_axis(ax, nmap, label: bool = True, which: str = "x"):
+    """A second axis beside t (top, or right for a t on y) in the store's own sigma/alpha, ticks log-spaced; nothing
+    where the store records no level (nmap None). Returns the secondary axis or None."""
+    if nmap is None:
+        return None
+    make = ax.secondary_xaxis if which == "x" else ax.secondary_yaxis
+    sec = make("top" if which == "x" else "right", functions=(nmap.to_level, nmap.to_t))
+    ticks = noise_ticks(nmap)
+    (sec.set_xticks if which == "x" else sec.set_yticks)(ticks, [f"{v:g}" for v in ticks])
+    sec.tick_params(labelsize=7, colors="0.3")
+    if label:
+        (sec.set_xlabel if which == "x" else sec.set_ylabel)(NOISE_LABEL, fontsize=8, color="0.3")
+    return sec
+
+
+def paper_marks(ax, nmap, label: bool = True, which: str = "x") -> dict[float, float]:
+    """Lines at the t where this store reaches the paper's t = 0.8 and 0.6 noise levels (sigma/alpha 5.11, 2.28 on
+    Latent Diffusion's schedule), labelled "paper t=0.8 (σ/α 5.11)". Returns {paper t: this store's t} for the
+    levels inside its range."""
+    from ..schedules import paper_noise_levels
+
+    if nmap is None:
+        return {}
+    out = {}
+    for t_paper, level in paper_noise_levels().items():
+        if not nmap.covers(level):
+            continue
+        out[t_paper] = at = float(nmap.to_t(level))
+        line = ax.axvline if which == "x" else ax.axhline
+        line(at, color=PAPER_MARK, lw=0.9, ls="--", alpha=0.8, zorder=1)
+        if label:
+            text = f"paper t={t_paper:g} (σ/α {level:.3g})"
+            if which == "x":
+                ax.text(at, 0.98, text, transform=ax.get_xaxis_transform(), rotation=90, ha="right", va="top",
+                        fontsize=7, color=PAPER_MARK, bbox=_PAPER_BOX)
+            else:
+                ax.text(0.98, at, text, transform=ax.get_yaxis_transform(), ha="right", va="bottom", fontsize=7,
+                        color=PAPER_MARK, bbox=_PAPER_BOX)
+    return out
 
 
 def grid(n: int, ncols: int = 4, panel=(3.6, 2.7), **kw):

@@ -16,8 +16,10 @@ Definitions:
   weight; `real_vendi` is the reference line of the Vendi panels.
 - *Sparsity* per radius (over all measured trajectories, `spell_lab.analysis.activity`): `mean_active_share` is
   the share of (trajectory, step) pairs with a non-zero correction, i.e. the active share averaged over t;
-  `median_last_active_t` is over trajectories ever active (NaN when none is); `share_changed` the share ever
-  active; `active_at_end` the share still active at the final step.
+  `median_last_active_t` is over trajectories ever active (NaN when none is), `median_last_active_sigma_alpha` the
+  median noise level at their last active step; `active_at_paper_0.8`/`0.6` the active share at the paper's t = 0.8
+  and 0.6 noise levels (sigma/alpha 5.11, 2.28); `share_changed` the share ever active; `active_at_end` the share
+  still active at the final step.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from .quality import condition_metrics, generated
 GROUP = re.compile(r"^r\d+$")
 QUALITY = ("precision", "recall", "density", "coverage")
 METRICS = QUALITY + ("vendi", "vendi_raw", "fd")
-SPARSITY = ("mean_active_share", "active_at_0.8", "active_at_0.6", "active_at_end", "share_changed",
-            "median_last_active_t")
+SPARSITY = ("mean_active_share", "active_at_0.8", "active_at_0.6", "active_at_paper_0.8", "active_at_paper_0.6",
+            "active_at_end", "share_changed", "median_last_active_t", "median_last_active_sigma_alpha")
 
 
 def group_name(i: int) -> str:
@@ -109,17 +111,18 @@ def metric_tables(datasets: dict, real_x, real_cond, features, k: int = 5) -> tu
 
 def format_table(table: pd.DataFrame) -> str:
     """The radius table as aligned text: one row per radius, shares as percentages."""
-    cols = ["radius", "radius_over_median", *METRICS, "mean_active_share", "share_changed", "active_at_end",
-            "median_last_active_t"]
+    cols = ["radius", "radius_over_median", *METRICS, "mean_active_share", "active_at_paper_0.8", "share_changed",
+            "active_at_end", "median_last_active_t", "median_last_active_sigma_alpha"]
     shown = table[[c for c in cols if c in table]].copy().astype(object)
     for c in shown.columns:
-        pct = c in ("mean_active_share", "share_changed", "active_at_end")
+        pct = c in ("mean_active_share", "active_at_paper_0.8", "share_changed", "active_at_end")
         fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.2f}") if c in ("radius", "fd") \
-            else (lambda v: f"{v:.3f}")
+            else (lambda v: f"{v:.3g}") if c == "median_last_active_sigma_alpha" else (lambda v: f"{v:.3f}")
         shown[c] = [("—" if isinstance(v, float) and np.isnan(v) else fmt(v)) for v in table[c]]
     shown = shown.rename(columns={"radius_over_median": "r/median", "mean_active_share": "active(mean t)",
                                   "share_changed": "changed", "median_last_active_t": "med_last_t",
-                                  "active_at_end": "active@end"})
+                                  "median_last_active_sigma_alpha": "med_last_σ/α", "active_at_end": "active@end",
+                                  "active_at_paper_0.8": "active@paper0.8"})
     return shown.to_string()
 
 

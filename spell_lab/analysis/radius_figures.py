@@ -11,6 +11,7 @@ from . import plots
 from .activity import active, active_share, ever_active, last_active_t
 from .gallery import condition_label, images
 from .load import every_round, model_name
+from .noise import common_map
 from .radius import METRICS, QUALITY, radius_groups, radius_of, reference_row
 
 LABELS = {
@@ -116,7 +117,8 @@ def plot_fronts(table: pd.DataFrame):
 @plots.styled
 def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
     """Repellency duration against radius: the active share over t (one line per radius), the median last active t
-    with its interquartile range, and the shares of trajectories ever active and still active at the end."""
+    with its interquartile range, and the shares of trajectories ever active and still active at the end. The t axes
+    carry the store's sigma/alpha beside them and the paper's two noise levels marked."""
     from matplotlib.cm import ScalarMappable
 
     names = radius_groups(datasets)
@@ -136,6 +138,9 @@ def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
         lat = lat[np.isfinite(lat)]
         q.append(np.percentile(lat, [25, 50, 75]) if lat.size else [np.nan] * 3)
     plots.t_axis(share, all_t)
+    nmap = common_map(ds_, names)
+    plots.noise_axis(share, nmap)
+    plots.paper_marks(share, nmap)
     share.set_ylim(-2, 102)
     share.set_ylabel("trajectories with SPELL active (%)")
     share.set_title("Active share over t (colour: radius)", fontsize=11)
@@ -149,6 +154,8 @@ def plot_duration(datasets: dict, table: pd.DataFrame | None = None):
     last.set_xlim(*_radius_xlim(radii))
     last.set_xlabel(RADIUS_LABEL)
     last.set_ylabel("last active t  (higher = acts longer)")
+    plots.noise_axis(last, nmap, which="y")
+    plots.paper_marks(last, nmap, which="y")
     last.set_title("When repellency stops (ever-active trajectories)", fontsize=11)
     last.legend(frameon=False, fontsize=9, loc="lower left")
     ever = [100 * float(ever_active(ds_[n]).mean()) for n in names]

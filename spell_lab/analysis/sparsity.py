@@ -11,7 +11,11 @@ share) are `spell_lab.analysis.activity`'s; this module adds
 - *Share active at the paper's t*: at the step whose noise level sigma/alpha is nearest the one the paper's t = 0.8
   and 0.6 have on Latent Diffusion's schedule (5.11 and 2.28; `schedules.paper_noise_levels`). Models on other
   schedules reach these levels at other t (digits: t = 0.8 is sigma/alpha 25.1), so these columns are the ones to
-  compare with the paper's Figure 5 (40% and 21%) and between models.
+  compare with the paper's Figure 5 (40% and 21%, `PAPER_ACTIVE_SHARE`) and between models.
+- *Median last active sigma/alpha*: the median over ever-active trajectories of the noise level at their last
+  active step (beside the median last active t, which means another noise level on another schedule).
+- *Curves*: every per-step table carries each step's sigma/alpha (`sigma_alpha`) beside t; the figures draw it
+  as a second axis with the paper's two noise levels marked (`spell_lab.analysis.sparsity_figures`).
 - *Relative magnitude quantiles*: per step, linear-interpolation quantiles (numpy's default) across samples of
   `relative_magnitude`, either over the trajectories *active* at that step (`over="active"`, the default; NaN
   where none is active) or over *all* trajectories (`over="all"`, inactive ones count as 0). The maximum is over
@@ -35,10 +39,10 @@ import xarray as xr
 
 from .. import schema
 from . import driver
-from ..schedules import paper_noise_levels
-from .activity import (_active_np, active, active_at_noise, active_by_source, active_share, activity_numbers,
-                       stopped_share)
+from ..schedules import PAPER_TIMES
+from .activity import _active_np, active, active_by_source, active_share, activity_numbers, stopped_share
 from .gallery import gallery_selection
+from .noise import levels_at_steps
 from .load import order_of, reference_of
 
 SUMMARY_KEYS = (  # the table's columns, in order
@@ -50,12 +54,16 @@ SUMMARY_KEYS = (  # the table's columns, in order
     "share_steps_rel_below_5pct",  # over active (sample, step) pairs
     "max_relative_magnitude",
     "median_last_active_t",  # over trajectories ever active
+    "median_last_active_sigma_alpha",  # the noise level there: comparable across schedules
     "share_changed",  # `intervened`: ever active
     "share_steps_rel_below_5pct_all",  # over all (sample, step) pairs: inactive steps count as 0 < 5%
     "median_relative_magnitude_active",  # over active (sample, step) pairs pooled
     "stops_for_good",  # among ever-active trajectories
     "active_at_end",  # active share at the final step: repellency that runs until t -> 0
 )
+# The paper's Figure 5b (Section 4.4): the share of trajectories still active at its t = 0.8 and 0.6 on Latent
+# Diffusion; compared at those t's noise levels (`schedules.paper_noise_levels`), never at equal t.
+PAPER_ACTIVE_SHARE = {0.8: 0.40, 0.6: 0.21}
 
 
 def setups(datasets: dict) -> list[str]:
@@ -103,10 +111,11 @@ def summary(ds: xr.Dataset) -> dict:
         "n_samples": int(ds.sizes["sample"]),
         "active_at_0.8": acts["active_at_0.8"],
         "active_at_0.6": acts["active_at_0.6"],
-        **{f"active_at_paper_{t}": active_at_noise(ds, level) for t, level in paper_noise_levels().items()},
+        **{f"active_at_paper_{t}": acts[f"active_at_paper_{t}"] for t in PAPER_TIMES},
         "share_steps_rel_below_5pct": share_steps_below(ds, 0.05, "active"),
         "max_relative_magnitude": float(np.nanmax(rel)) if np.isfinite(rel).any() else float("nan"),
         "median_last_active_t": acts["median_last_active_t"],
+        "median_last_active_sigma_alpha": acts["median_last_active_sigma_alpha"],
         "share_changed": acts["share_changed"],
         "share_steps_rel_below_5pct_all": share_steps_below(ds, 0.05, "all"),
         "median_relative_magnitude_active": float(np.median(rel_active)) if rel_active.size else float("nan"),
@@ -128,11 +137,13 @@ def summary_table(datasets: dict) -> pd.DataFrame:
 
 
 def curves(ds: xr.Dataset) -> pd.DataFrame:
-    """The per-t curves of one setup as a table, one row per step (what the figures draw and W&B logs)."""
+    """The per-t curves of one setup as a table, one row per step (what the figures draw and W&B logs), with each
+    step's noise level sigma/alpha beside t (NaN where the store records none)."""
     q = relative_magnitude_quantiles(ds, (0.1, 0.5, 0.9), "active")
     src = active_by_source(ds, "mean")
     data = {
         "t": ds["t"].values.astype(float),
+        "sigma_alpha": levels_at_steps(ds, np.arange(ds.sizes["step"])),
         "active_share": active_share(ds).values,
         "rel_q10_active": q.isel(quantile=0).values,
         "rel_median_active": q.isel(quantile=1).values,
@@ -146,11 +157,13 @@ def curves(ds: xr.Dataset) -> pd.DataFrame:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    """The summary table as aligned text: shares as percentages, t and magnitudes to 3 decimals."""
+    """The summary table as aligned text: shares as percentages, t and magnitudes to 3 decimals, sigma/alpha to 3
+    significant digits."""
     pct = [c for c in table.columns if c.startswith(("active_at", "share", "stops"))]
     shown = table.copy().astype(object)
     for c in table.columns:
-        fmt = (lambda v: f"{100 * v:.1f}%") if c in pct else (lambda v: f"{v:.3f}") if c != "n_samples" else str
+        fmt = ((lambda v: f"{100 * v:.1f}%") if c in pct else (lambda v: f"{v:.3g}") if c.endswith("sigma_alpha")
+               else (lambda v: f"{v:.3f}") if c != "n_samples" else str)
         shown[c] = [("—" if isinstance(v, float) and np.isnan(v) else fmt(v)) for v in table[c]]
     return shown.T.to_string()  # setups as columns: 11 rows stay readable in a terminal
 

@@ -2,7 +2,9 @@
 
 Figure functions take a run's groups as the driver's `load_run` gives them (measured samples; the gallery draws
 every round, `load.every_round`) and return matplotlib Figures; colours and styles follow the run's group order
-(`load.run_order`), so a setup keeps its colour in every figure.
+(`load.run_order`), so a setup keeps its colour in every figure. Every t axis carries the store's own noise level
+sigma/alpha as a second axis (top) and dashed lines where the model reaches the paper's t = 0.8 and 0.6 noise levels
+(`plots.noise_axis`, `plots.paper_marks`): the paper's claims are compared there, not at equal t.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ from . import plots
 from .activity import active, active_by_source, active_share, last_active_t, stopped_share
 from .gallery import plot_gallery
 from .load import every_round, model_name, reference_of, run_order, subset
-from .sparsity import curves, relative_magnitude_max, relative_magnitude_quantiles, setups, summary
+from .noise import common_map, noise_map
+from .sparsity import (PAPER_ACTIVE_SHARE, curves, relative_magnitude_max, relative_magnitude_quantiles, setups,
+                       summary)
 
 
 def _all_t(datasets, names) -> np.ndarray:
     return np.concatenate([datasets[n]["t"].values for n in names]) if names else np.array([])
+
+
+def _noise(ax, nmap, label: bool = True, marks: bool = True) -> dict:
+    """The noise level beside t: the store's sigma/alpha on a second axis and the paper's two levels marked."""
+    plots.noise_axis(ax, nmap, label=label)
+    return plots.paper_marks(ax, nmap, label=marks)
 
 
 def _knob_title(name: str, ds: xr.Dataset) -> str:
@@ -73,6 +83,7 @@ def plot_relative_magnitude(datasets: dict):
             ax.set_ylim(*lim)
         ax.set_title(_knob_title(name, ds), fontsize=10)
         plots.t_axis(ax, _all_t(datasets, names), label=b)
+        _noise(ax, noise_map(ds), label=ax.get_subplotspec().is_first_row())
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("‖correction‖ / ‖score‖")
     plots.style_legend(fig, REL_STYLES, loc="outside lower center", ncol=4)
@@ -83,7 +94,8 @@ def plot_relative_magnitude(datasets: dict):
 
 @plots.styled
 def plot_active_share(datasets: dict):
-    """Fig. 5b: share of trajectories with a non-zero correction at each t, one line per setup."""
+    """Fig. 5b: share of trajectories with a non-zero correction at each t, one line per setup; the paper's 40% and
+    21% drawn where this model reaches the paper's t = 0.8 and 0.6 noise levels."""
     names = setups(datasets)
     order = run_order(datasets)
     colors, styles = plots.setup_colors(names, order), plots.setup_styles(names, order)
@@ -95,8 +107,11 @@ def plot_active_share(datasets: dict):
         every = max(1, n // 8)  # a few markers per line, staggered so coinciding lines show each marker
         ax.plot(ds["t"].values, 100 * active_share(ds).values, color=colors[name], lw=1.8, label=name, ms=5.5,
                 markevery=(i * every // len(names), every), **styles[name])
-    plots.t_marks(ax)
     plots.t_axis(ax, np.concatenate([datasets[n]["t"].values for n in names]) if names else None)
+    marks = _noise(ax, common_map(datasets, names))
+    for k, (t_paper, at) in enumerate(marks.items()):  # Fig. 5b's claims, where this model is equally noisy
+        ax.scatter([at], [100 * PAPER_ACTIVE_SHARE[t_paper]], marker="*", s=150, color=plots.PAPER_MARK,
+                   edgecolor="k", lw=0.5, zorder=5, label=None if k else "paper Fig. 5b\n(LD, same σ/α)")
     ax.set_ylim(-2, 102)
     ax.set_ylabel("trajectories with SPELL active (%)")
     ax.set_title("How many trajectories SPELL still corrects", fontweight="bold")
@@ -124,6 +139,8 @@ def plot_last_active(datasets: dict):
         labels[name] = f"{name}\n({np.isfinite(lat).sum()}/{lat.size} active)"
         rows += [(labels[name], v) for v in lat[np.isfinite(lat)]]
     plots.t_axis(left, np.concatenate([datasets[n]["t"].values for n in names]) if names else None)
+    nmap = common_map(datasets, names)
+    _noise(left, nmap)
     left.set_ylim(-2, 102)
     left.set_ylabel("ever-active trajectories\nstopped for good (%)")
     left.set_title("Repellency stopped for good by t (colours as on the right)", fontsize=11)
@@ -138,6 +155,7 @@ def plot_last_active(datasets: dict):
     else:
         right.text(0.5, 0.5, "SPELL never activated", ha="center", va="center", transform=right.transAxes)
     plots.t_axis(right, df["last active t"].values if len(df) else None)
+    _noise(right, nmap)
     right.set_ylabel("")
     right.set_yticks(range(len(order)), order)
     for tick, name in zip(right.get_yticklabels(), names):
@@ -162,6 +180,7 @@ def plot_active_by_source(datasets: dict):
                 label="all sources")
         ax.set_title(_knob_title(name, ds), fontsize=10)
         plots.t_axis(ax, _all_t(datasets, names), label=b)
+        _noise(ax, noise_map(ds), label=ax.get_subplotspec().is_first_row())
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("active shields\nper trajectory (mean)")
     if axes:
@@ -204,8 +223,10 @@ def plot_overcompensation(datasets: dict, a: str = "iterative", b: str = "overco
     share.legend(frameon=False, fontsize=8)
     stop.set_ylabel("ever-active trajectories\nstopped for good (%)")
     stop.set_title("Stopping time (dashed: median last active t)", fontsize=11)
+    nmap = common_map(datasets, (a, b))
     for ax in (strength, share, stop):
         plots.t_axis(ax, np.concatenate([datasets[n]["t"].values for n in (a, b)]))
+        _noise(ax, nmap)
     for ax in (share, stop):
         ax.set_ylim(-2, 102)
     fig.suptitle(f"Overcompensation: {a} vs {b}", fontweight="bold")

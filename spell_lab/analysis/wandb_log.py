@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .noise import levels_at_steps
+
 MODES = ("offline", "disabled", "online")
 
 
@@ -100,13 +102,16 @@ def _table(df: pd.DataFrame):
 
 def sample_rows(ds) -> pd.DataFrame:
     """One row per sample of a store group (W&B's per-sample table): seed, condition, round, intervened, first and
-    last active t (NaN: never active), final nearest distance, and the image where the store has one."""
+    last active t and the noise level sigma/alpha there (NaN: never active), final nearest distance, and the image
+    where the store has one."""
     t = ds["t"].values.astype(float)
     at = lambda step: np.where(step >= 0, t[np.maximum(step, 0)], np.nan)  # noqa: E731
+    first, last = ds["first_active_step"].values, ds["last_active_step"].values
     rows = pd.DataFrame({
         "seed": ds["seed"].values, "condition": ds["condition"].values, "round": ds["round"].values,
         "intervened": ds["intervened"].values.astype(bool),
-        "first_active_t": at(ds["first_active_step"].values), "last_active_t": at(ds["last_active_step"].values),
+        "first_active_t": at(first), "last_active_t": at(last),
+        "first_active_sigma_alpha": levels_at_steps(ds, first), "last_active_sigma_alpha": levels_at_steps(ds, last),
         "final_nearest_distance": ds["final_nearest_distance"].values.astype(float),
     })
     if "image" in ds:
