@@ -94,16 +94,19 @@ class MethodSpec:
     name: str
     defaults: dict
     build: Callable  # (params, protected) -> Hooks
+    quiet: dict = field(default_factory=dict)  # parameters filled in only where given: older runs' data unchanged
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, **defaults):
-    """Decorator: `@register("spell", radius=0.0, ...)` over `fn(params, protected) -> Hooks`."""
+def register(name: str, quiet=None, **defaults):
+    """Decorator: `@register("spell", radius=0.0, ...)` over `fn(params, protected) -> Hooks`. `quiet`: parameters
+    added later, whose defaults keep the method as it was; the plain data holds them only where given, so a run's
+    method, fingerprint and store stay what they were before them."""
 
     def add(fn):
-        REGISTRY[name] = MethodSpec(name, defaults, fn)
+        REGISTRY[name] = MethodSpec(name, {**defaults, **(quiet or {})}, fn, dict(quiet or {}))
         return fn
 
     return add
@@ -129,7 +132,8 @@ def method_params(method: dict | str) -> dict:
         raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it takes {sorted(spec.defaults)}.")
     for key, value in method.items():
         _check_param(name, key, value, spec.defaults[key])
-    return {"name": name, **spec.defaults, **method}
+    loud = {k: v for k, v in spec.defaults.items() if k not in spec.quiet}
+    return {"name": name, **loud, **method}
 
 
 def _check_param(method: str, key: str, value, default) -> None:
@@ -161,8 +165,11 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 SPACES = ("diffusion", "features")
 
 
+SPELL_QUIET = {"radius_schedule": "constant", "overcomp_schedule": "constant", "space": "diffusion", "gn_iter": 1}
+
+
 @register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, overlap="single", max_iter=10,
-          weight=None, radius_schedule="constant", overcomp_schedule="constant", space="diffusion", gn_iter=1)
+          weight=None, quiet=SPELL_QUIET)
 def spell(params: dict, protected=None) -> Hooks:
     """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set;
     overlap="iterate" repeats the correction (at most max_iter times) until no shield is within r.
@@ -170,30 +177,31 @@ def spell(params: dict, protected=None) -> Hooks:
     radius_schedule / overcomp_schedule: r(t), lambda(t) as plain data (`spell_lab.shield_schedules`).
     space="features": semantic shields in the model's feature space (`spell_lab.semantic`; gn_iter Gauss-Newton
     pull-backs); "diffusion" (the default): the paper's SPELL."""
-    if params["space"] not in SPACES:
-        raise ValueError(f"spell space must be one of {SPACES} (got {params['space']!r}).")
-    if params["space"] == "features":
-        return semantic_spell(params, protected)
+    full = {**SPELL_QUIET, **params}  # the quiet parameters at their defaults where not given
+    if full["space"] not in SPACES:
+        raise ValueError(f"spell space must be one of {SPACES} (got {full['space']!r}).")
+    if full["space"] == "features":
+        return semantic_spell(params, full, protected)
     memory = Memory() if params["memory"] else None
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
                     protected=protected, overlap=params["overlap"], max_iter=params["max_iter"],
-                    radius_schedule=params["radius_schedule"], overcomp_schedule=params["overcomp_schedule"])
+                    radius_schedule=full["radius_schedule"], overcomp_schedule=full["overcomp_schedule"])
     return Hooks(params, interventions=(s,), guidance=fixed_weight(params["weight"]), shields=s, memory=memory)
 
 
-def semantic_spell(params: dict, protected=None) -> Hooks:
+def semantic_spell(params: dict, full: dict, protected=None) -> Hooks:
     """SPELL with shields in a feature space (docs/design.md section 2, "Semantic shields"): the memory keeps
-    features; a protected set would need its features too and is refused."""
+    features; a protected set would need its features too and is refused. full: params with the quiet ones."""
     if protected is not None:
         raise ValueError("spell with space='features' has no protected set yet (its items would need features); "
                          "use space='diffusion' to protect a set.")
-    if params["overlap"] != "single" or not isinstance(params["gn_iter"], int) or params["gn_iter"] < 1:
+    if full["overlap"] != "single" or not isinstance(full["gn_iter"], int) or full["gn_iter"] < 1:
         raise ValueError("spell with space='features' takes overlap='single' and an integer gn_iter >= 1 (got "
-                         f"overlap={params['overlap']!r}, gn_iter={params['gn_iter']!r}).")
-    s = SemanticSpell(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=params["memory"],
-                      gn_iter=params["gn_iter"], radius_schedule=params["radius_schedule"],
-                      overcomp_schedule=params["overcomp_schedule"])
-    return Hooks(params, interventions=(s,), guidance=fixed_weight(params["weight"]), shields=s, memory=s.memory)
+                         f"overlap={full['overlap']!r}, gn_iter={full['gn_iter']!r}).")
+    s = SemanticSpell(full["radius"], full["overcomp"], intra_batch=full["intra_batch"], memory=full["memory"],
+                      gn_iter=full["gn_iter"], radius_schedule=full["radius_schedule"],
+                      overcomp_schedule=full["overcomp_schedule"])
+    return Hooks(params, interventions=(s,), guidance=fixed_weight(full["weight"]), shields=s, memory=s.memory)
 
 
 def recorded_fields(method: dict) -> tuple[str, ...]:
