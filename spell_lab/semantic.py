@@ -5,7 +5,8 @@ decoded x0_hat) instead of the diffusion space.
     f_b = phi(x0_b)                                    features of each prediction
     df_b = Eq. 5 / Eq. 8 in feature space              (`repellency.correction` on f; the memory keeps features)
     dx_b = J_b^T (J_b J_b^T + ridge)^-1 df_b           J_b = d phi / d x0 at x0_b: the least-norm change of x0_b
-                                                       whose linearised effect on phi is df_b
+                                                       whose linearised effect on phi is df_b, scaled down to
+                                                       ||dx_b|| <= TRUST ||x0_b|| (a trust region)
     repeated gn_iter times (Gauss-Newton on phi(x) = f_b + df_b; a later step only where it brings phi closer),
     only for the samples with an active shield.
 
@@ -26,14 +27,25 @@ from .repellency import Memory, SpellStep, _empty, _work_dtype, check_radius, co
 from .shield_schedules import is_constant, schedule_params, scheduled
 
 RIDGE = 1e-6  # relative to the mean eigenvalue of J J^T: keeps the solve defined where phi is locally flat
+# A step moves x0_hat by at most TRUST x ||x0_hat||: where J is ill-conditioned (blurry early predictions on digits),
+# the least-norm change asked 10x the prediction's norm and the sampler diverged; the residual records what is left.
+TRUST = 0.5
+
+
+def within_trust(dx: torch.Tensor, x: torch.Tensor, trust: float = TRUST) -> torch.Tensor:
+    """dx (n, D) scaled down, per row, to norm <= trust * ||x_b|| (x (n, ...)); unchanged where already within."""
+    limit = trust * x.reshape(x.shape[0], -1).norm(dim=1)
+    norm = dx.norm(dim=1)
+    return dx * torch.where(norm > limit, limit / norm.clamp_min(torch.finfo(dx.dtype).tiny), 1.0)[:, None]
 
 
 def pullback(J: torch.Tensor, df: torch.Tensor, ridge: float = RIDGE) -> torch.Tensor:
     """Least-norm dx (n, D) with J dx = df: J^T (J J^T + ridge)^-1 df, J (n, F, D), df (n, F); float64 solve."""
     Jd = J.double()
     G = Jd @ Jd.mT  # (n, F, F)
-    scale = G.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(torch.finfo(torch.float64).tiny)
-    G = G + (ridge * scale)[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    scale = G.diagonal(dim1=-2, dim2=-1).mean(-1)
+    flat = scale <= 0  # J = 0: phi does not move with x, so no change of x moves phi
+    G = G + (ridge * scale + flat)[:, None, None] * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
     y = torch.linalg.solve(G, df.double()[..., None])
     return (Jd.mT @ y)[..., 0].to(df.dtype)
 
@@ -47,8 +59,9 @@ def pullback_reference(J: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
 def jacobians(phi, x: torch.Tensor) -> torch.Tensor:
     """(n, F, D) per-sample Jacobians of phi at x (n, *shape). Samples are independent under phi (eval mode), so the
     Jacobian of sum_b phi(x)_b holds each one: F vectorised backward passes for the whole set."""
-    with torch.enable_grad():
-        J = torch.autograd.functional.jacobian(lambda v: phi(v).sum(0), x.detach(), vectorize=True)  # (F, n, *shape)
+    with torch.inference_mode(False), torch.enable_grad():  # Lightning's predict loop runs in inference mode
+        x = x.detach().clone()  # a normal tensor autograd can differentiate through
+        J = torch.autograd.functional.jacobian(lambda v: phi(v).sum(0), x, vectorize=True)  # (F, n, *shape)
     return J.reshape(J.shape[0], x.shape[0], -1).transpose(0, 1)
 
 
@@ -68,12 +81,13 @@ class SemanticSpell:
     """SPELL in the feature space of the model it is bound to (`bind(model)`: the registry's feature map)."""
 
     def __init__(self, radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False,
-                 gn_iter: int = 1, radius_schedule="constant", overcomp_schedule="constant", phi=None, ridge=RIDGE):
+                 gn_iter: int = 1, radius_schedule="constant", overcomp_schedule="constant", phi=None, ridge=RIDGE,
+                 trust=TRUST):
         check_radius(radius, overcomp)
         self.radius, self.overcomp, self.intra_batch, self.gn_iter = float(radius), float(overcomp), intra_batch, gn_iter
         self.radius_schedule, self.overcomp_schedule = schedule_params(radius_schedule), schedule_params(overcomp_schedule)
         self.memory = FeatureMemory() if memory else None
-        self.phi, self.ridge = None, ridge
+        self.phi, self.ridge, self.trust = None, ridge, trust
         if phi is not None:
             self.set_phi(phi)
 
@@ -87,7 +101,8 @@ class SemanticSpell:
         if self.phi is None:
             from .models.registry import feature_map  # the registry: looked up when a model is known
             device = next(model.parameters(), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
-            self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
+            with torch.inference_mode(False):  # weights loaded in Lightning's inference mode could not be differentiated
+                self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
 
     def _features(self, x0: torch.Tensor) -> torch.Tensor:
         if self.phi is None:
@@ -143,7 +158,8 @@ class SemanticSpell:
         it brings phi closer to the target (a target phi cannot reach makes plain Gauss-Newton diverge)."""
         f = self._features(x)
         for i in range(self.gn_iter):
-            step = pullback(jacobians(self.phi, x), target - f, self.ridge).reshape(x.shape).to(x.dtype)
+            dx = within_trust(pullback(jacobians(self.phi, x), target - f, self.ridge), x, self.trust)
+            step = dx.reshape(x.shape).to(x.dtype)
             x_new = x + step
             f_new = self._features(x_new)
             if i == 0:  # the first step is Eq. 5's pull-back itself, kept as it is
@@ -154,7 +170,8 @@ class SemanticSpell:
         return x
 
 
-def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=None, memory_cond=None, gn_iter=1):
+def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=None, memory_cond=None, gn_iter=1,
+                       trust=TRUST):
     """Semantic SPELL written out, in float64, one sample at a time: features, Eq. 5/8 by `correction_reference`,
     per-sample Jacobians by autograd, the pull-back by a least-squares solve. (x0', feature-space delta, counts)."""
     x = x0.double()
@@ -171,7 +188,10 @@ def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=N
         target = f[b] + delta[b]
         for i in range(gn_iter if active[b] > 0 else 0):
             J = torch.autograd.functional.jacobian(lambda v: phi64(v)[0], xb).reshape(1, f.shape[1], -1)
-            moved = xb + pullback_reference(J, (target - phi64(xb).detach()[0])[None]).reshape(xb.shape)
+            step = pullback_reference(J, (target - phi64(xb).detach()[0])[None])[0]
+            limit = trust * xb.norm()
+            step = step * (limit / step.norm()) if step.norm() > limit else step  # the trust region
+            moved = xb + step.reshape(xb.shape)
             error = lambda v: (target - phi64(v).detach()[0]).norm()  # noqa: E731
             if i > 0 and not error(moved) < error(xb):
                 break  # a later Gauss-Newton step that does not bring phi closer is not taken

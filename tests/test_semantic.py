@@ -87,3 +87,11 @@ def test_refusals_say_what_to_change(gmm):
         resolve({"name": "spell", "space": "features"}, protected=torch.zeros(1, 2))
     with pytest.raises(ValueError, match="no registered feature map"):
         feature_map("sd3")
+
+
+def test_jacobians_in_inference_mode_and_a_flat_map_moves_nothing():
+    phi, x = small_phi(), torch.randn(2, 6, dtype=torch.float64)
+    with torch.inference_mode():  # how Lightning's predict loop calls the sampler
+        assert torch.allclose(jacobians(phi, x), jacobians(phi, x.clone()))
+        assert jacobians(phi, x).abs().sum() > 0
+    assert torch.equal(pullback(torch.zeros(2, 3, 6), torch.ones(2, 3)), torch.zeros(2, 6))
