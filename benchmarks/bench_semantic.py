@@ -11,19 +11,11 @@ the Jacobians of the active samples, the pull-back, the residual's features), be
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from bench_correction import best_of  # the script's folder is on the path
 
 
-def best_of(fn, repeats=5):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def measure(name: str, repeats: int) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from . import schema
-from .shield_schedules import is_constant, schedule_params, scheduled
+from .shield_schedules import Scheduled
 
 COINCIDENT_ULPS = 64  # a pair closer than 64 eps x its larger norm is one point: rounding, not a direction
 DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
@@ -325,7 +325,7 @@ class SpellStep:
 OVERLAP = ("single", "iterate")
 
 
-class Spell:
+class Spell(Scheduled):
     """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected).
 
     overlap="single" is the paper's one correction per evaluation. overlap="iterate" (docs/design.md section 2, the
@@ -342,7 +342,7 @@ class Spell:
     def __init__(self, radius: float, overcomp: float = 1.0, sources=(), *, overlap: str = "single", max_iter: int = 10,
                  radius_schedule="constant", overcomp_schedule="constant"):
         check_radius(radius, overcomp)
-        self.radius_schedule, self.overcomp_schedule = schedule_params(radius_schedule), schedule_params(overcomp_schedule)
+        self.set_schedules(radius_schedule, overcomp_schedule)
         if overlap not in OVERLAP:
             raise ValueError(f"overlap must be one of {OVERLAP} (got {overlap!r}).")
         if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -373,20 +373,6 @@ class Spell:
             items = getattr(s, "items", None)
             if items is not None:
                 _check_pair(x0_example[:1], items[:1], False)
-
-    @property
-    def scheduled(self) -> bool:
-        return not (is_constant(self.radius_schedule) and is_constant(self.overcomp_schedule))
-
-    def at(self, t: float, alpha: float, sigma: float) -> tuple[float, float]:
-        """(r(t), lambda(t)) at one evaluation."""
-        return (scheduled(self.radius, self.radius_schedule, t, alpha, sigma),
-                scheduled(self.overcomp, self.overcomp_schedule, t, alpha, sigma))
-
-    @property
-    def final_radius(self) -> float:
-        """r at the data (t = 0): the radius outputs are judged against (`inside_shield`)."""
-        return self.at(0.0, 1.0, 0.0)[0]
 
     def correct(self, x0: torch.Tensor, cond: torch.Tensor, radius=None, overcomp=None):
         """One correction from every source: (the summed Correction, per-source active counts)."""

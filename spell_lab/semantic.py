@@ -24,7 +24,7 @@ import torch
 
 from . import schema
 from .repellency import Memory, SpellStep, _empty, _work_dtype, check_radius, correction, correction_reference
-from .shield_schedules import is_constant, schedule_params, scheduled
+from .shield_schedules import Scheduled
 
 RIDGE = 1e-6  # relative to the mean eigenvalue of J J^T: keeps the solve defined where phi is locally flat
 # A step moves x0_hat by at most TRUST x ||x0_hat||: where J is ill-conditioned (blurry early predictions on digits),
@@ -77,7 +77,7 @@ class FeatureMemory(Memory):
             super().add(self.phi(x0).to(_work_dtype(x0.dtype)), cond)
 
 
-class SemanticSpell:
+class SemanticSpell(Scheduled):
     """SPELL in the feature space of the model it is bound to (`bind(model)`: the registry's feature map)."""
 
     def __init__(self, radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False,
@@ -85,7 +85,7 @@ class SemanticSpell:
                  trust=TRUST):
         check_radius(radius, overcomp)
         self.radius, self.overcomp, self.intra_batch, self.gn_iter = float(radius), float(overcomp), intra_batch, gn_iter
-        self.radius_schedule, self.overcomp_schedule = schedule_params(radius_schedule), schedule_params(overcomp_schedule)
+        self.set_schedules(radius_schedule, overcomp_schedule)
         self.memory = FeatureMemory() if memory else None
         self.phi, self.ridge, self.trust = None, ridge, trust
         if phi is not None:
@@ -110,14 +110,6 @@ class SemanticSpell:
         with torch.no_grad():
             return self.phi(x0).to(_work_dtype(x0.dtype))  # float32 features (float64 for float64 x0)
 
-    def at(self, t: float, alpha: float, sigma: float) -> tuple[float, float]:
-        return (scheduled(self.radius, self.radius_schedule, t, alpha, sigma),
-                scheduled(self.overcomp, self.overcomp_schedule, t, alpha, sigma))
-
-    @property
-    def final_radius(self) -> float:
-        return self.at(0.0, 1.0, 0.0)[0]
-
     def correct(self, f: torch.Tensor, cond: torch.Tensor, radius: float, overcomp: float, queries=None):
         """Eq. 5/8 on features f (B, F): (summed Correction, per-source counts). queries (B, F): other points to
         correct against the same centers (the corrected features, for the residual); row b still skips center b."""
@@ -141,7 +133,7 @@ class SemanticSpell:
         r, lam = self.at(t, alpha, sigma)
         f = self._features(x0)
         total, active = self.correct(f, cond, r, lam)
-        record = (None, None) if is_constant(self.radius_schedule) and is_constant(self.overcomp_schedule) else (r, lam)
+        record = (r, lam) if self.scheduled else (None, None)
         if self.radius == 0:
             return SpellStep(x0, torch.zeros_like(x0), active, total.nearest, None, *record, torch.zeros_like(total.nearest))
         rows = (total.active > 0).nonzero().squeeze(1)  # the one host sync: only active samples pay for J

@@ -57,3 +57,25 @@ def scheduled(value: float, params: dict, t: float, alpha: float, sigma: float) 
 
 def is_constant(params: dict) -> bool:
     return params["kind"] == "constant"
+
+
+class Scheduled:
+    """r(t) and lambda(t) of a shield intervention with `radius`, `overcomp`, `radius_schedule` and
+    `overcomp_schedule` (checked schedule params): SPELL in either space."""
+
+    def set_schedules(self, radius_schedule, overcomp_schedule) -> None:
+        self.radius_schedule, self.overcomp_schedule = schedule_params(radius_schedule), schedule_params(overcomp_schedule)
+
+    @property
+    def scheduled(self) -> bool:
+        return not (is_constant(self.radius_schedule) and is_constant(self.overcomp_schedule))
+
+    def at(self, t: float, alpha: float, sigma: float) -> tuple[float, float]:
+        """(r(t), lambda(t)) at one evaluation."""
+        return (scheduled(self.radius, self.radius_schedule, t, alpha, sigma),
+                scheduled(self.overcomp, self.overcomp_schedule, t, alpha, sigma))
+
+    @property
+    def final_radius(self) -> float:
+        """r at the data (t = 0): the radius outputs are judged against (`inside_shield`)."""
+        return self.at(0.0, 1.0, 0.0)[0]
