@@ -12,7 +12,8 @@ Definitions:
   the reference group's median within-condition feature distance (one threshold for every group of the run).
 - *Active at t*: share of trajectories with an active shield at the step nearest the paper's noise levels
   (sigma/alpha 5.11 and 2.28, its t = 0.8 and 0.6: `analysis.activity.active_at_noise`).
-- *Relative magnitude*: median of alpha ||delta|| / sigma^2 ||score|| over active evaluations.
+- *Relative magnitude*: median of alpha ||delta|| / sigma^2 ||score|| over active evaluations; *last active t*: the
+  median t of each intervened trajectory's last active step (when the repellency is over).
 - *Residual* (semantic only): mean of `shield_residual` over active evaluations, and the share of them still inside a
   feature shield after the correction.
 - *Cost per evaluation*: sampling wall-clock (`sample_seconds`) per sample and denoiser evaluation, and its ratio to
@@ -62,6 +63,8 @@ def sparsity(ds) -> dict:
     rel = ds["relative_magnitude"].values[active]
     out = {f"active_at_t{t:g}": active_at_noise(ds, level) for t, level in paper_noise_levels().items()}
     out["relative_magnitude"] = float(np.median(rel)) if rel.size else float("nan")
+    last = ds["last_active_step"].values
+    out["median_last_active_t"] = float(np.median(ds["t"].values[last[last >= 0]])) if (last >= 0).any() else np.nan
     if "shield_residual" in ds:
         res = ds["shield_residual"].values[active]
         out["residual_mean"] = float(res.mean()) if res.size else float("nan")
@@ -121,7 +124,7 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
 
 def format_table(table: pd.DataFrame) -> str:
     cols = [c for c in ("group", "radius", *QUALITY, "near_duplicates", "active_at_t0.8", "active_at_t0.6",
-                        "relative_magnitude", "residual_mean", "cost_vs_plain") if c in table]
+                        "relative_magnitude", "median_last_active_t", "residual_mean", "cost_vs_plain") if c in table]
     return table[cols].to_string(float_format=lambda v: f"{v:.3g}")
 
 
