@@ -30,7 +30,7 @@ import torch
 
 from . import baselines, driver
 from .activity import active_at_noise
-from .load import model_name, reference_of
+from .load import model_name, reference_of, subset
 from .quality import generated
 from ..calibration import with_f
 from ..models import reference_data
@@ -42,6 +42,11 @@ QUALITY = ("precision", "recall", "density", "coverage", "vendi", "fd", "fidelit
 
 def semantic_groups(datasets: dict) -> list[str]:
     return baselines.baseline_groups(datasets)
+
+
+def with_samples(datasets: dict) -> dict:
+    """The groups with at least one complete unit (an interrupted run: the others are left out, and said so)."""
+    return subset(datasets, [n for n in datasets if datasets[n].sizes["sample"] > 0])
 
 
 def near_duplicate_share(f: torch.Tensor, cond: np.ndarray, threshold: float) -> float:
@@ -108,6 +113,8 @@ def selection(points: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict:
     """The baselines' statistics (metrics, fronts, hypervolumes), each group's extras and each variant's selection."""
+    empty = [n for n in datasets if datasets[n].sizes["sample"] == 0]
+    datasets = with_samples(datasets)
     names = semantic_groups(datasets)
     ref = reference_of(datasets) or names[0]
     desc = "given by the caller"
@@ -119,7 +126,8 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     points = with_f(base["points"]).join(extras)
     table = selection(points, ref)
     return {**base, "hypervolume": base["table"], "table": table, "points": points, "reference": desc,
-            "threshold": extras.attrs["threshold"], "reference_group": ref}
+            "threshold": extras.attrs["threshold"], "reference_group": ref,
+            "left_out": f"{len(empty)} group(s) without a complete unit left out: {', '.join(empty)}" if empty else ""}
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -138,7 +146,8 @@ ANALYSIS = driver.register(driver.Analysis(
     format_table=format_table,
     none_found="has no semantic groups (<sweep>-<i>); make one with `python -m spell_lab.experiments.semantic`",
     summary_lines=lambda res: [f"\nnear-duplicate threshold (features): {res['threshold']:.4g}",
-                               f"neutral points: {res['neutral']}", f"real data: {res['reference']}"]))
+                               f"neutral points: {res['neutral']}", f"real data: {res['reference']}",
+                               res["left_out"]]))
 load_run, latest_run, analyse_run, main = driver.bind(ANALYSIS)
 
 
