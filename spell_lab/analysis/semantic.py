@@ -5,7 +5,9 @@
 
 Definitions:
 - Every group's metrics, fronts and hypervolumes are the baselines analysis' (`analysis.baselines`): the run's groups
-  are `<sweep>-<i>`, the variants `latent`, `semantic`, `scheduled` and the baselines beside them.
+  are `<sweep>-<i>`, the variants `latent`, `semantic`, `scheduled` and the baselines beside them. Held-out items:
+  as many per condition as were generated (`calibrate --select`'s matched count), so coverage and F mean what they
+  mean in Appendix D's selection.
 - *Selected radius* of a variant: Appendix D's, the grid point with the highest F = 2PC / (P + C) among the variant's
   own radii and radius 0 (the reference group, the plain sampler on the same seeds).
 - *Near-duplicate share*: the share of within-condition output pairs closer, in the metrics' feature space, than half
@@ -118,9 +120,9 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     names = semantic_groups(datasets)
     ref = reference_of(datasets) or names[0]
     desc = "given by the caller"
-    if reference is None:
-        conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in names]))
-        *reference, desc = reference_data(model_name(datasets[names[0]].attrs), conds)
+    if reference is None:  # as many held-out items per condition as were generated: Appendix D's selection compares so
+        conds, counts = np.unique(datasets[ref]["condition"].values, return_counts=True)
+        *reference, desc = reference_data(model_name(datasets[names[0]].attrs), conds, per_condition=int(counts.max()))
     base = baselines.statistics(datasets, run_dir, (*reference,), k)
     extras = group_extras(datasets, names, reference[2], ref)
     points = with_f(base["points"]).join(extras)
