@@ -15,7 +15,7 @@ def test_quick_run_end_to_end(tmp_path):
     from spell_lab.analysis import semantic as analysis
 
     out = tmp_path / "run"
-    assert semantic.main(["--model", "digits", "--quick", "--steps", "4", "--devices", "1", "--baselines", "--wandb", "disabled",
+    assert semantic.main(["--model", "digits", "--quick", "--steps", "4", "--classes", "3", "--devices", "1", "--baselines", "--wandb", "disabled",
                           "--no_progress", "--out", str(out)]) == 0
     points = pd.read_csv(out / "figures" / "points.csv", index_col="group")
     assert list(points.index) == ["latent-0", "latent-1", "semantic-0", "scheduled-0"]
