@@ -86,6 +86,11 @@ def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run
     return settings
 
 
+def sweep_counts(settings, sweeps) -> str:
+    """The summary's groups line: how many groups each sweep has."""
+    return f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})" for k in sweeps)
+
+
 def generate(cfg, size: str) -> Generated:
     grids = {**GRIDS, **(cfg.grids or {})}
     require_reference(cfg.model, "the baselines comparison")  # before any sampling: the metrics need real data
@@ -101,8 +106,7 @@ def generate(cfg, size: str) -> Generated:
                              name=name, config=config)
     s = settings[0]
     return Generated(result.run_dir, [(result, seconds)], lambda out: [
-        ("groups", f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})"
-                                                    for k in cfg.sweeps)),
+        ("groups", sweep_counts(settings, cfg.sweeps)),
         ("protocol", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds everywhere"),
         ("neutral points", out["neutral"]),
         ("real data", out["reference"]),

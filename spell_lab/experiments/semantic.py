@@ -25,7 +25,7 @@ from ..calibration import CALIBRATION_SEED_OFFSET, SIZE_PER_CONDITION, calibrati
 from ..models.registry import feature_map, require_reference
 from ..run import handoff
 from . import skeleton
-from .baselines import SIZE_CONDITIONS, SWEEPS, baseline_settings
+from .baselines import SIZE_CONDITIONS, SWEEPS, baseline_settings, sweep_counts
 from .common import GENERATION, conditions_for, config_dict, launch, load_model_for, sampling_for
 from .skeleton import Experiment, Generated
 
@@ -98,8 +98,7 @@ def generate(cfg, size: str) -> Generated:
                              name=name, config=config, reference=settings[0].name)  # latent-0: radius 0
     s = settings[0]
     return Generated(result.run_dir, [(result, seconds)], lambda out: [
-        ("groups", f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})"
-                                                    for k in sweeps)),
+        ("groups", sweep_counts(settings, sweeps)),
         ("protocol", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds everywhere"),
         ("calibration", f"median {scale['diffusion']:.4g} (diffusion), {scale['features']:.4g} (features)"),
         ("real data", out["reference"]),
