@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from .repellency import Memory, Spell, SpellStep
+from .semantic import SemanticSpell
 
 
 @dataclass
@@ -50,7 +51,7 @@ class Hooks:
 
     @property
     def radius(self) -> float:
-        return self.shields.radius if self.shields is not None else 0.0
+        return self.shields.final_radius if self.shields is not None else 0.0  # r(0) under a schedule
 
     def validate(self, x_example: torch.Tensor) -> None:
         for iv in self.interventions:
@@ -58,7 +59,11 @@ class Hooks:
                 iv.validate(x_example)
 
     def validate_model(self, model) -> None:
-        """Refuse, before anything runs, a method the model cannot serve (a condition transform needs an embedding)."""
+        """Refuse, before anything runs, a method the model cannot serve (a condition transform needs an embedding);
+        interventions that need the model (semantic SPELL's feature map) are bound to it here."""
+        for iv in self.interventions:
+            if hasattr(iv, "bind"):
+                iv.bind(model)
         if self.condition is not None and not callable(getattr(model, "embed_condition", None)):
             raise ValueError(f"method {self.params.get('name')!r} transforms the condition embedding, and model "
                              f"{getattr(model, 'name', type(model).__name__)!r} has none; use a model with one "
@@ -76,7 +81,7 @@ class Hooks:
         """(B,) distance of each output to the nearest reference it was shielded from; +inf without shields."""
         if self.shields is None:
             return torch.full((x0.shape[0],), math.inf, device=x0.device)
-        return self.shields(x0, cond).nearest
+        return self.shields.nearest(x0, cond)
 
     def end_round(self, x0: torch.Tensor, cond: torch.Tensor) -> None:
         """A round finished: later rounds repel from its outputs (where the method keeps a memory)."""
@@ -89,22 +94,25 @@ class MethodSpec:
     name: str
     defaults: dict
     build: Callable  # (params, protected) -> Hooks
+    quiet: dict = field(default_factory=dict)  # parameters filled in only where given: older runs' data unchanged
 
 
 REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, **defaults):
-    """Decorator: `@register("spell", radius=0.0, ...)` over `fn(params, protected) -> Hooks`."""
+def register(name: str, quiet=None, **defaults):
+    """Decorator: `@register("spell", radius=0.0, ...)` over `fn(params, protected) -> Hooks`. `quiet`: parameters
+    added later, whose defaults keep the method as it was; the plain data holds them only where given, so a run's
+    method, fingerprint and store stay what they were before them."""
 
     def add(fn):
-        REGISTRY[name] = MethodSpec(name, defaults, fn)
+        REGISTRY[name] = MethodSpec(name, {**defaults, **(quiet or {})}, fn, dict(quiet or {}))
         return fn
 
     return add
 
 
-POSITIVE = {"overcomp", "max_iter"}  # numeric parameters that must be > 0; every other one >= 0
+POSITIVE = {"overcomp", "max_iter", "gn_iter"}  # numeric parameters that must be > 0; every other one >= 0
 UNBOUNDED = {"sigma_hi"}  # may be inf (an interval without an upper end)
 
 
@@ -124,7 +132,8 @@ def method_params(method: dict | str) -> dict:
         raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it takes {sorted(spec.defaults)}.")
     for key, value in method.items():
         _check_param(name, key, value, spec.defaults[key])
-    return {"name": name, **spec.defaults, **method}
+    loud = {k: v for k, v in spec.defaults.items() if k not in spec.quiet}
+    return {"name": name, **loud, **method}
 
 
 def _check_param(method: str, key: str, value, default) -> None:
@@ -153,16 +162,56 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 # --- the methods ------------------------------------------------------------------------------------------------
 
 
+SPACES = ("diffusion", "features")
+
+
+SPELL_QUIET = {"radius_schedule": "constant", "overcomp_schedule": "constant", "space": "diffusion", "gn_iter": 1}
+
+
 @register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, overlap="single", max_iter=10,
-          weight=None)
+          weight=None, quiet=SPELL_QUIET)
 def spell(params: dict, protected=None) -> Hooks:
     """SPELL (Eq. 5/8): shields of radius r around the other batch members, earlier rounds and a protected set;
     overlap="iterate" repeats the correction (at most max_iter times) until no shield is within r.
-    weight: the CFG weight it runs on top of (Appendix I), as in `cfg`; None: the run's weight."""
+    weight: the CFG weight it runs on top of (Appendix I), as in `cfg`; None: the run's weight.
+    radius_schedule / overcomp_schedule: r(t), lambda(t) as plain data (`spell_lab.shield_schedules`).
+    space="features": semantic shields in the model's feature space (`spell_lab.semantic`; gn_iter Gauss-Newton
+    pull-backs); "diffusion" (the default): the paper's SPELL."""
+    full = {**SPELL_QUIET, **params}  # the quiet parameters at their defaults where not given
+    if full["space"] not in SPACES:
+        raise ValueError(f"spell space must be one of {SPACES} (got {full['space']!r}).")
+    if full["space"] == "features":
+        return semantic_spell(params, full, protected)
     memory = Memory() if params["memory"] else None
     s = Spell.build(params["radius"], params["overcomp"], intra_batch=params["intra_batch"], memory=memory,
-                    protected=protected, overlap=params["overlap"], max_iter=params["max_iter"])
+                    protected=protected, overlap=params["overlap"], max_iter=params["max_iter"],
+                    radius_schedule=full["radius_schedule"], overcomp_schedule=full["overcomp_schedule"])
     return Hooks(params, interventions=(s,), guidance=fixed_weight(params["weight"]), shields=s, memory=memory)
+
+
+def semantic_spell(params: dict, full: dict, protected=None) -> Hooks:
+    """SPELL with shields in a feature space (docs/design.md section 2, "Semantic shields"): the memory keeps
+    features; a protected set would need its features too and is refused. full: params with the quiet ones."""
+    if protected is not None:
+        raise ValueError("spell with space='features' has no protected set yet (its items would need features); "
+                         "use space='diffusion' to protect a set.")
+    if full["overlap"] != "single" or not isinstance(full["gn_iter"], int) or full["gn_iter"] < 1:
+        raise ValueError("spell with space='features' takes overlap='single' and an integer gn_iter >= 1 (got "
+                         f"overlap={full['overlap']!r}, gn_iter={full['gn_iter']!r}).")
+    s = SemanticSpell(full["radius"], full["overcomp"], intra_batch=full["intra_batch"], memory=full["memory"],
+                      gn_iter=full["gn_iter"], radius_schedule=full["radius_schedule"],
+                      overcomp_schedule=full["overcomp_schedule"])
+    return Hooks(params, interventions=(s,), guidance=fixed_weight(full["weight"]), shields=s, memory=s.memory)
+
+
+def recorded_fields(method: dict) -> tuple[str, ...]:
+    """The optional per-step fields (`schema.optional_step_fields`) a method's runs record: r(t) and lambda(t) under a
+    schedule, the shield residual in feature space. Other methods, and constant-schedule SPELL, record none."""
+    if method.get("name") != "spell":
+        return ()
+    scheduled = any(method.get(k, "constant") != "constant" for k in ("radius_schedule", "overcomp_schedule"))
+    out = ("radius_t", "overcomp_t") if scheduled else ()
+    return out + (("shield_residual",) if method.get("space") == "features" else ())
 
 
 @register("cfg", weight=None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from . import schema
+from .shield_schedules import Scheduled
 
 COINCIDENT_ULPS = 64  # a pair closer than 64 eps x its larger norm is one point: rounding, not a direction
 DEFAULT_CHUNK = 4096  # centers per chunk: B x 4096 distances at a time
@@ -290,13 +291,19 @@ def _empty(x0: torch.Tensor) -> Correction:
 class SpellStep:
     """What an intervention on x0_hat did at one evaluation: the new x0, its change, the per-source shield counts
     (names of `schema.SOURCES`; a missing name counts 0), the distance to the nearest reference (+inf: none) and the
-    index cells its searches probed (`Correction.cells_probed`, summed over passes; None: no index reported any)."""
+    index cells its searches probed (`Correction.cells_probed`, summed over passes; None: no index reported any).
+    Recorded only where a method reports them (None: not reported): `radius` and `overcomp`, the r(t) and lambda(t)
+    a schedule gave this evaluation (host floats); `residual` (B,), how far inside a shield the corrected x0 still is
+    (semantic SPELL, in its feature space)."""
 
     x0: torch.Tensor
     delta: torch.Tensor
     active: dict  # source name -> (B,) counts
     nearest: torch.Tensor
     cells_probed: torch.Tensor | None = None
+    radius: float | None = None
+    overcomp: float | None = None
+    residual: torch.Tensor | None = None
 
     @classmethod
     def unchanged(cls, x0: torch.Tensor) -> "SpellStep":
@@ -309,14 +316,16 @@ class SpellStep:
         active = dict(self.active)
         for name, count in later.active.items():
             active[name] = active[name] + count if name in active else count
+        first = lambda a, b: a if a is not None else b  # noqa: E731  (one SPELL per method: at most one reports)
         return SpellStep(later.x0, self.delta + later.delta, active, torch.minimum(self.nearest, later.nearest),
-                         _sum_cells(self.cells_probed, later.cells_probed))
+                         _sum_cells(self.cells_probed, later.cells_probed), first(self.radius, later.radius),
+                         first(self.overcomp, later.overcomp), first(self.residual, later.residual))
 
 
 OVERLAP = ("single", "iterate")
 
 
-class Spell:
+class Spell(Scheduled):
     """SPELL with a radius, an overcompensation and a list of shield sources (intra-batch, memory, protected).
 
     overlap="single" is the paper's one correction per evaluation. overlap="iterate" (docs/design.md section 2, the
@@ -325,10 +334,15 @@ class Spell:
     and the first pass's active counts and nearest distance (the shields x0_hat itself was in: what the single
     correction reports, so activity statistics mean the same in both modes). Deciding to stop reads one flag per
     extra pass from the device: the only host sync, and only in "iterate" mode.
+
+    radius_schedule / overcomp_schedule (`spell_lab.shield_schedules`): r(t) = r m(t), lambda(t) = lambda m(t) at each
+    evaluation's (t, alpha, sigma); "constant" (the default) is today's SPELL bit for bit and records nothing more.
     """
 
-    def __init__(self, radius: float, overcomp: float = 1.0, sources=(), *, overlap: str = "single", max_iter: int = 10):
+    def __init__(self, radius: float, overcomp: float = 1.0, sources=(), *, overlap: str = "single", max_iter: int = 10,
+                 radius_schedule="constant", overcomp_schedule="constant"):
         check_radius(radius, overcomp)
+        self.set_schedules(radius_schedule, overcomp_schedule)
         if overlap not in OVERLAP:
             raise ValueError(f"overlap must be one of {OVERLAP} (got {overlap!r}).")
         if not (isinstance(max_iter, int) and max_iter >= 1):
@@ -341,13 +355,14 @@ class Spell:
 
     @classmethod
     def build(cls, radius, overcomp=1.0, *, intra_batch=False, memory=None, protected=None, overlap="single",
-              max_iter=10) -> "Spell":
+              max_iter=10, radius_schedule="constant", overcomp_schedule="constant") -> "Spell":
         sources = [IntraBatch()] if intra_batch else []
         if memory is not None:
             sources.append(memory if isinstance(memory, Memory) else Memory(memory))
         if protected is not None:
             sources.append(protected if callable(protected) else ExactProtected(protected))
-        return cls(radius, overcomp, sources, overlap=overlap, max_iter=max_iter)
+        return cls(radius, overcomp, sources, overlap=overlap, max_iter=max_iter, radius_schedule=radius_schedule,
+                   overcomp_schedule=overcomp_schedule)
 
     def validate(self, x0_example: torch.Tensor) -> None:
         """Check references against the sample shape once, before sampling (the hot loop skips checks)."""
@@ -359,24 +374,32 @@ class Spell:
             if items is not None:
                 _check_pair(x0_example[:1], items[:1], False)
 
-    def correct(self, x0: torch.Tensor, cond: torch.Tensor):
+    def correct(self, x0: torch.Tensor, cond: torch.Tensor, radius=None, overcomp=None):
         """One correction from every source: (the summed Correction, per-source active counts)."""
+        radius = self.radius if radius is None else radius
+        overcomp = self.overcomp if overcomp is None else overcomp
         total = _empty(x0)
         active = {n: torch.zeros_like(total.active) for n in schema.SOURCES}
         for source in self.sources:  # distances are measured at radius 0 too (the baseline's nearest_distance)
-            c = source(x0, self.radius, self.overcomp, cond)
+            c = source(x0, radius, overcomp, cond)
             active[source.name] = c.active
             total = total + c
         return total, active
 
+    def nearest(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """(B,) distance of x0 to the nearest reference (+inf: none), at the final radius."""
+        return self.correct(x0, cond, self.final_radius)[0].nearest
+
     def __call__(self, x0: torch.Tensor, cond: torch.Tensor, **context) -> SpellStep:
-        """SPELL at one evaluation; `context` (x_t, t, alpha, sigma) is what other interventions need, unused here."""
-        total, active = self.correct(x0, cond)
+        """SPELL at one evaluation; `context` (x_t, t, alpha, sigma): t, alpha and sigma set r(t) and lambda(t)
+        where a schedule is given (constant schedules ignore them)."""
+        r, lam = self.at(context["t"], context["alpha"], context["sigma"]) if self.scheduled else (None, None)
+        total, active = self.correct(x0, cond, r, lam)
         if self.radius == 0:
-            return SpellStep(x0, total.delta, active, total.nearest, total.cells_probed)  # x0 itself: bit-identical
+            return SpellStep(x0, total.delta, active, total.nearest, total.cells_probed, r, lam)  # x0: bit-identical
         delta, passes, inside, cells = total.delta, 1, total.active, total.cells_probed
         while self.overlap == "iterate" and passes < self.max_iter and bool(inside.any()):
-            again, _ = self.correct(x0 + delta, cond)  # x0_hat' may sit in a neighbouring shield: push again
+            again, _ = self.correct(x0 + delta, cond, r, lam)  # x0_hat' may sit in a neighbouring shield: push again
             delta, passes, inside = delta + again.delta, passes + 1, again.active
             cells = _sum_cells(cells, again.cells_probed)
-        return SpellStep(x0 + delta, delta, active, total.nearest, cells)
+        return SpellStep(x0 + delta, delta, active, total.nearest, cells, r, lam)

@@ -56,6 +56,19 @@ def step_fields() -> tuple[Field, ...]:
         Field(n, per_step, "int32", -1, d) for n, d in counts)
 
 
+def optional_step_fields() -> tuple[Field, ...]:
+    """(sample, step) fields a group holds only where its method records them (`methods.recorded_fields`): a store
+    without them (every store before them, every other method) opens and reads as before."""
+    per_step = ("sample", "step")
+    docs = (
+        ("radius_t", "r(t): the shield radius a radius schedule gave this evaluation"),
+        ("overcomp_t", "lambda(t): the overcompensation an overcompensation schedule gave this evaluation"),
+        ("shield_residual", "semantic SPELL: relu(r - distance of the corrected x0_hat's features to the nearest "
+                            "shield center), how far inside a feature shield it still is; 0 outside every shield"),
+    )
+    return tuple(Field(n, per_step, "float32", math.nan, d) for n, d in docs)
+
+
 def sample_fields() -> tuple[Field, ...]:
     """(sample,) fields: what was generated, and what SPELL did to it over the whole trajectory."""
     s = ("sample",)

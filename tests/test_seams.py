@@ -23,10 +23,10 @@ from spell_lab.run.launch import run_generation
 
 PACKAGE = Path(spell_lab.__file__).parent
 LAYERS = [  # low to high: a module imports only from its own layer or below
-    {"__init__", "cli", "schema", "plan", "activity", "schedules", "parameterisation"},
+    {"__init__", "cli", "schema", "plan", "activity", "schedules", "parameterisation", "shield_schedules"},
     {"repellency"},
     {"protect", "models"},
-    {"methods", "metrics"},
+    {"methods", "metrics", "semantic"},
     {"samplers"},
     {"diffusers", "store", "calibration"},
     {"run"},

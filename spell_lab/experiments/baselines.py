@@ -50,9 +50,9 @@ def group_name(sweep: str, i: int) -> str:
     return f"{sweep}-{i}"
 
 
-def point(sweep: str, value, run_weight: float) -> dict:
-    """The method as plain data at one grid value (null: the run's weight)."""
-    spec = SWEEPS[sweep]
+def point(sweep: str, value, run_weight: float, table: dict = SWEEPS) -> dict:
+    """The method as plain data at one grid value (null: the run's weight); table: the sweeps it is one of."""
+    spec = table[sweep]
     method = copy.deepcopy(spec["method"])
     if isinstance(value, dict):
         method.update(value)
@@ -61,16 +61,18 @@ def point(sweep: str, value, run_weight: float) -> dict:
     return method_params(method)  # unknown parameters refused here, before anything runs
 
 
-def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run_weight: float) -> list[Setting]:
-    """One setting per (sweep, grid value), all on the same seeds and rounds."""
+def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run_weight: float,
+                      table: dict = SWEEPS) -> list[Setting]:
+    """One setting per (sweep, grid value), all on the same seeds and rounds; table: the sweeps to draw from (the
+    semantic experiment adds its SPELL variants)."""
     if not sweeps:
-        raise ValueError(f"--sweeps names no sweep; choose from {', '.join(SWEEPS)}.")
-    unknown = sorted(set(sweeps) - set(SWEEPS)) + sorted(set(grids) - set(SWEEPS))
+        raise ValueError(f"--sweeps names no sweep; choose from {', '.join(table)}.")
+    unknown = sorted(set(sweeps) - set(table)) + sorted(set(grids) - set(table))
     if unknown:
-        raise ValueError(f"unknown sweep(s) {unknown}; choose from {', '.join(SWEEPS)}.")
+        raise ValueError(f"unknown sweep(s) {unknown}; choose from {', '.join(table)}.")
     settings = []
     for sweep in sweeps:
-        values = grids.get(sweep, SWEEPS[sweep]["values"])
+        values = grids.get(sweep, table[sweep]["values"])
         if not isinstance(values, list) or not values:
             raise ValueError(f"the grid of {sweep!r} must be a non-empty list of values (got {values!r}).")
         if size == "quick":
@@ -79,9 +81,14 @@ def baseline_settings(sweeps, grids: dict, size: str, conditions, seed: int, run
             number = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
             if not (v is None or isinstance(v, dict) or number):  # the method checks its range
                 raise ValueError(f"grid value {v!r} of {sweep!r} is not a number, null or a dict of parameters.")
-            settings.append(Setting(group_name(sweep, i), point(sweep, v, run_weight), rounds=SIZE_ROUNDS[size],
-                                    conditions=tuple(conditions), seed=seed, note=SWEEPS[sweep]["label"]))
+            settings.append(Setting(group_name(sweep, i), point(sweep, v, run_weight, table), rounds=SIZE_ROUNDS[size],
+                                    conditions=tuple(conditions), seed=seed, note=table[sweep]["label"]))
     return settings
+
+
+def sweep_counts(settings, sweeps) -> str:
+    """The summary's groups line: how many groups each sweep has."""
+    return f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})" for k in sweeps)
 
 
 def generate(cfg, size: str) -> Generated:
@@ -99,8 +106,7 @@ def generate(cfg, size: str) -> Generated:
                              name=name, config=config)
     s = settings[0]
     return Generated(result.run_dir, [(result, seconds)], lambda out: [
-        ("groups", f"{len(settings)}: " + ", ".join(f"{k} ({sum(x.name.startswith(k + '-') for x in settings)})"
-                                                    for k in cfg.sweeps)),
+        ("groups", sweep_counts(settings, cfg.sweeps)),
         ("protocol", f"rounds {list(s.rounds)} per condition, conditions {list(s.conditions)}, same seeds everywhere"),
         ("neutral points", out["neutral"]),
         ("real data", out["reference"]),

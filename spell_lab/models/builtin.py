@@ -10,6 +10,7 @@ register(ModelEntry(
     load="spell_lab.models.gmm:load_gmm",
     reference="spell_lab.models.gmm:held_out",
     features="spell_lab.metrics.features:RawFeatures",
+    feature_map="spell_lab.models.gmm:feature_map",
     # calibrate --select --model gmm selects r = 0: the smallest grid radius (2.45 = 0.13x the median 18.34) is wider
     # than the spread within a mixture mode and drops precision from 0.95 to 0.19 (analysis/diversity)
     selected_radius=None,
@@ -22,6 +23,7 @@ register(ModelEntry(
     load="spell_lab.models.digits:load_digits",
     reference="spell_lab.models.digits_heldout:held_out",
     features="spell_lab.metrics.features:DigitsFeatures",
+    feature_map="spell_lab.models.digits:feature_map",
     fidelity="spell_lab.models.digits_heldout:fidelity",
     training_set="spell_lab.models.digits_training_set:training_set",
     # calibrate --select on the shipped model: w = 2, median 32.64, r = 26.11 = 0.80x median (analysis/digits)
@@ -36,6 +38,7 @@ register(ModelEntry(
     load="spell_lab.models.fashion:load_fashion",
     reference="spell_lab.models.fashion:held_out",
     features="spell_lab.models.fashion:FashionFeatures",
+    feature_map="spell_lab.models.fashion:feature_map",
     fidelity="spell_lab.models.fashion:fidelity",
     training_set="spell_lab.models.fashion_training_set:training_set",
     # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 3, median 47.25,

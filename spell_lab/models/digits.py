@@ -319,3 +319,8 @@ def class_split(labels: torch.Tensor, holdout: float, seed: int) -> tuple[torch.
         k = round(holdout * len(idx))
         test.append(idx[:k]), train.append(idx[k:])
     return torch.cat(train), torch.cat(test)
+
+
+def feature_map(device="cpu"):
+    """phi for semantic SPELL: the shipped classifier's penultimate features (the metrics'), with gradients."""
+    return load_classifier(device=device).features

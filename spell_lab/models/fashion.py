@@ -261,6 +261,14 @@ class FashionFeatures:
         return torch.cat([self.net.features(x0[i:i + self.batch_size]) for i in range(0, len(x0), self.batch_size)])
 
 
+def feature_map(device="cpu"):
+    """phi for semantic SPELL: latents -> decoded image -> the classifier's 128-d features (the metrics'), with
+    gradients (`LatentClassifier.features` decodes without them)."""
+    net = latent_classifier(device)
+    vae, scale, clf = net.model.vae, net.model.scaling_factor, net.classifier
+    return lambda x0: clf.features(vae.decode(x0.to(vae.dtype) / scale).sample.clamp(-1, 1))
+
+
 @_one_thread
 def fidelity(x0, cond) -> np.ndarray:
     """The condition-fidelity score: the classifier's probability of the requested class for decoded latents."""

@@ -89,3 +89,8 @@ def mixture_samples(gmm: GaussianMixture, conditions, per_condition: int | None,
         cs.append(torch.full((per_condition,), c))
     desc = f"{per_condition} exact mixture samples per condition (seed {seed}); features: raw vectors"
     return torch.cat(xs), torch.cat(cs).numpy(), desc
+
+
+def feature_map(device="cpu"):
+    """phi for semantic SPELL: the raw vectors (its metrics' features), so feature and diffusion SPELL coincide."""
+    return lambda x: x.reshape(x.shape[0], -1)

@@ -38,6 +38,7 @@ class ModelEntry:
     # (model, set_size|None, seed, data_dir=None) -> (N, *sample_shape) float32: the model's own training items in its
     # diffusion space, grown to set_size by seeded augmentations (None: the training items alone); the protected set
     training_set: Ref | None = None
+    feature_map: Ref | None = None  # (device) -> phi, differentiable (B, *shape) -> (B, D): the features, for semantic SPELL
     selected_radius: float | None = None  # Appendix D's selected radius (calibrate --select); None: none selected
     radius_source: str = ""  # how the selected radius was found (or why there is none), shown in errors
     default: bool = False  # the model commands use when --model is not given (exactly one entry)
@@ -135,6 +136,17 @@ def reference_data(name: str, conditions, *, per_condition: int | None = None, s
                          f"to the analysis (registered with real data: {', '.join(with_reference())}).")
     x, cond, description = resolve(e.reference)([int(c) for c in conditions], per_condition, seed)
     return x, cond, resolve(e.features)(), description
+
+
+def feature_map(name: str, device="cpu"):
+    """phi: the model's features as a differentiable map of the diffusion space (the metrics' features, with gradients:
+    semantic SPELL's shields live there); a one-line error where the model has none."""
+    e = MODELS.get(name)
+    if e is None or e.feature_map is None:
+        known = ", ".join(n for n, m in MODELS.items() if m.feature_map is not None)
+        raise ValueError(f"model {name!r} has no registered feature map, which spell space='features' needs "
+                         f"(built-in models with one: {known}); use space='diffusion'.")
+    return resolve(e.feature_map)(device)
 
 
 def condition_fidelity(name: str):

@@ -11,7 +11,7 @@ import torch
 
 from .. import schema
 from ..activity import activity_fields
-from ..methods import resolve
+from ..methods import recorded_fields, resolve
 from ..plan import WorkUnit
 from ..samplers import generate
 
@@ -22,7 +22,7 @@ def run_unit(model, unit: WorkUnit, *, sampler, steps, guidance, protected=None,
     s = unit.setting
     hooks = resolve(s.method, protected=protected)  # fresh per unit: the memory holds this condition's rounds only
     sample = getattr(model, "generate", None) or functools.partial(generate, model)  # pipelines drive their own loop
-    recorded = [f.name for f in schema.step_fields()]
+    recorded = [f.name for f in schema.step_fields()] + list(recorded_fields(s.method))
     parts = []
     for round_index, seeds in unit.rounds:
         cond = torch.full((len(seeds),), unit.condition, dtype=torch.long, device=device)

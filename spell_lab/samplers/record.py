@@ -24,6 +24,8 @@ class Recorder:
         self.counts = torch.zeros((len(self.sources), batch, evaluations), dtype=torch.long, device=device)
         self.none = torch.zeros(batch, dtype=torch.long, device=device)  # a source absent from a step counts 0
         self.cells = torch.full((batch, evaluations), -1, dtype=torch.long, device=device)  # -1: no cells probed
+        self.optional = {}  # schema.optional_step_fields the steps report (r(t), lambda(t), residual): name -> (B, n)
+        self.batch, self.evaluations, self.device = batch, evaluations, device
         self.t: list[float] = []
         self.alpha: list[float] = []
         self.sigma: list[float] = []
@@ -40,6 +42,15 @@ class Recorder:
         probed = getattr(spell, "cells_probed", None)  # (B,) from an index with cells; None: exhaustive or no search
         if probed is not None:
             self.cells[:, i] = probed
+        for name, value in (("radius_t", spell.radius), ("overcomp_t", spell.overcomp),
+                            ("shield_residual", spell.residual)):
+            if value is not None:  # host floats or (B,) device tensors: no sync
+                self._optional(name)[:, i] = value
+
+    def _optional(self, name: str) -> torch.Tensor:
+        if name not in self.optional:
+            self.optional[name] = torch.full((self.batch, self.evaluations), math.nan, device=self.device)
+        return self.optional[name]
 
     def result(self) -> dict:
         n = len(self.t)
@@ -57,5 +68,6 @@ class Recorder:
             "cells_probed": self.cells[:, :n],
         }
         out.update({schema.count_name(name): counts[k] for k, name in enumerate(self.sources)})
+        out.update({name: values[:, :n] for name, values in self.optional.items()})
         out.update(t=torch.tensor(self.t), alpha=torch.tensor(self.alpha), sigma=torch.tensor(self.sigma))
         return out

@@ -20,6 +20,7 @@ import xarray as xr
 import zarr
 
 from .. import __version__, schema
+from ..methods import recorded_fields
 from ..plan import Setting
 from .integrity import (REPAIR, StoreDamagedError, damage, damage_error, group_names, open_child,  # noqa: F401
                         open_root, unit_digests, write_digests)
@@ -92,7 +93,8 @@ def create_store(
         arr("step", (n,), (n,), "int32", -1, ["step"])[:] = np.arange(n, dtype=np.int32)
         for name, values in (("t", times), ("sigma", sigmas), ("alpha", alphas)):
             arr(name, (n,), (n,), "float64", math.nan, ["step"])[:] = np.asarray(values, dtype=np.float64)
-        for f in schema.step_fields():
+        optional = [f for f in schema.optional_step_fields() if f.name in recorded_fields(s.method)]
+        for f in schema.step_fields() + tuple(optional):  # optional fields only where the method records them
             arr(f.name, (N, n), (U, n), f.dtype, f.fill, list(f.dims)).attrs["description"] = f.doc
         for f in schema.sample_fields():
             arr(f.name, (N,), (U,), f.dtype, f.fill, list(f.dims)).attrs["description"] = f.doc  # the store says it
