@@ -88,6 +88,30 @@ def test_the_grown_set_is_seeded_warps_of_the_images_and_a_smaller_set_is_its_pr
     assert np.array_equal(smaller, grown[: 2 * N_TRAIN])
 
 
+def test_an_interrupted_encoding_resumes_from_its_last_flushed_block_and_equals_an_uninterrupted_one(
+        fake_data, model, cache, monkeypatch, tmp_path):
+    monkeypatch.setattr(fts, "CHUNK", N_TRAIN)  # 4 blocks of 240 in a set of 960
+    monkeypatch.setattr(fts, "BATCH", 120)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "whole"))
+    whole = np.array(fts.unscaled_set(model.vae, 4 * N_TRAIN, 0, fake_data))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cut"))
+
+    def stop_after_two_blocks(done, n):
+        if done == 2 * N_TRAIN:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fts.unscaled_set(model.vae, 4 * N_TRAIN, 0, fake_data, progress=stop_after_two_blocks)
+    (done,) = (tmp_path / "cut").rglob("*.partial.npy.done")
+    assert done.read_text() == str(2 * N_TRAIN)
+    encoded, encode = [], fts.encode_unscaled
+    monkeypatch.setattr(fts, "encode_unscaled", lambda vae, x: encoded.append(len(x)) or encode(vae, x))
+    resumed = np.array(fts.unscaled_set(model.vae, 4 * N_TRAIN, 0, fake_data))
+    assert sum(encoded) == 2 * N_TRAIN  # only the two blocks left
+    assert np.array_equal(resumed, whole)
+    assert not [*(tmp_path / "cut").rglob("*.partial.npy"), *(tmp_path / "cut").rglob("*.done")]
+
+
 def test_without_the_dataset_one_line_exit_2_and_nothing_created(tmp_path, cache, capsys):
     out = tmp_path / "run"
     args = ["--model", "fashion", "--quick", "--data", str(tmp_path / "none"), "--out", str(out), "--wandb", "disabled"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from .digits_augment import warp
 from .fashion import pad_images
@@ -111,23 +112,47 @@ def unscaled_set(vae, n: int | None, seed: int = 0, data_dir=None, progress=None
     if have >= n:
         return np.load(path, mmap_mode="r")[:n]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".seed{seed}-n{n}.{os.getpid()}.partial.npy"
+    tmp = folder / f".seed{seed}-n{n}.partial.npy"
+    with FileLock(str(tmp) + ".lock"):  # one writer; a killed one's partial is resumed from its last flushed block
+        out, start = _open_partial(tmp, n, path, have)
+        for span in range(start, n, CHUNK):  # one warp block at a time, encoded in BATCH-aligned batches
+            x = images_in_space(images, span, min(n, span + CHUNK), seed)
+            for lo in range(0, len(x), BATCH):
+                out[span + lo:span + lo + BATCH] = encode_unscaled(vae, x[lo:lo + BATCH]).numpy()
+            out.flush()
+            _write_done(tmp, span + len(x))
+            if progress is not None:
+                progress(span + len(x), n)
+        del out
+        final = folder / f"seed{seed}-n{n}.npy"
+        tmp.replace(final)
+        _done_file(tmp).unlink()
+    return np.load(final, mmap_mode="r")
+
+
+def _done_file(tmp: Path) -> Path:
+    return tmp.with_name(tmp.name + ".done")  # how many rows of the partial are written and flushed
+
+
+def _write_done(tmp: Path, rows: int) -> None:
+    part = tmp.with_name(tmp.name + ".done.tmp")
+    part.write_text(str(rows))
+    part.replace(_done_file(tmp))  # atomic: a kill leaves the old count or the new one
+
+
+def _open_partial(tmp: Path, n: int, path: Path | None, have: int):
+    """The partial file to fill and the first row to encode: an interrupted one resumed from its flushed rows, else a
+    new one holding the largest cached smaller set as its prefix."""
+    if tmp.exists() and _done_file(tmp).exists():
+        return np.lib.format.open_memmap(tmp, mode="r+"), int(_done_file(tmp).read_text())
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 4, 8, 8))
     start = 0
     if path is not None:
         start = have - have % BATCH
         out[:start] = np.load(path, mmap_mode="r")[:start]
-    for span in range(start, n, CHUNK):  # one warp block at a time, encoded in BATCH-aligned batches
-        x = images_in_space(images, span, min(n, span + CHUNK), seed)
-        for lo in range(0, len(x), BATCH):
-            out[span + lo:span + lo + BATCH] = encode_unscaled(vae, x[lo:lo + BATCH]).numpy()
-        if progress is not None:
-            progress(span + len(x), n)
-    out.flush()
-    del out
-    final = folder / f"seed{seed}-n{n}.npy"
-    tmp.replace(final)
-    return np.load(final, mmap_mode="r")
+        out.flush()
+    _write_done(tmp, start)
+    return out, start
 
 
 def training_set(model, set_size: int | None = None, seed: int = 0, data_dir=None) -> np.ndarray:
