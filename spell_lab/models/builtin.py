@@ -42,8 +42,9 @@ register(ModelEntry(
     fidelity="spell_lab.models.fashion:fidelity",
     training_set="spell_lab.models.fashion_training_set:training_set",
     # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 3, median 47.25,
-    # r = 37.8 = 0.80x median, 2.03 grid steps from 25 (analysis/fashion)
-    selected_radius=37.8,
+    # w = 2.5, median 32.49: r = 17.33 = 0.533x median, 1.77 grid steps from 25; F is flat (0.933-0.937) from 0 to
+    # 21.66, so the argmax sits on noise (analysis/fashion)
+    selected_radius=17.33,
     radius_source="python -m spell_lab.experiments.calibrate --select --model fashion (analysis/fashion)",
     default=True,
     train_command="python -m spell_lab.models.fashion_train --into-package",
