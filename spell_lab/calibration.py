@@ -79,6 +79,31 @@ def with_f(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(f=f_score(table["precision"].to_numpy(), table["coverage"].to_numpy()))
 
 
+def f_standard_error(precision, coverage) -> np.ndarray:
+    """The jackknife standard error of F(mean precision, mean coverage) over conditions, one per candidate:
+    `precision` and `coverage` are (candidates, conditions) per-condition values. Conditions are the independent
+    units (every candidate uses the same seeds and real images), so F is recomputed leaving one condition out at a
+    time: SE = sqrt((n - 1) / n * sum_k (F_(k) - mean F_(.))^2). NaN with fewer than 2 conditions."""
+    p, c = np.atleast_2d(np.asarray(precision, dtype=float)), np.atleast_2d(np.asarray(coverage, dtype=float))
+    if p.shape != c.shape:
+        raise ValueError(f"precision and coverage need the same (candidates, conditions) shape (got {p.shape}, {c.shape}).")
+    n = p.shape[1]
+    if n < 2:
+        return np.full(p.shape[0], np.nan)
+    keep = ~np.eye(n, dtype=bool)  # row k: every condition but k
+    leave_out = np.stack([f_score(p[:, m].mean(1), c[:, m].mean(1)) for m in keep], axis=1)  # (candidates, n)
+    return np.sqrt((n - 1) / n * ((leave_out - leave_out.mean(1, keepdims=True)) ** 2).sum(1))
+
+
+def within_one_se(table: pd.DataFrame, key: str) -> list[float]:
+    """The candidates whose F lies within one standard error (`f_se` of the F-best row) of the best F: where the
+    selection's argmax cannot be told apart from its neighbours at this sample size."""
+    t = with_f(table)
+    best = int(np.nanargmax(t["f"].to_numpy()))
+    floor = t["f"].iloc[best] - t["f_se"].iloc[best]
+    return [float(v) for v in t.loc[t["f"] >= floor, key]]
+
+
 def best_row(table: pd.DataFrame, key: str) -> tuple[float, float]:
     """(table[key], F) of the row with the highest F(precision, coverage); ties go to the first row."""
     if key not in table.columns or not len(table):

@@ -55,6 +55,25 @@ def test_grid_steps_and_the_rescaling_rule():
         cal.rescale_for(0.0, 25.0)  # radius 0 selected: no scale moves it
 
 
+def test_f_standard_error_is_the_jackknife_over_conditions():
+    # one candidate, precision 1 everywhere, coverage 0.5 / 1 / 0.75: leaving one condition out gives coverage
+    # 0.875 / 0.625 / 0.75, so F = 14/15, 10/13, 6/7; SE = sqrt(2/3 * sum of squared deviations from their mean)
+    leave_out = np.array([14 / 15, 10 / 13, 6 / 7])
+    expected = np.sqrt(2 / 3 * ((leave_out - leave_out.mean()) ** 2).sum())
+    se = cal.f_standard_error([[1.0, 1.0, 1.0], [0.9, 0.9, 0.9]], [[0.5, 1.0, 0.75], [0.6, 0.6, 0.6]])
+    assert se[0] == pytest.approx(expected) and expected == pytest.approx(0.0948, abs=1e-4)
+    assert se[1] == 0.0  # the same in every condition: nothing to tell apart
+    assert np.isnan(cal.f_standard_error([[1.0]], [[0.5]])).all()  # one condition: no jackknife
+
+
+def test_within_one_se_lists_the_candidates_the_argmax_cannot_tell_apart():
+    # F = 0.800, 0.818, 0.805, 0.700; the best (5) has SE 0.02, floor 0.798: 0 and 10 lie above it, 15 does not
+    table = pd.DataFrame({"radius": [0.0, 5.0, 10.0, 15.0], "precision": [0.8, 0.9, 0.7, 0.7],
+                          "coverage": [0.8, 0.75, 0.947, 0.7], "f_se": [0.01, 0.02, 0.01, 0.03]})
+    assert cal.best_radius(table)[0] == 5.0
+    assert cal.within_one_se(table, "radius") == [0.0, 5.0, 10.0]
+
+
 @pytest.fixture(scope="module")
 def quick_select(tmp_path_factory):
     from spell_lab.experiments import calibrate
@@ -82,6 +101,9 @@ def test_select_quick_end_to_end(quick_select, capsys):
     tuned = cfg_t[cfg_t["guidance"] == sel["selected_guidance"]].iloc[0]
     assert base["radius"] == 0 and base["precision"] == pytest.approx(tuned["precision"])
     assert base["coverage"] == pytest.approx(tuned["coverage"])
+    # F's standard error over conditions, and the radii within one SE of the best (the best among them)
+    assert (r_t["f_se"] >= 0).all() and sel["selected_radius"] in sel["within_one_se"]
+    assert sel["f_radius_se"] == pytest.approx(r_t["f_se"][r_t["f"].idxmax()])
     for name in ("f_vs_guidance", "f_vs_radius"):
         assert (quick_select / f"{name}.png").stat().st_size > 10_000
     assert (quick_select / "radius" / "store.zarr").is_dir()

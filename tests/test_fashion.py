@@ -211,3 +211,15 @@ def test_held_out_part_matches_a_requested_size():
     assert torch.equal(x, again) and "16 per class (seed 1)" in desc
     _, every, _, _ = reference_data("fashion", [0])
     assert len(every) > 16  # unasked: every held-out image of the class
+
+
+def test_analyses_measure_against_as_many_real_images_as_generated():
+    """Coverage compares like with like: a group of 3 + 5 samples over classes 2 and 7 is scored against 5 real images
+    of each class (the most of any condition), the same 5 as `reference_data` picks; digits keeps its fixed split."""
+    from spell_lab.models import matched_reference, reference_data
+
+    x, cond, _, desc = matched_reference("fashion", np.array([7, 2, 7, 7, 2, 7, 2, 7]))
+    assert np.bincount(cond, minlength=8)[[2, 7]].tolist() == [5, 5] and "5 per class" in desc
+    assert torch.equal(x, reference_data("fashion", [2, 7], per_condition=5)[0])
+    _, digits_cond, _, _ = matched_reference("digits", np.array([3, 3]))
+    assert len(digits_cond) == len(reference_data("digits", [3])[1]) > 2

@@ -33,7 +33,7 @@ import xarray as xr
 from . import driver
 from .load import every_round, method_of, model_name, order_of
 from .pareto import hypervolume_2d, pareto_mask
-from ..models import condition_fidelity, reference_data
+from ..models import condition_fidelity, matched_reference
 from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(?P<sweep>[a-z_]+)-(?P<i>\d+)$")
@@ -181,9 +181,8 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     fronts and each method's hypervolumes ("table"), and the neutral-point check."""
     model = model_name(datasets[baseline_groups(datasets)[0]].attrs)
     desc = "given by the caller"
-    if reference is None:
-        conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
-        *reference, desc = reference_data(model, conds)
+    if reference is None:  # as many real items per condition as each group generates (every group: the same seeds)
+        *reference, desc = matched_reference(model, datasets[baseline_groups(datasets)[0]]["condition"].values)
     real_x, real_cond, features = reference
     points, per = front_table(datasets, real_x, real_cond, features, fidelity=condition_fidelity(model), k=k)
     hv = hypervolumes(points)

@@ -32,7 +32,7 @@ import xarray as xr
 
 from . import driver
 from .load import model_name
-from ..models import condition_fidelity, reference_data
+from ..models import condition_fidelity, matched_reference
 from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^(without|spell)-s(\d+)$")
@@ -113,9 +113,9 @@ def metric_tables(datasets: dict, reference=None, k: int = 5) -> tuple[pd.DataFr
         if not groups:
             continue
         if model not in reference:
-            name = model_of(next(iter(groups.values())))
-            conds = np.unique(np.concatenate([ds["condition"].values for ds in groups.values()]))
-            x, c, feats, _ = reference_data(name, conds)
+            first = next(iter(groups.values()))  # one seed set's count per condition (every arm and set: the same)
+            name = model_of(first)
+            x, c, feats, _ = matched_reference(name, first["condition"].values)
             reference[model] = (x, c, feats, condition_fidelity(name))
         real_x, real_cond, features, fidelity = reference[model]
         rf = features(real_x)

@@ -11,8 +11,8 @@ Definitions:
 - *Too close*: an output within the radius r of a protected item, judged afterwards from the stored x0 by an
   exhaustive search of the whole set in float64 (`nearest_items`), whatever index the run searched with.
   `own_inside_pct` is what the run's own search saw at the end (`inside_shield`): an approximate index misses some.
-- *Precision, recall*: per condition against the model's held-out real data (`spell_lab.models.reference_data`; k = 5),
-  averaged over conditions. The held-out digits are among digits' training images, so protected items themselves;
+- *Precision, recall*: per condition against the model's held-out real data, as many per condition as generated
+  (`spell_lab.models.matched_reference`; k = 5), averaged over conditions. The held-out digits are among digits' training images, so protected items themselves;
   fashion's come from the test set, not protected.
 - *Seconds per image*: the run's wall-clock sampling time per output (`sample_seconds`, one round shared by its
   batch); *search share*: the part of it the protected-set source spent searching (`search_seconds`).
@@ -35,7 +35,7 @@ import xarray as xr
 from . import driver
 from .gallery import baseline_partner
 from .load import model_name, order_of, reference_of
-from ..models import reference_data
+from ..models import matched_reference
 from .quality import condition_metrics, generated
 
 SET_FILE = "protected.npy"
@@ -260,8 +260,8 @@ def statistics(datasets: dict, run_dir, reference=None, k: int = 5) -> dict:
     radius = protection_radius(datasets)
     desc = "given by the caller"
     if reference is None:
-        conds = np.unique(np.concatenate([ds["condition"].values for ds in datasets.values()]))
-        *reference, desc = reference_data(model_name(next(iter(datasets.values())).attrs), conds)
+        first = next(iter(datasets.values()))  # as many real items per condition as one group generates
+        *reference, desc = matched_reference(model_name(first.attrs), first["condition"].values)
     judged = judge(datasets, items, radius)
     table, per = protection_table(datasets, items, radius, reference, k, judged)
     return {"table": table, "per_condition": per, "judged": judged, "items": items, "reference": desc,

@@ -35,7 +35,7 @@ import xarray as xr
 from . import driver
 from .activity import activity_numbers
 from .load import model_name
-from ..models import reference_data
+from ..models import matched_reference
 from .quality import condition_metrics, generated
 
 GROUP = re.compile(r"^r\d+$")
@@ -133,9 +133,8 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     model's held-out data (its registry entry)."""
     desc = "given by the caller"
     if reference is None:
-        model = model_name(datasets[radius_groups(datasets)[0]].attrs)
-        conds = np.unique(np.concatenate([datasets[n]["condition"].values for n in datasets]))
-        *reference, desc = reference_data(model, conds)
+        first = datasets[radius_groups(datasets)[0]]  # every radius: the same seeds, so the same counts
+        *reference, desc = matched_reference(model_name(first.attrs), first["condition"].values)
     real_x, real_cond, features = reference
     table, per = metric_tables(datasets, real_x, real_cond, features, k=k)
     return {"table": table, "per_condition": per, "reference": desc}

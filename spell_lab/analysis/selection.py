@@ -20,6 +20,9 @@ def _curves(ax, x, table: pd.DataFrame) -> None:
     for col in ("precision", "coverage", "f"):
         ax.plot(x, table[col], color=COLORS[col], lw=2.2 if col == "f" else 1.2, marker="o",
                 ms=5 if col == "f" else 3, ls="-" if col == "f" else "--", label=LABELS[col])
+    if "f_se" in table:  # F's jackknife standard error over conditions
+        ax.fill_between(x, table["f"] - table["f_se"], table["f"] + table["f_se"], color=COLORS["f"], alpha=0.12,
+                        lw=0, label="F ± 1 SE (jackknife over conditions)")
 
 
 def _finish(ax, xlabel: str, title: str, legend_loc: str) -> None:
@@ -71,7 +74,7 @@ def save_figure(fig: Figure, out_dir, name: str) -> Path:
 
 def format_f_table(table: pd.DataFrame, key: str, best: float, extra=()) -> str:
     """The F table as aligned text, one row per candidate, the selected row marked with `<-`."""
-    cols = [key, *extra, "precision", "recall", "density", "coverage", "f"]
+    cols = [key, *extra, "precision", "recall", "density", "coverage", "f", "f_se"]
     shown = table[[c for c in cols if c in table]].copy()
     text = shown.to_string(float_format=lambda v: f"{v:.3f}", index=False)
     lines = text.split("\n")

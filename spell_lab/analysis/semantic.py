@@ -35,7 +35,7 @@ from .activity import active_at_noise
 from .load import model_name, reference_of, subset
 from .quality import generated
 from ..calibration import with_f
-from ..models import reference_data
+from ..models import matched_reference
 from ..schedules import paper_noise_levels
 
 VARIANTS = ("latent", "semantic", "scheduled")
@@ -121,8 +121,7 @@ def statistics(datasets: dict, run_dir=None, reference=None, k: int = 5) -> dict
     ref = reference_of(datasets) or names[0]
     desc = "given by the caller"
     if reference is None:  # as many held-out items per condition as were generated: Appendix D's selection compares so
-        conds, counts = np.unique(datasets[ref]["condition"].values, return_counts=True)
-        *reference, desc = reference_data(model_name(datasets[names[0]].attrs), conds, per_condition=int(counts.max()))
+        *reference, desc = matched_reference(model_name(datasets[names[0]].attrs), datasets[ref]["condition"].values)
     base = baselines.statistics(datasets, run_dir, (*reference,), k)
     extras = group_extras(datasets, names, reference[2], ref)
     points = with_f(base["points"]).join(extras)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..calibration import best_guidance, best_radius, grid_steps, with_f
+from ..calibration import best_guidance, best_radius, f_standard_error, grid_steps, with_f, within_one_se
 from .common import Timer, calibration_of, config_dict, run_dir_for, sampling_for
 from .skeleton import Generated
 from .radius import SIZE_GRID, radius_settings
@@ -41,12 +41,14 @@ def check_weights(weights) -> list[float]:
 
 
 def measured_table(run_dir, reference) -> pd.DataFrame:
-    """The radius experiment's per-condition metric table (means over conditions) of one run directory."""
+    """The radius experiment's metric table (means over conditions) of one run directory, with `f_se`: the
+    jackknife standard error of each row's F over conditions (`calibration.f_standard_error`)."""
     from ..analysis.radius import load_run, metric_tables
 
     real_x, real_cond, features = reference
-    table, _ = metric_tables(load_run(run_dir), real_x, real_cond, features)
-    return table
+    table, per = metric_tables(load_run(run_dir), real_x, real_cond, features)
+    p, c = (per.pivot(index="group", columns="condition", values=m).loc[table.index] for m in ("precision", "coverage"))
+    return table.assign(f_se=f_standard_error(p.to_numpy(), c.to_numpy()))
 
 
 def tune_guidance(gen, weights, conditions, per_condition, seed, reference, root: Path) -> pd.DataFrame:
@@ -56,7 +58,7 @@ def tune_guidance(gen, weights, conditions, per_condition, seed, reference, root
     for w in weights:
         result = gen(settings, w, root / f"cfg-w{w:g}", {"stage": "cfg tuning"})
         row = measured_table(result.run_dir, reference).iloc[0]
-        rows.append({"guidance": w, **{m: float(row[m]) for m in TABLE_METRICS}})
+        rows.append({"guidance": w, **{m: float(row[m]) for m in (*TABLE_METRICS, "f_se")}})
     return with_f(pd.DataFrame(rows))
 
 
@@ -66,7 +68,7 @@ def sweep_radius(gen, cal, guidance, conditions, per_condition, seed, reference,
     settings = radius_settings(radii, SWEEP_PROTOCOL, per_condition, None, 1.0, conditions, seed)
     result = gen(settings, guidance, root / "radius", {"stage": "radius sweep", "calibration": cal})
     table = measured_table(result.run_dir, reference)
-    cols = ["radius", "radius_over_median", *TABLE_METRICS, "share_changed"]
+    cols = ["radius", "radius_over_median", *TABLE_METRICS, "share_changed", "f_se"]
     return with_f(table[[c for c in cols if c in table]].reset_index())
 
 
@@ -108,11 +110,13 @@ def select(cfg, model, spec, size: str, conditions, per_condition: int) -> Gener
         r_table = sweep_radius(gen, cal, w_best, conditions, per_condition, cfg.seed, reference, root)
     r_best, f_r = best_radius(r_table)
     step = cal["grid"][1] - cal["grid"][0]
+    plateau = within_one_se(r_table, "radius")  # the argmax's resolution at this sample size
     out = dict(model=cfg.model, size=size, sampler=sampler, steps=steps, conditions=[int(c) for c in conditions],
                per_condition=per_condition, reference=reference_desc, default_guidance=model.default_guidance,
                selected_guidance=w_best, f_guidance=f_w, calibration=cal, selected_radius=r_best, f_radius=f_r,
                selected_over_median=r_best / cal["median"], grid_step=step,
                steps_from_reference=grid_steps(cal["grid"], r_best, REFERENCE_RADIUS),
+               f_radius_se=float(r_table.loc[r_table["radius"] == r_best, "f_se"].iloc[0]), within_one_se=plateau,
                cfg_table=cfg_table.to_dict("records"), radius_table=r_table.to_dict("records"),
                seconds={"cfg_tuning": round(t_cfg.seconds, 1), "calibration": cal["seconds"],
                         "radius_sweep": round(t_r.seconds, 1)})
@@ -132,6 +136,9 @@ def select(cfg, model, spec, size: str, conditions, per_condition: int) -> Gener
         ("calibration", f"at w = {w_best:g}: median {cal['median']:.4g}, grid step {step:.4g}"),
         ("selected radius", f"{r_best:.4g} = {r_best / cal['median']:.3f}x median (F {f_r:.3f}); "
                             f"{out['steps_from_reference']:.2f} grid steps from {REFERENCE_RADIUS:g}"),
+        ("F within 1 SE", f"radii {plateau[0]:.4g} to {plateau[-1]:.4g} ({len(plateau)} of {len(r_table)}) have F >= "
+                          f"the best's F - its jackknife SE over conditions ({f_r:.3f} - {out['f_radius_se']:.3f}): "
+                          "the argmax cannot tell them apart at this size"),
         ("time", f"CFG tuning {t_cfg.seconds:.0f} s, calibration {cal['seconds']:.0f} s, sweep {t_r.seconds:.0f} s"),
         ("written", f"{root}/  (selection.json, cfg_table.csv, radius_table.csv, {', '.join(p.name for p in figs)})"),
     ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from . import builtin  # noqa: F401  (registers the built-in entries; imports no network)
 from .base import NULL_CONDITION, Denoiser, guided_x0
-from .registry import (ModelEntry, condition_fidelity, default_name, entry, is_builtin, load_model, names,
-                       reference_data, register, selected_radius, with_reference)
+from .registry import (ModelEntry, condition_fidelity, default_name, entry, is_builtin, load_model, matched_reference,
+                       names, reference_data, register, selected_radius, with_reference)
 
 __all__ = ["NULL_CONDITION", "Denoiser", "ModelEntry", "condition_fidelity", "default_name", "entry", "guided_x0",
-           "is_builtin", "load_model", "names", "reference_data", "register", "selected_radius", "with_reference"]
+           "is_builtin", "load_model", "matched_reference", "names", "reference_data", "register", "selected_radius", "with_reference"]

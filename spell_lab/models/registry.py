@@ -138,6 +138,17 @@ def reference_data(name: str, conditions, *, per_condition: int | None = None, s
     return x, cond, resolve(e.features)(), description
 
 
+def matched_reference(name: str, cond) -> tuple[Any, Any, Any, str]:
+    """`reference_data` with as many real items per condition as one generated group holds (`cond`: that group's
+    condition of each sample; the most of any condition): coverage and recall compare like with like, as Naeem et
+    al. and the paper's ImageNet protocol (50 generated and 50 validation images per class) do. A model whose
+    held-out part is fixed (digits: the classifier's split) keeps all of it."""
+    import numpy as np
+
+    conds, counts = np.unique(np.asarray(cond), return_counts=True)
+    return reference_data(name, conds, per_condition=int(counts.max()))
+
+
 def feature_map(name: str, device="cpu"):
     """phi: the model's features as a differentiable map of the diffusion space (the metrics' features, with gradients:
     semantic SPELL's shields live there); a one-line error where the model has none."""
