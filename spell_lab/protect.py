@@ -17,6 +17,9 @@ carries); `build_index` turns it and the loaded items into a shield source `(x0,
   With cache_margin m, the centers within r + m of a sample are kept and reused while it has moved less than m: every
   center within r of the new x0_hat is among them (triangle inequality); at each call only those whose bound to the
   new x0_hat is below r are verified, so a wide margin costs a larger cache, not more exact distances.
+  Where shields are dense (the bound leaves more candidates than SCAN_RATIO makes a pass over the set worth), the
+  exact search instead scans every inverted list against the batch in one float32 GEMM each, with a threshold widened
+  by the expansion's rounding bound: a gathered candidate costs far more than a row of a GEMM.
 The candidates get exact distances and pushes from differences (float32, float64 for float64 input), never the
 expansion.
 """
@@ -44,6 +47,9 @@ TRAIN_PER_CELL = 64  # k-means training points per cell (faiss warns below 39; 2
 ADD_CHUNK = 65536  # items added (and NaN-checked) per chunk: a memory-mapped set is never loaded whole
 EMBED_CHUNK = 8192  # items embedded per chunk (float64 work: 150 MB at D = 2304)
 FORMAT = 2  # saved-index layout: index.faiss, bound.faiss, bound.npz, meta.json
+SCAN_RATIO = 64  # exact search: scan every list instead when candidates x SCAN_RATIO > items x queries (measured on
+# the 1.2M fashion set, a verified candidate costs as much as 58-72 (item, query) pairs of the scan; benchmarks/README.md)
+SCAN_BLOCK = 32768  # rows per GEMM of that scan (consecutive lists concatenated)
 
 
 @dataclass
@@ -139,7 +145,7 @@ class FaissProtected:
     cells probed; +inf if they hold none). `search_seconds` counts every call's time (search and exact
     verification), `queries` its rows, `candidates` the centers verified exactly; each Correction's `cells_probed`
     says how many cells each query scanned (approximate: its nprobe; exact: the flat bound index, one; 0: served from
-    the cache).
+    the cache; nlist: the dense case's scan of every list).
     """
 
     name = "protected"
@@ -184,6 +190,7 @@ class FaissProtected:
         self.nprobe, self.exact, self.cache_margin = int(nprobe), bool(exact), cache_margin
         self.device = None if device is None else torch.device(device)
         self.search_seconds, self.queries, self.candidates, self._cache, self._gpu = 0.0, 0, 0, None, None
+        self._norms = {}  # the dense scan's item norms per block, computed on first use
 
     def with_search(self, *, nprobe=1, exact=False, cache_margin=None, device=None) -> "FaissProtected":
         """Another search (probes, exactness, cache) over the same index and bound index: nothing is copied."""
@@ -247,10 +254,14 @@ class FaissProtected:
                 ids, cells = self._search(host, radius, x0.device)
             else:
                 ids, cells = self._cached(host, radius, x0.device)
-        c = self._verify(x, ids, radius, overcomp)
+        n = int((ids >= 0).sum())
+        if self.exact and n * SCAN_RATIO > len(self) * B:  # dense shields: one pass over the set costs less
+            (c, n), cells = self._scan(x, radius, overcomp), np.full(B, self.index.nlist, dtype=np.int64)
+        else:
+            c = self._verify(x, ids, radius, overcomp)
         self.search_seconds += time.perf_counter() - start
         self.queries += B
-        self.candidates += int((ids >= 0).sum())
+        self.candidates += n
         return Correction(c.delta.reshape(x0.shape).to(x0.dtype), c.active, c.nearest,
                           torch.as_tensor(cells, device=x0.device))
 
@@ -274,6 +285,8 @@ class FaissProtected:
             ids[rows] = -1
             ids[rows, : new.shape[1]] = new
             c.ids, c.anchor[rows] = ids[:, : max(1, int((ids >= 0).sum(1).max()))], host[rows]  # rows left-packed
+        if int((c.ids >= 0).sum()) * SCAN_RATIO > len(self) * B:  # dense: the caller scans every list, skip the prune
+            return c.ids, cells
         return self.bound.prune(self.bound.embed(host.double()), c.ids, radius), cells  # verify the bound's few
 
     def _search(self, host: torch.Tensor, thr: float, device):
@@ -342,6 +355,62 @@ class FaissProtected:
             res = faiss.StandardGpuResources()
             self._gpu = (res, faiss.index_cpu_to_gpu(res, torch.device(dev).index or 0, index))
         return self._gpu[1]
+
+    def _blocks(self):
+        """The stored vectors in blocks of consecutive inverted lists (at least SCAN_BLOCK rows, so the GEMMs are
+        large) with their norms (computed once per index and kept), as (n, D) float32 and (n,) tensors."""
+        import faiss
+
+        inv, d, norms = self.index.invlists, self.index.d, self._norms
+        parts, first = [], 0
+        for l in range(inv.nlist):
+            n = inv.list_size(l)
+            if n:
+                codes = faiss.rev_swig_ptr(inv.get_codes(l), n * inv.code_size)
+                parts.append(np.frombuffer(codes, dtype=np.uint8).view(np.float32).reshape(n, d))
+            if parts and (sum(len(p) for p in parts) >= SCAN_BLOCK or l == inv.nlist - 1):
+                y = torch.from_numpy(np.concatenate(parts))
+                if first not in norms:
+                    norms[first] = y.norm(dim=1)
+                yield y, norms[first]
+                parts, first = [], l + 1
+
+    def _scan(self, x: torch.Tensor, radius: float, overcomp: float) -> tuple[Correction, int]:
+        """The exact search where shields are dense: every list of the IVF against the whole batch in one float32
+        GEMM each (||x||^2 + ||y||^2 - 2xy), the threshold widened by that expansion's rounding bound
+        (2 (D + 8) u (|x| + |y|)^2, as `Bound.threshold`), then every candidate verified from differences in x's work
+        dtype, as `_verify` does. `nearest` above r is the scan's float32 nearest, verified. Returns the correction
+        and the candidates verified."""
+        u, D, wd = 2.0**-24, x.shape[1], x.dtype
+        xh = x.detach().cpu()
+        q = xh.float()
+        qn = q.norm(dim=1)
+        t2 = torch.full_like(qn, (radius * (1 + SLACK)) ** 2)
+        best = torch.full_like(qn, math.inf)  # each row's float32 nearest (squared), and that item
+        best_vec = torch.zeros_like(xh)
+        rows, diffs, z_norms = [], [], []
+        for y, yn in self._blocks():
+            d2 = qn[:, None] ** 2 + yn[None, :] ** 2 - 2 * (q @ y.T)
+            slack = 2 * (D + 8) * u * (qn[:, None] + yn[None, :]) ** 2
+            m, j = d2.min(dim=1)
+            closer = m < best
+            best_vec[closer] = y[j[closer]].to(wd)
+            best = torch.where(closer, m, best)
+            r, k = (d2 < t2[:, None] + slack).nonzero(as_tuple=True)
+            z = y[k].to(wd)
+            rows.append(r)
+            diffs.append(xh[r] - z)  # x0_b - z_k, exact in the work dtype
+            z_norms.append(z.norm(dim=1))
+        row, diff, z_norm = torch.cat(rows), torch.cat(diffs), torch.cat(z_norms)
+        d = diff.norm(dim=1)
+        nearest = (xh - best_vec).norm(dim=1).scatter_reduce(0, row, d, "amin")  # exact below r: every shield is here
+        inside = pushes(d, radius, xh.norm(dim=1)[row], z_norm, wd)
+        active = torch.zeros(len(xh), dtype=torch.long).index_add_(0, row, inside.long())
+        pick = inside.nonzero().squeeze(1)
+        weights = torch.zeros(len(xh), len(pick), dtype=wd)
+        weights[row[pick], torch.arange(len(pick))] = radius / d[pick] - 1.0
+        dev = x.device
+        return Correction((overcomp * (weights @ diff[pick])).to(dev), active.to(dev), nearest.to(dev)), len(row)
 
     def _verify(self, x: torch.Tensor, ids: np.ndarray, radius: float, overcomp: float) -> Correction:
         """Exact distances and pushes to the candidates, from differences (x - z) in x's work dtype, one (query,

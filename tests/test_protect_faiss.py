@@ -226,3 +226,32 @@ def test_cache_verifies_only_the_candidates_whose_bound_is_below_r():
         plain(x, r, 1.0, None)
     within = int((torch.cdist(x.double(), low.double()) < r + 4.0).sum())  # what an unpruned cache would verify
     assert cached.candidates <= plain.candidates + 6 * len(x) < 6 * within // 2
+
+
+def test_dense_shields_switch_to_a_scan_of_every_list_and_stay_exact(clustered, monkeypatch):
+    """Where the bound leaves more candidates than a pass over the set costs (forced here), the exact search scans
+    every inverted list with a float32 GEMM and verifies from differences: the same shields, pushes and float64
+    result as the exhaustive references, and the nearest distance everywhere."""
+    from spell_lab import protect
+
+    items, q = clustered
+    ix, scans = FaissProtected(items, exact=True), []
+    real_scan = FaissProtected._scan
+    monkeypatch.setattr(FaissProtected, "_scan", lambda self, *a: scans.append(1) or real_scan(self, *a))
+    monkeypatch.setattr(protect, "SCAN_RATIO", 0)  # never: the bound's candidates are verified
+    ix(q, RADII[1], 1.0, None)
+    assert not scans
+    monkeypatch.setattr(protect, "SCAN_RATIO", 10**9)  # always
+    monkeypatch.setattr(protect, "SCAN_BLOCK", 300)  # several blocks of lists
+    ref, cached = ExactProtected(items), ix.with_search(exact=True, cache_margin=1.0)
+    for r in RADII:
+        e, c = ref(q, r, 1.0, None), ix(q, r, 1.0, None)
+        same_correction(e, c, r)
+        assert torch.allclose(c.nearest, e.nearest, rtol=1e-5)  # the scan sees every item: nearest above r too
+        assert (c.cells_probed == ix.index.nlist).all()
+        same_correction(e, cached(q, r, 1.0, None), r)  # the cached search scans too, skipping its prune
+    c = ix(q.double(), RADII[1], 1.6, None)
+    f64 = correction_reference(q.double(), items.double(), RADII[1], 1.6)
+    assert c.delta.dtype == torch.float64 and torch.equal(c.active, f64.active)
+    assert torch.allclose(c.delta, f64.delta, rtol=1e-6, atol=1e-9)
+    assert len(scans) == 2 * len(RADII) + 1 and ix.candidates >= int(f64.active.sum())
