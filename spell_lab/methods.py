@@ -58,12 +58,16 @@ class Hooks:
             if hasattr(iv, "validate"):
                 iv.validate(x_example)
 
-    def validate_model(self, model) -> None:
-        """Refuse, before anything runs, a method the model cannot serve (a condition transform needs an embedding);
-        interventions that need the model (semantic SPELL's feature map) are bound to it here."""
+    def bind(self, model) -> None:
+        """Bind the interventions that need the model (semantic SPELL's feature map) to it."""
         for iv in self.interventions:
             if hasattr(iv, "bind"):
                 iv.bind(model)
+
+    def validate_model(self, model) -> None:
+        """Refuse, before anything runs, a method the model cannot serve (a condition transform needs an embedding);
+        interventions that need the model are bound to it here."""
+        self.bind(model)
         if self.condition is not None and not callable(getattr(model, "embed_condition", None)):
             raise ValueError(f"method {self.params.get('name')!r} transforms the condition embedding, and model "
                              f"{getattr(model, 'name', type(model).__name__)!r} has none; use a model with one "
@@ -113,6 +117,7 @@ def register(name: str, quiet=None, **defaults):
 
 
 POSITIVE = {"overcomp", "max_iter", "gn_iter"}  # numeric parameters that must be > 0; every other one >= 0
+PATHS = {"encoder"}  # folder paths (None: not given), not numbers
 UNBOUNDED = {"sigma_hi"}  # may be inf (an interval without an upper end)
 
 
@@ -137,6 +142,10 @@ def method_params(method: dict | str) -> dict:
 
 
 def _check_param(method: str, key: str, value, default) -> None:
+    if key in PATHS:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"method {method!r}: {key} must be a folder path or null (got {value!r}).")
+        return
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ValueError(f"method {method!r}: {key} must be true or false (got {value!r}).")
@@ -165,7 +174,8 @@ def resolve(method: dict | str, *, protected=None) -> Hooks:
 SPACES = ("diffusion", "features")
 
 
-SPELL_QUIET = {"radius_schedule": "constant", "overcomp_schedule": "constant", "space": "diffusion", "gn_iter": 1}
+SPELL_QUIET = {"radius_schedule": "constant", "overcomp_schedule": "constant", "space": "diffusion", "gn_iter": 1,
+               "encoder": None}
 
 
 @register("spell", radius=0.0, overcomp=1.0, intra_batch=False, memory=False, overlap="single", max_iter=10,
@@ -176,10 +186,14 @@ def spell(params: dict, protected=None) -> Hooks:
     weight: the CFG weight it runs on top of (Appendix I), as in `cfg`; None: the run's weight.
     radius_schedule / overcomp_schedule: r(t), lambda(t) as plain data (`spell_lab.shield_schedules`).
     space="features": semantic shields in the model's feature space (`spell_lab.semantic`; gn_iter Gauss-Newton
-    pull-backs); "diffusion" (the default): the paper's SPELL."""
+    pull-backs; encoder: a DINOv2 or CLIP folder for a diffusers model, whose registry has no feature map);
+    "diffusion" (the default): the paper's SPELL."""
     full = {**SPELL_QUIET, **params}  # the quiet parameters at their defaults where not given
     if full["space"] not in SPACES:
         raise ValueError(f"spell space must be one of {SPACES} (got {full['space']!r}).")
+    if full["encoder"] is not None and full["space"] != "features":
+        raise ValueError("spell's encoder= gives the feature space of space='features'; add space='features' or drop "
+                         "encoder=.")
     if full["space"] == "features":
         return semantic_spell(params, full, protected)
     memory = Memory() if params["memory"] else None
@@ -200,7 +214,7 @@ def semantic_spell(params: dict, full: dict, protected=None) -> Hooks:
                          f"overlap={full['overlap']!r}, gn_iter={full['gn_iter']!r}).")
     s = SemanticSpell(full["radius"], full["overcomp"], intra_batch=full["intra_batch"], memory=full["memory"],
                       gn_iter=full["gn_iter"], radius_schedule=full["radius_schedule"],
-                      overcomp_schedule=full["overcomp_schedule"])
+                      overcomp_schedule=full["overcomp_schedule"], encoder=full["encoder"])
     return Hooks(params, interventions=(s,), guidance=fixed_weight(full["weight"]), shields=s, memory=s.memory)
 
 

@@ -61,7 +61,20 @@ def jacobians(phi, x: torch.Tensor) -> torch.Tensor:
     Jacobian of sum_b phi(x)_b holds each one: F vectorised backward passes for the whole set."""
     with torch.inference_mode(False), torch.enable_grad():  # Lightning's predict loop runs in inference mode
         x = x.detach().clone()  # a normal tensor autograd can differentiate through
-        J = torch.autograd.functional.jacobian(lambda v: phi(v).sum(0), x, vectorize=True)  # (F, n, *shape)
+        summed = lambda v: phi(v).sum(0)  # noqa: E731
+        J = None
+        if not getattr(phi, "no_vmap", False):
+            try:
+                J = torch.autograd.functional.jacobian(summed, x, vectorize=True)  # (F, n, *shape)
+            except RuntimeError as e:  # an op whose backward vmap cannot batch (e.g. a diffusers VAE's decoder)
+                if "vmap" not in str(e):
+                    raise
+                try:
+                    phi.no_vmap = True  # remembered: later calls go straight to the loop
+                except AttributeError:  # a bound method takes no attribute: it pays the failed try each call
+                    pass
+        if J is None:
+            J = torch.autograd.functional.jacobian(summed, x)  # one backward pass per feature
     return J.reshape(J.shape[0], x.shape[0], -1).transpose(0, 1)
 
 
@@ -82,12 +95,12 @@ class SemanticSpell(Scheduled):
 
     def __init__(self, radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False,
                  gn_iter: int = 1, radius_schedule="constant", overcomp_schedule="constant", phi=None, ridge=RIDGE,
-                 trust=TRUST):
+                 trust=TRUST, encoder=None):
         check_radius(radius, overcomp)
         self.radius, self.overcomp, self.intra_batch, self.gn_iter = float(radius), float(overcomp), intra_batch, gn_iter
         self.set_schedules(radius_schedule, overcomp_schedule)
         self.memory = FeatureMemory() if memory else None
-        self.phi, self.ridge, self.trust = None, ridge, trust
+        self.phi, self.ridge, self.trust, self.encoder = None, ridge, trust, encoder
         if phi is not None:
             self.set_phi(phi)
 
@@ -97,12 +110,21 @@ class SemanticSpell(Scheduled):
             self.memory.phi = phi
 
     def bind(self, model) -> None:
-        """phi from the model registry's feature map of `model` (once; a given phi is kept)."""
+        """phi (once; a given phi is kept): with `encoder` (a DINOv2 or CLIP folder) the model's decoder then that
+        encoder (`spell_lab.diffusers.features`), else the model registry's feature map of `model`."""
         if self.phi is None:
             from .models.registry import feature_map  # the registry: looked up when a model is known
             device = next(model.parameters(), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
             with torch.inference_mode(False):  # weights loaded in Lightning's inference mode could not be differentiated
-                self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
+                if self.encoder is not None:
+                    from .diffusers.features import feature_map as encoder_features
+                    if not hasattr(model, "decode"):
+                        raise ValueError(f"encoder= is for diffusers models (their VAE decodes x0); model "
+                                         f"{getattr(model, 'name', type(model).__name__)!r} has its own feature map: "
+                                         "drop encoder=.")
+                    self.set_phi(encoder_features(model, self.encoder, device))
+                else:
+                    self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
 
     def _features(self, x0: torch.Tensor) -> torch.Tensor:
         if self.phi is None:

@@ -82,19 +82,25 @@ class PipelineModel(nn.Module):
         if spell is not None and method is not None:
             raise ValueError("give either spell= or method=, not both (a method resolves its own SPELL).")
         hooks = method if method is not None else Hooks.of_spell(spell or Spell(0.0))
+        hooks.bind(self)  # semantic SPELL: its features decode with this pipeline's VAE
         gen = generate_pipeline(self.pipe, self.conditions(cond), seeds, steps=steps or self.default_steps,
                                 guidance=guidance, method=hooks, groups=cond.cpu(), decode=False)
         return Generation(gen.x0, gen.records)
 
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Float images in [-1, 1], (B, C, H, W): the VAE's decoding of latents (differentiable: semantic SPELL's
+        features take their Jacobian), or the pixels themselves for pixel-space pipelines."""
+        vae = getattr(self.pipe, "vae", None)
+        if vae is None:
+            return x0.float()
+        z = x0.to(vae.device, vae.dtype) / vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None)
+        return vae.decode(z + shift if shift else z).sample.float()
+
     @torch.no_grad()
     def to_images(self, x0: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3): the VAE's decoding of latents, or pixels in [-1, 1] for pixel-space pipelines."""
-        vae = getattr(self.pipe, "vae", None)
-        if vae is not None:
-            z = x0.to(vae.device, vae.dtype) / vae.config.scaling_factor
-            shift = getattr(vae.config, "shift_factor", None)
-            x0 = vae.decode(z + shift if shift else z).sample.float()
-        img = ((x0.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        """uint8 (B, H, W, 3): `decode`'s images."""
+        img = ((self.decode(x0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         img = img.permute(0, 2, 3, 1)
         return img.expand(-1, -1, -1, 3) if img.shape[-1] == 1 else img[..., :3]
 

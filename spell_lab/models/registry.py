@@ -156,7 +156,8 @@ def feature_map(name: str, device="cpu"):
     if e is None or e.feature_map is None:
         known = ", ".join(n for n, m in MODELS.items() if m.feature_map is not None)
         raise ValueError(f"model {name!r} has no registered feature map, which spell space='features' needs "
-                         f"(built-in models with one: {known}); use space='diffusion'.")
+                         f"(built-in models with one: {known}); for a diffusers model give encoder=PATH (a DINOv2 "
+                         "or CLIP image-encoder folder), or use space='diffusion'.")
     return resolve(e.feature_map)(device)
 
 
