@@ -110,19 +110,18 @@ class SemanticSpell(Scheduled):
             self.memory.phi = phi
 
     def bind(self, model) -> None:
-        """phi (once; a given phi is kept): with `encoder` (a DINOv2 or CLIP folder) the model's decoder then that
-        encoder (`spell_lab.diffusers.features`), else the model registry's feature map of `model`."""
+        """phi (once; a given phi is kept): with `encoder` (a DINOv2 or CLIP folder) the model's own
+        `encoder_features` (a diffusers model: its VAE decoder, then that encoder), else the registry's feature map."""
         if self.phi is None:
             from .models.registry import feature_map  # the registry: looked up when a model is known
             device = next(model.parameters(), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
             with torch.inference_mode(False):  # weights loaded in Lightning's inference mode could not be differentiated
                 if self.encoder is not None:
-                    from .diffusers.features import feature_map as encoder_features
-                    if not hasattr(model, "decode"):
+                    if not hasattr(model, "encoder_features"):
                         raise ValueError(f"encoder= is for diffusers models (their VAE decodes x0); model "
                                          f"{getattr(model, 'name', type(model).__name__)!r} has its own feature map: "
                                          "drop encoder=.")
-                    self.set_phi(encoder_features(model, self.encoder, device))
+                    self.set_phi(model.encoder_features(self.encoder, device))
                 else:
                     self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
 

@@ -97,6 +97,13 @@ class PipelineModel(nn.Module):
         shift = getattr(vae.config, "shift_factor", None)
         return vae.decode(z + shift if shift else z).sample.float()
 
+    def encoder_features(self, path, device="cpu"):
+        """phi for semantic SPELL (`spell(space="features", encoder=path)`): `decode`, then the DINOv2 or CLIP image
+        encoder in the folder `path` (`spell_lab.diffusers.features`)."""
+        from .features import feature_map
+
+        return feature_map(self, path, device)
+
     @torch.no_grad()
     def to_images(self, x0: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3): `decode`'s images."""
