@@ -160,13 +160,16 @@ def _adamw_cosine(params, lr, steps):
 # -------------------------------------------------------------------------------------------------- the runner
 
 
-def _fit(task, data, stage_dir: Path, steps: int, batch: int, seed: int, progress: bool) -> float:
-    """Fit `task` for `steps` on the tensors `data`, resuming from stage_dir/last.ckpt; returns the seconds spent."""
+def _fit(make_task, data, stage_dir: Path, steps: int, batch: int, seed: int, progress: bool):
+    """Build the task from `make_task()` after seeding (its initial weights are drawn then: torch's own start seed
+    differs between processes) and fit it for `steps` on the tensors `data`, resuming from stage_dir/last.ckpt;
+    returns (task, seconds spent)."""
     L = _lightning()
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader, TensorDataset
 
     L.seed_everything(seed, workers=True, verbose=False)
+    task = make_task()
     loader = DataLoader(TensorDataset(*data), batch_size=batch, shuffle=True, drop_last=True,
                         generator=torch.Generator().manual_seed(seed))
     ckpt = ModelCheckpoint(dirpath=stage_dir, save_last=True, every_n_train_steps=250, save_top_k=0)
@@ -175,7 +178,7 @@ def _fit(task, data, stage_dir: Path, steps: int, batch: int, seed: int, progres
     last = stage_dir / "last.ckpt"
     start = time.perf_counter()
     trainer.fit(task, loader, ckpt_path=str(last) if last.is_file() else None)
-    return time.perf_counter() - start
+    return task, time.perf_counter() - start
 
 
 def _done(work: Path, stage: str) -> dict | None:
@@ -191,8 +194,8 @@ def _finish(work: Path, stage: str, facts: dict) -> dict:
 
 
 def stage_vae(args, work: Path, images: torch.Tensor) -> dict:
-    task = VAETask(args.vae_lr, args.kl_weight, args.centre_weight, args.vae_steps)
-    seconds = _fit(task, (images,), work / "vae", args.vae_steps, args.vae_batch, args.seed, args.progress)
+    task, seconds = _fit(lambda: VAETask(args.vae_lr, args.kl_weight, args.centre_weight, args.vae_steps), (images,),
+                         work / "vae", args.vae_steps, args.vae_batch, args.seed, args.progress)
     task.vae.save_pretrained(work / "vae" / "model")
     return {"steps": args.vae_steps, "batch": args.vae_batch, "seconds": round(seconds)}
 
@@ -240,9 +243,9 @@ def _offset_facts(mean: torch.Tensor) -> dict:
 
 def stage_denoiser(args, work: Path, labels: torch.Tensor, scaling: float) -> dict:
     lat = torch.load(work / "latents" / "latents.pt")
-    task = DenoiserTask(args.dit_lr, args.dit_steps, args.p_uncond, args.ema)
-    seconds = _fit(task, (lat["mean"] * scaling, lat["std"] * scaling, labels), work / "denoiser", args.dit_steps, args.dit_batch, args.seed,
-                   args.progress)
+    task, seconds = _fit(lambda: DenoiserTask(args.dit_lr, args.dit_steps, args.p_uncond, args.ema),
+                         (lat["mean"] * scaling, lat["std"] * scaling, labels), work / "denoiser", args.dit_steps,
+                         args.dit_batch, args.seed, args.progress)
     task.ema.module.save_pretrained(work / "denoiser" / "model")
     return {"steps": args.dit_steps, "batch": args.dit_batch, "seconds": round(seconds)}
 
@@ -252,9 +255,9 @@ def stage_classifier(args, work: Path, images, labels, test_images, test_labels)
 
     vae = AutoencoderKL.from_pretrained(work / "latents" / "vae").eval()
     recon, test_recon = _reconstruct(vae, images), _reconstruct(vae, test_images)
-    task = ClassifierTask(args.clf_lr, args.clf_steps)
-    seconds = _fit(task, (torch.cat([images, recon]), torch.cat([labels, labels])), work / "classifier",
-                   args.clf_steps, args.clf_batch, args.seed, args.progress)
+    task, seconds = _fit(lambda: ClassifierTask(args.clf_lr, args.clf_steps),
+                         (torch.cat([images, recon]), torch.cat([labels, labels])), work / "classifier",
+                         args.clf_steps, args.clf_batch, args.seed, args.progress)
     clf = task.clf.eval()
     from safetensors.torch import save_file
 
