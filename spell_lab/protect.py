@@ -370,9 +370,9 @@ class FaissProtected:
                 parts.append(np.frombuffer(codes, dtype=np.uint8).view(np.float32).reshape(n, d))
             if parts and (sum(len(p) for p in parts) >= SCAN_BLOCK or l == inv.nlist - 1):
                 y = torch.from_numpy(np.concatenate(parts))
-                if first not in norms:
-                    norms[first] = y.norm(dim=1)
-                yield y, norms[first]
+                if (first, l) not in norms:  # keyed by the block's lists: another SCAN_BLOCK makes other blocks
+                    norms[first, l] = y.norm(dim=1)
+                yield y, norms[first, l]
                 parts, first = [], l + 1
 
     def _scan(self, x: torch.Tensor, radius: float, overcomp: float) -> tuple[Correction, int]:
