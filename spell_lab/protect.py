@@ -402,34 +402,36 @@ class FaissProtected:
             diffs.append(xh[r] - z)  # x0_b - z_k, exact in the work dtype
             z_norms.append(z.norm(dim=1))
         row, diff, z_norm = torch.cat(rows), torch.cat(diffs), torch.cat(z_norms)
-        d = diff.norm(dim=1)
-        nearest = (xh - best_vec).norm(dim=1).scatter_reduce(0, row, d, "amin")  # exact below r: every shield is here
-        inside = pushes(d, radius, xh.norm(dim=1)[row], z_norm, wd)
-        active = torch.zeros(len(xh), dtype=torch.long).index_add_(0, row, inside.long())
-        pick = inside.nonzero().squeeze(1)
-        weights = torch.zeros(len(xh), len(pick), dtype=wd)
-        weights[row[pick], torch.arange(len(pick))] = radius / d[pick] - 1.0
+        nearest = (xh - best_vec).norm(dim=1)  # the scan's float32 nearest; exact below r: every shield is a pair
+        c = _summed(xh, row, diff, z_norm, nearest, radius, overcomp)
         dev = x.device
-        return Correction((overcomp * (weights @ diff[pick])).to(dev), active.to(dev), nearest.to(dev)), len(row)
+        return Correction(c.delta.to(dev), c.active.to(dev), c.nearest.to(dev)), len(row)
 
     def _verify(self, x: torch.Tensor, ids: np.ndarray, radius: float, overcomp: float) -> Correction:
         """Exact distances and pushes to the candidates, from differences (x - z) in x's work dtype, one (query,
-        candidate) pair at a time (no padding to the longest list); each row's pushes are summed by a product with a
-        (B, pairs) weight matrix, the same order on every device (index_add_ would race on CUDA)."""
+        candidate) pair at a time (no padding to the longest list), summed per row by `_summed`."""
         B = ids.shape[0]
         rows, slots = np.nonzero(ids >= 0)  # row-major: each query's candidates together
         z = self.index.reconstruct_batch(ids[rows, slots]) if rows.size else np.zeros((0, x.shape[1]), np.float32)
         row = torch.from_numpy(rows).to(x.device)
         zt = torch.from_numpy(z).to(x.device, x.dtype)
         diff = x[row] - zt  # x0_b - z_k, exact
-        d = diff.norm(dim=1)
-        nearest = torch.full((B,), math.inf, dtype=x.dtype, device=x.device).scatter_reduce(0, row, d, "amin")
-        inside = pushes(d, radius, x.norm(dim=1)[row], zt.norm(dim=1), x.dtype)  # coinciding with x0: no direction
-        active = torch.zeros(B, dtype=torch.long, device=x.device).index_add_(0, row, inside.long())
-        pick = inside.nonzero().squeeze(1)
-        weights = torch.zeros(B, len(pick), dtype=x.dtype, device=x.device)
-        weights[row[pick], torch.arange(len(pick), device=x.device)] = radius / d[pick] - 1.0
-        return Correction(overcomp * (weights @ diff[pick]), active, nearest)
+        none = torch.full((B,), math.inf, dtype=x.dtype, device=x.device)
+        return _summed(x, row, diff, zt.norm(dim=1), none, radius, overcomp)
+
+
+def _summed(x, row, diff, z_norm, nearest, radius: float, overcomp: float) -> Correction:
+    """The correction from (query row, x0_row - z) pairs, verified here: which push (`pushes`; coinciding with x0:
+    no direction), their Eq. 5 weights summed per row by a product with a (B, pairs) weight matrix (the same order on
+    every device; index_add_ would race on CUDA), and each row's nearest (the min of `nearest` and its pairs)."""
+    d = diff.norm(dim=1)
+    nearest = nearest.scatter_reduce(0, row, d, "amin")
+    inside = pushes(d, radius, x.norm(dim=1)[row], z_norm, x.dtype)
+    active = torch.zeros(len(x), dtype=torch.long, device=x.device).index_add_(0, row, inside.long())
+    pick = inside.nonzero().squeeze(1)
+    weights = torch.zeros(len(x), len(pick), dtype=x.dtype, device=x.device)
+    weights[row[pick], torch.arange(len(pick), device=x.device)] = radius / d[pick] - 1.0
+    return Correction(overcomp * (weights @ diff[pick]), active, nearest)
 
 
 @contextmanager
