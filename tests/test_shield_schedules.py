@@ -52,3 +52,17 @@ def test_multiplier_ends():
     p = schedule_params("sigma")
     assert multiplier(p, 1.0, 0.0, 1.0) == 2.0 and multiplier(p, 0.0, 1.0, 0.0) == 0.5
     assert multiplier(schedule_params("linear"), 0.5, 0.3, 0.9) == pytest.approx(1.25)
+
+
+def test_the_sparsity_overcomp_schedule_setup_runs_lambda_from_two_to_one():
+    """The opt-in `overcomp_schedule` setup of the sparsity command: lambda 1.6 scheduled from 2.0 in pure noise to 1.0
+    at the data; the default setups (the main command) stay the paper's seven, without it."""
+    from spell_lab.experiments.sparsity import DEFAULT_SETUPS, SETUPS, build_settings
+    from spell_lab.shield_schedules import schedule_params, scheduled
+
+    made = {s.name: s for s in build_settings(["overcomp", "overcomp_schedule"], 25.0, 1.6, "default", [0], [0], 0)}
+    params = schedule_params(made["overcomp_schedule"].method["overcomp_schedule"])
+    assert scheduled(1.6, params, 1.0, 0.0, 1.0) == pytest.approx(2.0)  # alpha 0, sigma 1: pure noise
+    assert scheduled(1.6, params, 0.0, 1.0, 0.0) == pytest.approx(1.0)  # the data
+    assert "overcomp_schedule" not in made["overcomp"].method
+    assert "overcomp_schedule" not in DEFAULT_SETUPS and set(DEFAULT_SETUPS) < set(SETUPS)
