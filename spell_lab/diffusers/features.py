@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as Fn
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+from ..metrics.features import IMAGENET_MEAN, IMAGENET_STD
+
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)  # DINOv2's preprocessing, as the metrics' DINOv2Features
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OpenAI CLIP's preprocessing
 
 
