@@ -205,16 +205,13 @@ def spell(params: dict, protected=None) -> Hooks:
 
 def semantic_spell(params: dict, full: dict, protected=None) -> Hooks:
     """SPELL with shields in a feature space (docs/design.md section 2, "Semantic shields"): the memory keeps
-    features; a protected set would need its features too and is refused. full: params with the quiet ones."""
-    if protected is not None:
-        raise ValueError("spell with space='features' has no protected set yet (its items would need features); "
-                         "use space='diffusion' to protect a set.")
+    features, a protected set is mapped by phi once and searched in feature space. full: params with the quiet ones."""
     if full["overlap"] != "single" or not isinstance(full["gn_iter"], int) or full["gn_iter"] < 1:
         raise ValueError("spell with space='features' takes overlap='single' and an integer gn_iter >= 1 (got "
                          f"overlap={full['overlap']!r}, gn_iter={full['gn_iter']!r}).")
     s = SemanticSpell(full["radius"], full["overcomp"], intra_batch=full["intra_batch"], memory=full["memory"],
                       gn_iter=full["gn_iter"], radius_schedule=full["radius_schedule"],
-                      overcomp_schedule=full["overcomp_schedule"], encoder=full["encoder"])
+                      overcomp_schedule=full["overcomp_schedule"], encoder=full["encoder"], protected=protected)
     return Hooks(params, interventions=(s,), guidance=fixed_weight(full["weight"]), shields=s, memory=s.memory)
 
 

@@ -3,7 +3,9 @@ distances in a feature space phi (the model registry's `feature_map`: a classifi
 decoded x0_hat) instead of the diffusion space.
 
     f_b = phi(x0_b)                                    features of each prediction
-    df_b = Eq. 5 / Eq. 8 in feature space              (`repellency.correction` on f; the memory keeps features)
+    df_b = Eq. 5 / Eq. 8 in feature space              (`repellency.correction` on f; the memory keeps features; a
+                                                       protected set is mapped by phi once, then searched by an
+                                                       index of its own kind in feature space)
     dx_b = J_b^T (J_b J_b^T + ridge)^-1 df_b           J_b = d phi / d x0 at x0_b: the least-norm change of x0_b
                                                        whose linearised effect on phi is df_b, scaled down to
                                                        ||dx_b|| <= TRUST ||x0_b|| (a trust region)
@@ -20,10 +22,13 @@ Host syncs: one per evaluation, `nonzero` of the active rows (only active sample
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from . import schema
-from .repellency import Memory, SpellStep, _empty, _work_dtype, check_radius, correction, correction_reference
+from .repellency import (ExactProtected, Memory, SpellStep, _empty, _work_dtype, check_radius, correction,
+                         correction_reference)
 from .shield_schedules import Scheduled
 
 RIDGE = 1e-6  # relative to the mean eigenvalue of J J^T: keeps the solve defined where phi is locally flat
@@ -90,24 +95,84 @@ class FeatureMemory(Memory):
             super().add(self.phi(x0).to(_work_dtype(x0.dtype)), cond)
 
 
+FEATURE_CHUNK = 256  # protected items mapped by phi per forward pass
+
+
+def protected_items(source) -> torch.Tensor:
+    """The diffusion-space items of a protected set: a tensor, `ExactProtected`'s, or a faiss index's stored vectors
+    (in its lists' order: a protected set's order does not matter)."""
+    if isinstance(source, torch.Tensor):
+        return source
+    if isinstance(source, ExactProtected):
+        return source.items
+    return torch.cat([y for y, _ in source._blocks()]).reshape(-1, *source.item_shape)  # FaissProtected
+
+
+def feature_index(source, phi, device=None):
+    """A protected set's shield source in feature space: its items mapped by phi in chunks, searched by an index of the
+    source's kind and settings (exhaustive for a tensor or `ExactProtected`; a faiss source's nlist, nprobe, exact)."""
+    items = protected_items(source)
+    with torch.no_grad():
+        f = torch.cat([phi(items[i : i + FEATURE_CHUNK].to(device)).float() for i in range(0, len(items), FEATURE_CHUNK)])
+    if not hasattr(source, "_blocks"):
+        return ExactProtected(f)
+    return type(source)(f.cpu().numpy(), nlist=source.index.nlist, nprobe=source.nprobe, exact=source.exact,
+                        cache_margin=source.cache_margin, device=source.device)
+
+
+class FeatureProtected:
+    """A protected set searched in feature space. Its features are computed once per set and feature map (`bind`: the
+    key names the map, e.g. model and encoder) and kept on the set's own source, which every unit of a run shares."""
+
+    name = "protected"
+
+    def __init__(self, source):
+        if not isinstance(source, (torch.Tensor, ExactProtected)) and not hasattr(source, "_blocks"):
+            raise ValueError(f"spell with space='features' cannot read the items of a {type(source).__name__} "
+                             "protected set; give an exact or faiss protected index.")
+        self.source, self.index = source, None
+
+    def bind(self, phi, key, device=None) -> None:
+        if isinstance(self.source, torch.Tensor):  # a bare tensor holds no attribute: its index lives here
+            self.index = feature_index(self.source, phi, device) if self.index is None else self.index
+            return
+        built = self.source.__dict__.setdefault("feature_indexes", {})
+        if key not in built:
+            built[key] = feature_index(self.source, phi, device)
+        self.index = built[key]
+
+    def __call__(self, f, radius, overcomp, cond):
+        if self.index is None:
+            raise ValueError("a feature-space protected set has no features yet: bind semantic SPELL to a model first.")
+        start = time.perf_counter()
+        c = self.index(f, radius, overcomp, cond)
+        if hasattr(self.source, "search_seconds"):  # the run's round clock reads the set's own counter
+            self.source.search_seconds += time.perf_counter() - start
+        return c
+
+
 class SemanticSpell(Scheduled):
     """SPELL in the feature space of the model it is bound to (`bind(model)`: the registry's feature map)."""
 
     def __init__(self, radius: float, overcomp: float = 1.0, *, intra_batch: bool = False, memory: bool = False,
                  gn_iter: int = 1, radius_schedule="constant", overcomp_schedule="constant", phi=None, ridge=RIDGE,
-                 trust=TRUST, encoder=None):
+                 trust=TRUST, encoder=None, protected=None):
         check_radius(radius, overcomp)
         self.radius, self.overcomp, self.intra_batch, self.gn_iter = float(radius), float(overcomp), intra_batch, gn_iter
         self.set_schedules(radius_schedule, overcomp_schedule)
         self.memory = FeatureMemory() if memory else None
+        self.protected = FeatureProtected(protected) if protected is not None else None
         self.phi, self.ridge, self.trust, self.encoder = None, ridge, trust, encoder
         if phi is not None:
             self.set_phi(phi)
 
-    def set_phi(self, phi) -> None:
+    def set_phi(self, phi, key=None, device=None) -> None:
+        """phi, and the protected set's features under it (computed once per key; None: this phi object)."""
         self.phi = phi
         if self.memory is not None:
             self.memory.phi = phi
+        if self.protected is not None:
+            self.protected.bind(phi, key if key is not None else id(phi), device)
 
     def bind(self, model) -> None:
         """phi (once; a given phi is kept): with `encoder` (a DINOv2 or CLIP folder) the model's own
@@ -115,15 +180,16 @@ class SemanticSpell(Scheduled):
         if self.phi is None:
             from .models.registry import feature_map  # the registry: looked up when a model is known
             device = next(model.parameters(), torch.empty(0)).device if hasattr(model, "parameters") else "cpu"
+            key = (getattr(model, "name", type(model).__name__), self.encoder, str(device))
             with torch.inference_mode(False):  # weights loaded in Lightning's inference mode could not be differentiated
                 if self.encoder is not None:
                     if not hasattr(model, "encoder_features"):
                         raise ValueError(f"encoder= is for diffusers models (their VAE decodes x0); model "
                                          f"{getattr(model, 'name', type(model).__name__)!r} has its own feature map: "
                                          "drop encoder=.")
-                    self.set_phi(model.encoder_features(self.encoder, device))
+                    self.set_phi(model.encoder_features(self.encoder, device), key, device)
                 else:
-                    self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device))
+                    self.set_phi(feature_map(getattr(model, "name", type(model).__name__), device), key, device)
 
     def _features(self, x0: torch.Tensor) -> torch.Tensor:
         if self.phi is None:
@@ -143,6 +209,9 @@ class SemanticSpell(Scheduled):
         if self.memory is not None and len(self.memory):
             c = self.memory(q, radius, overcomp, cond)
             active["memory"], total = c.active, total + c
+        if self.protected is not None:
+            c = self.protected(q, radius, overcomp, cond)
+            active["protected"], total = c.active, total + c
         return total, active
 
     def nearest(self, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -183,8 +252,8 @@ class SemanticSpell(Scheduled):
         return x
 
 
-def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=None, memory_cond=None, gn_iter=1,
-                       trust=TRUST):
+def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=None, memory_cond=None,
+                       protected_features=None, gn_iter=1, trust=TRUST):
     """Semantic SPELL written out, in float64, one sample at a time: features, Eq. 5/8 by `correction_reference`,
     per-sample Jacobians by autograd, the pull-back by a least-squares solve. (x0', feature-space delta, counts)."""
     x = x0.double()
@@ -195,6 +264,9 @@ def semantic_reference(phi, x0, cond, radius, overcomp=1.0, *, memory_features=N
     if memory_features is not None:
         dm = correction_reference(f, memory_features.double(), radius, overcomp, x_groups=cond, center_groups=memory_cond)
         delta, active = delta + dm.delta, active + dm.active
+    if protected_features is not None:  # any condition, as the diffusion-space protected set
+        dp = correction_reference(f, protected_features.double(), radius, overcomp)
+        delta, active = delta + dp.delta, active + dp.active
     out = []
     for b in range(x.shape[0]):
         xb = x[b : b + 1]

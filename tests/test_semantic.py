@@ -8,7 +8,10 @@ import torch
 from spell_lab.methods import resolve
 from spell_lab.models.registry import feature_map
 from spell_lab.samplers import generate
-from spell_lab.semantic import SemanticSpell, jacobians, pullback, pullback_reference, semantic_reference
+from spell_lab.protect import FaissProtected
+from spell_lab.repellency import ExactProtected
+from spell_lab.semantic import (FeatureProtected, SemanticSpell, feature_index, jacobians, pullback, pullback_reference,
+                                semantic_reference)
 
 
 @pytest.mark.parametrize("n,F,D", [(3, 5, 12), (2, 6, 6), (4, 1, 9)])
@@ -83,8 +86,8 @@ def test_feature_shields_leave_fewer_close_pairs_on_digits():
 def test_refusals_say_what_to_change(gmm):
     with pytest.raises(ValueError, match="space"):
         resolve({"name": "spell", "space": "pixels"})
-    with pytest.raises(ValueError, match="protected set"):
-        resolve({"name": "spell", "space": "features"}, protected=torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="cannot read the items"):
+        SemanticSpell(1.0, protected=object(), phi=lambda x: x)
     with pytest.raises(ValueError, match="no registered feature map"):
         feature_map("sd3")
 
@@ -95,3 +98,47 @@ def test_jacobians_in_inference_mode_and_a_flat_map_moves_nothing():
         assert torch.allclose(jacobians(phi, x), jacobians(phi, x.clone()))
         assert jacobians(phi, x).abs().sum() > 0
     assert torch.equal(pullback(torch.zeros(2, 3, 6), torch.ones(2, 3)), torch.zeros(2, 6))
+
+
+def test_a_protected_set_is_mapped_once_per_feature_map_and_shared():
+    calls = []
+    phi0 = small_phi(3)
+    phi = lambda x: calls.append(len(x)) or phi0(x)  # noqa: E731
+    source = ExactProtected(torch.randn(600, 6, dtype=torch.float64))
+    a, b = SemanticSpell(1.0, protected=source), SemanticSpell(1.0, protected=source)  # two units of one run
+    a.set_phi(phi, key="model"), b.set_phi(phi, key="model")
+    assert calls == [256, 256, 88]  # the 600 items in chunks, once: the second unit reuses them
+    assert a.protected.index is b.protected.index
+    assert torch.allclose(a.protected.index.items, phi0(source.items).float())
+    b.set_phi(phi, key="another encoder")
+    assert len(calls) == 6 and b.protected.index is not a.protected.index
+
+
+def test_a_faiss_protected_set_is_searched_in_feature_space_as_the_exact_one():
+    g = torch.Generator().manual_seed(5)
+    items, phi = torch.randn(500, 6, generator=g), small_phi(4)
+    faiss_source = FaissProtected(items, nlist=8, exact=True)
+    f_items = phi(items).float()
+    index = feature_index(faiss_source, phi)
+    assert isinstance(index, FaissProtected) and index.exact and index.index.nlist == 8
+    q = f_items[:7] + 0.05 * torch.randn(7, 3, generator=g)
+    r = float(torch.cdist(q, f_items).kthvalue(20, dim=1).values.median())
+    want, got = ExactProtected(f_items)(q, r, 1.3, None), FeatureProtected(faiss_source)
+    got.bind(phi, "k")
+    got = got(q, r, 1.3, None)
+    assert want.active.sum() > 7 and torch.equal(got.active, want.active)
+    assert torch.allclose(got.delta, want.delta, atol=1e-4)
+
+
+def test_feature_space_protection_on_digits_moves_outputs_off_their_protected_copies():
+    """The protected set is the plain outputs of the same seeds: each output would regenerate its protected copy."""
+    from spell_lab.models.digits import load_digits
+
+    model, phi = load_digits(), feature_map("digits")
+    cond, seeds, r = torch.full((6,), 5), range(6), 6.0  # r: about half the plain outputs' median feature distance
+    plain = generate(model, cond, seeds, steps=10)
+    shielded = generate(model, cond, seeds, steps=10,
+                        method=resolve({"name": "spell", "radius": r, "space": "features"}, protected=plain.x0))
+    nearest = torch.cdist(phi(shielded.x0).detach(), phi(plain.x0).detach()).min(1).values
+    assert (nearest > 0.5 * r).all() and (nearest < r).sum() <= 3  # each was at 0 from its copy; measured 4.1-6.5
+    assert shielded.records["active_protected"].any() and not shielded.records["active_batch"].any()
