@@ -41,11 +41,12 @@ register(ModelEntry(
     feature_map="spell_lab.models.fashion:feature_map",
     fidelity="spell_lab.models.fashion:fidelity",
     training_set="spell_lab.models.fashion_training_set:training_set",
-    # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 3, median 47.25,
-    # w = 2.5, median 32.49: r = 17.33 = 0.533x median, 1.77 grid steps from 25; F is flat (0.933-0.937) from 0 to
-    # 21.66, so the argmax sits on noise (analysis/fashion)
-    selected_radius=17.33,
-    radius_source="python -m spell_lab.experiments.calibrate --select --model fashion (analysis/fashion)",
+    # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 2.5, median 29.81;
+    # F(P, C) is exactly 0.935 from r = 0 to 15.9 (precision and coverage unchanged), within one SE to 19.88 and falls
+    # after (0.907 at 23.85), so its argmax is r = 0: no radius is selected (analysis/fashion)
+    selected_radius=None,
+    radius_source="calibrate --select --model fashion --full selects 0: F(P, C) is flat from r = 0 to 15.9 and falls "
+                  "after 19.88; the paper's LD radius is 25 (analysis/fashion)",
     default=True,
     train_command="python -m spell_lab.models.fashion_train --into-package",
     description="latent diffusion model on Fashion-MNIST (diffusers AutoencoderKL + DiT, DDIM on Latent Diffusion's "
