@@ -24,7 +24,9 @@ which selected r = 20.97; the third (centred latents) 8.937 from 25 / (0.733 * 0
 w = 2.5 and r = 17.33 = 0.533x its median 32.49, on a plateau of F (0.933-0.937 from r = 0 to 21.66; 0.917 at
 25.99), so the selection's argmax is within its noise and the rule is not iterated further. The fifth (shipped) is
 this command as it stands, seeded, with 8,000 DiT steps (scale 5.791 from its own m = 6.4219): with the same seed,
-VAE and classifier, 6,000 steps gave FD 50.0 at w = 2.5 and 8,000 gave 38.5 (analysis/fashion/README.md).
+VAE and classifier, 6,000 steps gave FD 50.0 at w = 2.5 and 8,000 gave 38.5 (analysis/fashion/README.md). Its
+selection (w = 2.5, median 29.81) finds F exactly flat from r = 0 to 15.9 and selects 0; r = 25 lands at 0.84x that
+median, since it spreads 0.802x its m where SPREAD assumes 0.840.
 """
 
 from __future__ import annotations
