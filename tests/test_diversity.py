@@ -140,9 +140,10 @@ def test_rerender_gives_the_same_table(quick_run, tmp_path, capsys):
 
 
 BAD = [
-    (["--per_condition", "5"], "--per_condition must be >= 6"),
-    (["--per_condition", "10", "--batch", "4"], "multiple of --batch"),
+    (["--models", "digits", "--per_condition", "5"], "--per_condition must be >= 6"),
+    (["--models", "digits", "--per_condition", "10", "--batch", "4"], "multiple of --batch"),
     (["--models", "gmm"], "has no selected radius"),
+    ([], "model 'fashion' has no selected radius (calibrate --select --model fashion --full selects 0"),  # the default
     (["--models", "digits", "--radius", "{digits: -1}"], "must be > 0"),
     (["--radius", "{gmm: 1}"], "which --models does not run"),
     (["--models", "some/pipeline"], "held-out real data"),
