@@ -356,6 +356,11 @@ class FaissProtected:
             self._gpu = (res, faiss.index_cpu_to_gpu(res, torch.device(dev).index or 0, index))
         return self._gpu[1]
 
+    def stored_items(self) -> torch.Tensor:
+        """Every stored vector, in the inverted lists' order, shaped as the items (a protected set's order does not
+        matter: semantic SPELL maps them all into its feature space)."""
+        return torch.cat([y for y, _ in self._blocks()]).reshape(-1, *self.item_shape)
+
     def _blocks(self):
         """The stored vectors in blocks of consecutive inverted lists (at least SCAN_BLOCK rows, so the GEMMs are
         large) with their norms (computed once per index and kept), as (n, D) float32 and (n,) tensors."""

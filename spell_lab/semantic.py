@@ -23,10 +23,12 @@ Host syncs: one per evaluation, `nonzero` of the active rows (only active sample
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 
 from . import schema
+from .protect import FaissProtected
 from .repellency import (ExactProtected, Memory, SpellStep, _empty, _work_dtype, check_radius, correction,
                          correction_reference)
 from .shield_schedules import Scheduled
@@ -98,14 +100,14 @@ class FeatureMemory(Memory):
 FEATURE_CHUNK = 256  # protected items mapped by phi per forward pass
 
 
+_FEATURE_INDEXES = weakref.WeakKeyDictionary()  # protected source -> {feature-map key: its index in feature space}
+
+
 def protected_items(source) -> torch.Tensor:
-    """The diffusion-space items of a protected set: a tensor, `ExactProtected`'s, or a faiss index's stored vectors
-    (in its lists' order: a protected set's order does not matter)."""
+    """The diffusion-space items of a protected set: a tensor, `ExactProtected`'s, or a faiss index's stored vectors."""
     if isinstance(source, torch.Tensor):
         return source
-    if isinstance(source, ExactProtected):
-        return source.items
-    return torch.cat([y for y, _ in source._blocks()]).reshape(-1, *source.item_shape)  # FaissProtected
+    return source.items if isinstance(source, ExactProtected) else source.stored_items()
 
 
 def feature_index(source, phi, device=None):
@@ -114,20 +116,21 @@ def feature_index(source, phi, device=None):
     items = protected_items(source)
     with torch.no_grad():
         f = torch.cat([phi(items[i : i + FEATURE_CHUNK].to(device)).float() for i in range(0, len(items), FEATURE_CHUNK)])
-    if not hasattr(source, "_blocks"):
+    if not isinstance(source, FaissProtected):
         return ExactProtected(f)
-    return type(source)(f.cpu().numpy(), nlist=source.index.nlist, nprobe=source.nprobe, exact=source.exact,
+    return FaissProtected(f.cpu().numpy(), nlist=source.index.nlist, nprobe=source.nprobe, exact=source.exact,
                         cache_margin=source.cache_margin, device=source.device)
 
 
 class FeatureProtected:
     """A protected set searched in feature space. Its features are computed once per set and feature map (`bind`: the
-    key names the map, e.g. model and encoder) and kept on the set's own source, which every unit of a run shares."""
+    key names the map, e.g. model and encoder) and kept for as long as the set's source lives, which every unit of a
+    run shares."""
 
     name = "protected"
 
     def __init__(self, source):
-        if not isinstance(source, (torch.Tensor, ExactProtected)) and not hasattr(source, "_blocks"):
+        if not isinstance(source, (torch.Tensor, ExactProtected, FaissProtected)):
             raise ValueError(f"spell with space='features' cannot read the items of a {type(source).__name__} "
                              "protected set; give an exact or faiss protected index.")
         self.source, self.index = source, None
@@ -136,7 +139,7 @@ class FeatureProtected:
         if isinstance(self.source, torch.Tensor):  # a bare tensor holds no attribute: its index lives here
             self.index = feature_index(self.source, phi, device) if self.index is None else self.index
             return
-        built = self.source.__dict__.setdefault("feature_indexes", {})
+        built = _FEATURE_INDEXES.setdefault(self.source, {})
         if key not in built:
             built[key] = feature_index(self.source, phi, device)
         self.index = built[key]
