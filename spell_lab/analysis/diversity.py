@@ -32,6 +32,7 @@ import xarray as xr
 
 from . import driver
 from .load import model_name
+from .markdown import markdown
 from ..models import condition_fidelity, matched_reference
 from .quality import condition_metrics, generated
 
@@ -196,10 +197,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    cells = table_cells(table)
-    lines = ["| " + " | ".join(cells.columns) + " |", "| " + " | ".join("---" for _ in cells.columns) + " |"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return markdown(table_cells(table))
 
 
 # ----------------------------------------------------------------------------------------------- the entry

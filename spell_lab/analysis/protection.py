@@ -35,6 +35,7 @@ import xarray as xr
 from . import driver
 from .gallery import baseline_partner
 from .load import model_name, order_of, reference_of
+from .markdown import markdown
 from ..models import matched_reference
 from .quality import condition_metrics, generated
 
@@ -210,23 +211,8 @@ def format_table(table: pd.DataFrame) -> str:
     return _shown(table).to_string()
 
 
-def markdown(table: pd.DataFrame, index: str = "search") -> str:
-    """A table as GitHub Markdown (already formatted strings)."""
-    shown = table.reset_index().rename(columns={table.index.name or "index": index}) if index else table
-    cols = [str(c) for c in shown.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def table_markdown(table: pd.DataFrame) -> str:
-    return markdown(_shown(table))
-
-
-def paper_markdown() -> str:
-    t = PAPER_TABLE2.assign(too_close_pct=PAPER_TABLE2["too_close_pct"].map("{:.2f}%".format),
-                            time_vs_baseline=(PAPER_TABLE2["seconds_per_image"] / 2.434).map("{:.2f}".format))
-    return markdown(t.set_index("model"), index="model")
+    return markdown(_shown(table), index="search")
 
 
 def moved_examples(judged: dict, datasets: dict, search: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +259,7 @@ ANALYSIS = driver.register(driver.Analysis(
     experiment="protection", select=groups, keep=("x0",), statistics=statistics,
     figures=driver.lazy(FIGURES, "figures"), wandb_runs=driver.lazy(FIGURES, "wandb_runs"),
     files=lambda r: {"table2.csv": r["table"].to_csv(), "table2_per_condition.csv": r["per_condition"].to_csv(index=False),
-                     "table2.md": table_markdown(r["table"]) + "\n"},
+                     "table2.md": table_markdown(r["table"])},
     format_table=format_table,
     none_found="has no groups; make one with `python -m spell_lab.experiments.protection`",
     summary_lines=lambda res: [f"\nradius {res['radius']:.4g}; shields overlapping another: "

@@ -33,6 +33,7 @@ import torch
 from . import baselines, driver
 from .activity import active_at_noise
 from .load import model_name, reference_of, subset
+from .markdown import markdown
 from .quality import generated
 from ..calibration import with_f
 from ..models import matched_reference
@@ -137,12 +138,50 @@ def format_table(table: pd.DataFrame) -> str:
     return table[cols].to_string(float_format=lambda v: f"{v:.3g}")
 
 
+def _num(v, digits: int = 3, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return f"{100 * v:.{digits}f} %" if pct else f"{v:.{digits}f}"
+
+
+def _cells(table: pd.DataFrame, first: str, first_values) -> pd.DataFrame:
+    """The page's columns of a points or selection table, as text."""
+    t = table
+    active = [f"{_num(a, 0, True)} / {_num(b, 0, True)}" if r else "–"
+              for a, b, r in zip(t["active_at_t0.8"], t["active_at_t0.6"], first_values["active"])]
+    residual = ["–" if not np.isfinite(m) else f"{m:.2f} ({_num(s, 0, True)})"
+                for m, s in zip(t["residual_mean"].astype(float), t["residual_inside_share"].astype(float))]
+    return pd.DataFrame({
+        first: first_values["label"], "precision": t["precision"].map(_num), "recall": t["recall"].map(_num),
+        "density": t["density"].map(lambda v: _num(v, 2)), "coverage": t["coverage"].map(_num),
+        "Vendi": t["vendi"].map(lambda v: _num(v, 2)), "FD": t["fd"].map(lambda v: _num(v, 1)),
+        "F": t["f"].map(_num), "near-dup. pairs": t["near_duplicates"].map(lambda v: _num(v, 1, True)),
+        "active t=0.8 / 0.6": active, "rel. magnitude": t["relative_magnitude"].map(_num),
+        "last active t": t["median_last_active_t"].map(lambda v: _num(v, 2)), "residual (inside share)": residual,
+        "ms / eval. (x plain)": [f"{ms:.1f} ({x:.1f}x)" for ms, x in zip(t["ms_per_evaluation"], t["cost_vs_plain"])],
+    })
+
+
+def tables_markdown(result: dict) -> str:
+    """The ledger page's two tables: each variant at its selection, and every point of the run."""
+    sel, pts = result["table"], result["points"]
+    sel_labels = [("0 (plain)" if r == 0 else f"{r:.4g}" + (" (features)" if v == "semantic" else ""))
+                  for v, r in zip(sel.index, sel["radius"])]
+    pts_labels = [f"{g} ({p} {v:.4g})" for g, p, v in zip(pts.index, pts["parameter"], pts["value"])]
+    return ("Each variant at its selection (the F-best of its radii and 0):\n\n"
+            + markdown(_cells(sel, "variant (selected r)", {"label": [f"{v}: {lab}" for v, lab in zip(sel.index, sel_labels)],
+                                                             "active": sel["radius"] > 0}))
+            + "\nEvery point:\n\n"
+            + markdown(_cells(pts, "group", {"label": pts_labels,
+                                             "active": pts["sweep"].isin(VARIANTS) & (pts["value"] > 0)})))
+
+
 FIGURES = "spell_lab.analysis.semantic_figures"
 ANALYSIS = driver.register(driver.Analysis(
     experiment="semantic", select=semantic_groups, keep=("x0",), statistics=statistics,
     figures=driver.lazy(FIGURES, "figures"), wandb_runs=lambda datasets, result, images: [],
     files=lambda r: {"selected.csv": r["table"].to_csv(), "points.csv": r["points"].to_csv(),
-                     "hypervolume.csv": r["hypervolume"].to_csv(),
+                     "hypervolume.csv": r["hypervolume"].to_csv(), "tables.md": tables_markdown(r),
                      "per_condition.csv": r["per_condition"].to_csv(index=False)},
     format_table=format_table,
     none_found="has no semantic groups (<sweep>-<i>); make one with `python -m spell_lab.experiments.semantic`",
