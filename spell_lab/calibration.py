@@ -79,29 +79,51 @@ def with_f(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(f=f_score(table["precision"].to_numpy(), table["coverage"].to_numpy()))
 
 
+def _leave_one_out_f(precision, coverage) -> np.ndarray:
+    """F(mean precision, mean coverage) of every candidate with each condition left out in turn: (candidates, n)."""
+    p, c = np.atleast_2d(np.asarray(precision, dtype=float)), np.atleast_2d(np.asarray(coverage, dtype=float))
+    if p.shape != c.shape:
+        raise ValueError(f"precision and coverage need the same (candidates, conditions) shape (got {p.shape}, {c.shape}).")
+    keep = ~np.eye(p.shape[1], dtype=bool)  # row k: every condition but k
+    return np.stack([f_score(p[:, m].mean(1), c[:, m].mean(1)) for m in keep], axis=1)
+
+
+def _jackknife_se(leave_out: np.ndarray) -> np.ndarray:
+    n = leave_out.shape[1]
+    return np.sqrt((n - 1) / n * ((leave_out - leave_out.mean(1, keepdims=True)) ** 2).sum(1))
+
+
 def f_standard_error(precision, coverage) -> np.ndarray:
     """The jackknife standard error of F(mean precision, mean coverage) over conditions, one per candidate:
     `precision` and `coverage` are (candidates, conditions) per-condition values. Conditions are the independent
     units (every candidate uses the same seeds and real images), so F is recomputed leaving one condition out at a
     time: SE = sqrt((n - 1) / n * sum_k (F_(k) - mean F_(.))^2). NaN with fewer than 2 conditions."""
-    p, c = np.atleast_2d(np.asarray(precision, dtype=float)), np.atleast_2d(np.asarray(coverage, dtype=float))
-    if p.shape != c.shape:
-        raise ValueError(f"precision and coverage need the same (candidates, conditions) shape (got {p.shape}, {c.shape}).")
-    n = p.shape[1]
-    if n < 2:
+    p = np.atleast_2d(np.asarray(precision, dtype=float))
+    if p.shape[1] < 2:
         return np.full(p.shape[0], np.nan)
-    keep = ~np.eye(n, dtype=bool)  # row k: every condition but k
-    leave_out = np.stack([f_score(p[:, m].mean(1), c[:, m].mean(1)) for m in keep], axis=1)  # (candidates, n)
-    return np.sqrt((n - 1) / n * ((leave_out - leave_out.mean(1, keepdims=True)) ** 2).sum(1))
+    return _jackknife_se(_leave_one_out_f(precision, coverage))
+
+
+def f_gap_standard_error(precision, coverage) -> np.ndarray:
+    """The paired jackknife standard error of each candidate's gap to the F-best one, F(row) - F(best): the
+    candidates share seeds and real images, so the gap is recomputed leaving one condition out from both (what
+    two candidates' separate SEs overstate). 0 for the best itself; NaN with fewer than 2 conditions."""
+    p, c = np.atleast_2d(np.asarray(precision, dtype=float)), np.atleast_2d(np.asarray(coverage, dtype=float))
+    if p.shape[1] < 2:
+        return np.full(p.shape[0], np.nan)
+    best = int(np.nanargmax(f_score(p.mean(1), c.mean(1))))
+    leave_out = _leave_one_out_f(p, c)
+    return _jackknife_se(leave_out - leave_out[best])
 
 
 def within_one_se(table: pd.DataFrame, key: str) -> list[float]:
-    """The candidates whose F lies within one standard error (`f_se` of the F-best row) of the best F: where the
-    selection's argmax cannot be told apart from its neighbours at this sample size."""
+    """The candidates whose F lies within one standard error of the best F: where the selection's argmax cannot be
+    told apart from its neighbours at this sample size. With an `f_gap_se` column, each row's paired SE of its gap
+    to the best; otherwise the best row's `f_se`."""
     t = with_f(table)
     best = int(np.nanargmax(t["f"].to_numpy()))
-    floor = t["f"].iloc[best] - t["f_se"].iloc[best]
-    return [float(v) for v in t.loc[t["f"] >= floor, key]]
+    margin = t["f_gap_se"] if "f_gap_se" in t else t["f_se"].iloc[best]
+    return [float(v) for v in t.loc[t["f"] >= t["f"].iloc[best] - margin, key]]
 
 
 def best_row(table: pd.DataFrame, key: str) -> tuple[float, float]:

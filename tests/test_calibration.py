@@ -74,6 +74,27 @@ def test_within_one_se_lists_the_candidates_the_argmax_cannot_tell_apart():
     assert cal.within_one_se(table, "radius") == [0.0, 5.0, 10.0]
 
 
+def test_f_gap_standard_error_pairs_the_candidates_by_condition():
+    # candidate 1 trails the best (0) by the same 0.1 of coverage in every condition: its gap hardly moves when a
+    # condition is left out, so its paired SE is small although each candidate's own F varies across conditions
+    p = [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    c = [[0.5, 1.0, 0.75], [0.4, 0.9, 0.65], [0.9, 0.1, 0.5]]
+    gap = cal.f_gap_standard_error(p, c)
+    own = cal.f_standard_error(p, c)
+    assert gap[0] == 0.0 and own[1] > 0.05
+    leave_out = cal._leave_one_out_f(p, c)
+    d = leave_out[1] - leave_out[0]
+    assert gap[1] == pytest.approx(np.sqrt(2 / 3 * ((d - d.mean()) ** 2).sum())) and gap[1] < 0.02
+    d2 = leave_out[2] - leave_out[0]  # coverage moving the other way per condition: a large paired SE
+    assert gap[2] == pytest.approx(np.sqrt(2 / 3 * ((d2 - d2.mean()) ** 2).sum())) and gap[2] > own[0]
+    # within_one_se reads each row's paired SE when the table has it: F = 0.857, 0.788, 0.667; row 1 lies 0.069 below
+    # with a paired SE of 0.012 (out), row 2 0.19 below with 0.30 (in); by the best's own SE (0.095) it is the reverse
+    table = pd.DataFrame({"radius": [0.0, 5.0, 10.0], "precision": np.mean(p, 1), "coverage": np.mean(c, 1),
+                          "f_se": own, "f_gap_se": gap})
+    assert cal.within_one_se(table, "radius") == [0.0, 10.0]
+    assert cal.within_one_se(table.drop(columns="f_gap_se"), "radius") == [0.0, 5.0]
+
+
 @pytest.fixture(scope="module")
 def quick_select(tmp_path_factory):
     from spell_lab.experiments import calibrate

@@ -74,7 +74,7 @@ def save_figure(fig: Figure, out_dir, name: str) -> Path:
 
 def format_f_table(table: pd.DataFrame, key: str, best: float, extra=()) -> str:
     """The F table as aligned text, one row per candidate, the selected row marked with `<-`."""
-    cols = [key, *extra, "precision", "recall", "density", "coverage", "f", "f_se"]
+    cols = [key, *extra, "precision", "recall", "density", "coverage", "f", "f_se", "f_gap_se"]
     shown = table[[c for c in cols if c in table]].copy()
     text = shown.to_string(float_format=lambda v: f"{v:.3f}", index=False)
     lines = text.split("\n")

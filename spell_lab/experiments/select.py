@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..calibration import best_guidance, best_radius, f_standard_error, grid_steps, with_f, within_one_se
+from ..calibration import (best_guidance, best_radius, f_gap_standard_error, f_standard_error, grid_steps, with_f,
+                           within_one_se)
 from .common import Timer, calibration_of, config_dict, run_dir_for, sampling_for
 from .skeleton import Generated
 from .radius import SIZE_GRID, radius_settings
@@ -42,13 +43,15 @@ def check_weights(weights) -> list[float]:
 
 def measured_table(run_dir, reference) -> pd.DataFrame:
     """The radius experiment's metric table (means over conditions) of one run directory, with `f_se`: the
-    jackknife standard error of each row's F over conditions (`calibration.f_standard_error`)."""
+    jackknife standard error of each row's F over conditions (`calibration.f_standard_error`), and `f_gap_se`: the
+    paired one of its gap to the F-best row (`calibration.f_gap_standard_error`)."""
     from ..analysis.radius import load_run, metric_tables
 
     real_x, real_cond, features = reference
     table, per = metric_tables(load_run(run_dir), real_x, real_cond, features)
     p, c = (per.pivot(index="group", columns="condition", values=m).loc[table.index] for m in ("precision", "coverage"))
-    return table.assign(f_se=f_standard_error(p.to_numpy(), c.to_numpy()))
+    return table.assign(f_se=f_standard_error(p.to_numpy(), c.to_numpy()),
+                        f_gap_se=f_gap_standard_error(p.to_numpy(), c.to_numpy()))
 
 
 def tune_guidance(gen, weights, conditions, per_condition, seed, reference, root: Path) -> pd.DataFrame:
@@ -68,7 +71,7 @@ def sweep_radius(gen, cal, guidance, conditions, per_condition, seed, reference,
     settings = radius_settings(radii, SWEEP_PROTOCOL, per_condition, None, 1.0, conditions, seed)
     result = gen(settings, guidance, root / "radius", {"stage": "radius sweep", "calibration": cal})
     table = measured_table(result.run_dir, reference)
-    cols = ["radius", "radius_over_median", *TABLE_METRICS, "share_changed", "f_se"]
+    cols = ["radius", "radius_over_median", *TABLE_METRICS, "share_changed", "f_se", "f_gap_se"]
     return with_f(table[[c for c in cols if c in table]].reset_index())
 
 
@@ -136,9 +139,9 @@ def select(cfg, model, spec, size: str, conditions, per_condition: int) -> Gener
         ("calibration", f"at w = {w_best:g}: median {cal['median']:.4g}, grid step {step:.4g}"),
         ("selected radius", f"{r_best:.4g} = {r_best / cal['median']:.3f}x median (F {f_r:.3f}); "
                             f"{out['steps_from_reference']:.2f} grid steps from {REFERENCE_RADIUS:g}"),
-        ("F within 1 SE", f"radii {plateau[0]:.4g} to {plateau[-1]:.4g} ({len(plateau)} of {len(r_table)}) have F >= "
-                          f"the best's F - its jackknife SE over conditions ({f_r:.3f} - {out['f_radius_se']:.3f}): "
-                          "the argmax cannot tell them apart at this size"),
+        ("F within 1 SE", f"radii {plateau[0]:.4g} to {plateau[-1]:.4g} ({len(plateau)} of {len(r_table)}) lie within "
+                          f"one paired jackknife SE over conditions (f_gap_se) of the best's F ({f_r:.3f}): the "
+                          "argmax cannot tell them apart at this size"),
         ("time", f"CFG tuning {t_cfg.seconds:.0f} s, calibration {cal['seconds']:.0f} s, sweep {t_r.seconds:.0f} s"),
         ("written", f"{root}/  (selection.json, cfg_table.csv, radius_table.csv, {', '.join(p.name for p in figs)})"),
     ]
