@@ -22,6 +22,7 @@ def test_quick_run_end_to_end(tmp_path):
     selected = pd.read_csv(out / "figures" / "selected.csv", index_col="variant")
     assert list(selected.index) == ["latent", "semantic", "scheduled"] and selected["f"].notna().all()
     assert (out / "figures" / "fronts.png").stat().st_size > 10_000
+    assert (out / "figures" / "gallery.png").stat().st_size > 5_000  # one row per variant group, same seeds
     md = (out / "figures" / "tables.md").read_text()  # the page's tables: one row per variant and per point
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
     assert len(rows) == 2 + len(selected) + len(points)  # a header each

@@ -178,7 +178,7 @@ def tables_markdown(result: dict) -> str:
 
 FIGURES = "spell_lab.analysis.semantic_figures"
 ANALYSIS = driver.register(driver.Analysis(
-    experiment="semantic", select=semantic_groups, keep=("x0",), statistics=statistics,
+    experiment="semantic", select=semantic_groups, keep=("x0", "image"), statistics=statistics,
     figures=driver.lazy(FIGURES, "figures"), wandb_runs=lambda datasets, result, images: [],
     files=lambda r: {"selected.csv": r["table"].to_csv(), "points.csv": r["points"].to_csv(),
                      "hypervolume.csv": r["hypervolume"].to_csv(), "tables.md": tables_markdown(r),
