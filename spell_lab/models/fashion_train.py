@@ -26,7 +26,9 @@ w = 2.5 and r = 17.33 = 0.533x its median 32.49, on a plateau of F (0.933-0.937 
 this command as it stands, seeded, with 8,000 DiT steps (scale 5.791 from its own m = 6.4219): with the same seed,
 VAE and classifier, 6,000 steps gave FD 50.0 at w = 2.5 and 8,000 gave 38.5 (analysis/fashion/README.md). Its
 selection (w = 2.5, median 29.81) finds F exactly flat from r = 0 to 15.9 and selects 0; r = 25 lands at 0.84x that
-median, since it spreads 0.802x its m where SPREAD assumes 0.840.
+median, since it spreads 0.802x its m where SPREAD assumes 0.840. A sixth run, this model's stages with the DiT
+retrained at --scaling-factor 6.938 (r = 25 at 0.70x its median), selected 0 as well: F(P, C) does not rise with the
+radius on this model, so no scale moves the argmax (analysis/fashion/scale_trials/model6_candidate/).
 """
 
 from __future__ import annotations
