@@ -111,8 +111,8 @@ def f_gap_standard_error(precision, coverage) -> np.ndarray:
     p, c = np.atleast_2d(np.asarray(precision, dtype=float)), np.atleast_2d(np.asarray(coverage, dtype=float))
     if p.shape[1] < 2:
         return np.full(p.shape[0], np.nan)
+    leave_out = _leave_one_out_f(p, c)  # checks the shapes first
     best = int(np.nanargmax(f_score(p.mean(1), c.mean(1))))
-    leave_out = _leave_one_out_f(p, c)
     return _jackknife_se(leave_out - leave_out[best])
 
 
