@@ -49,6 +49,16 @@ def test_gallery_selection_defaults_and_errors():
         g.gallery_selection(run, None, ["7"])
 
 
+def test_condition_labels_come_from_the_group_then_the_model():
+    assert g.condition_label(0, {"model": "fashion", "condition_names": None}) == "T-shirt/top"  # the registry's
+    assert g.condition_label(9, {"model": "fashion"}) == "Ankle boot"
+    assert g.condition_label(1, {"model": "fashion", "condition_names": ["a", "b"]}) == "b"  # the run's own names win
+    assert g.condition_label(3, {"model": "digits"}) == "condition 3"  # a model without names: the number
+    assert g.condition_label(3, {"model": "some/hub-model"}) == "condition 3"
+    assert g.condition_label(12, {"model": "fashion"}) == "condition 12"  # beyond the names: the number
+    assert g.condition_label(2) == "condition 2"
+
+
 def test_tiny_change_reads_as_tiny():
     run = synthetic_run(("mixed",), steps=4, conditions=1, per_round=4, rounds=1)
     ds = run["mixed"]

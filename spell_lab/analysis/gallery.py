@@ -54,8 +54,18 @@ def _label(v) -> str:
 
 
 
-def condition_label(c, names=None) -> str:
-    """A condition's name from the group's `condition_names` attribute where it has one, else its value."""
+def condition_names_of(attrs) -> list | tuple | None:
+    """The names of a group's conditions, in order: its own `condition_names` attribute (prompts, names given at run
+    time), else its built-in model's class names (the registry), else None (they go by their numbers)."""
+    from ..models.registry import condition_names
+
+    attrs = attrs or {}
+    return attrs.get("condition_names") or condition_names(attrs.get("model"))
+
+
+def condition_label(c, attrs=None) -> str:
+    """A condition's name from a group's attributes (`condition_names_of`) where they name it, else its value."""
+    names = condition_names_of(attrs)
     s = _label(c)
     if isinstance(names, (list, tuple)) and s.lstrip("-").isdigit() and 0 <= int(s) < len(names) and names[int(s)]:
         return _label(names[int(s)])
@@ -137,11 +147,10 @@ def gallery_selection(datasets: dict, setup: str | None = None, conditions=None,
     present = list(dict.fromkeys(cond[generation_order(ds)]))
     if conditions is None:
         return setup, present[:max_conditions]
-    names_attr = ds.attrs.get("condition_names")
     lookup = {}
     for c in present:
         lookup.setdefault(_text(c), c)
-        lookup.setdefault(condition_label(c, names_attr), c)
+        lookup.setdefault(condition_label(c, ds.attrs), c)
     unknown = [str(w) for w in conditions if _text(w) not in lookup]
     if unknown:
         raise ValueError(f"no condition {unknown[0]!r} in setup {setup!r}; it has: "
@@ -285,7 +294,7 @@ def plot_gallery(datasets: dict, setup: str | None = None, baseline: str | None 
             label = {"once": f"round {rnd[block[0]]}, memory only\n" + ("= without SPELL" if same else "SPELL idle"),
                      "without": "without SPELL",
                      "with": "with SPELL" if len(kinds) > 1 or not pair else "with SPELL\n(no baseline\nfor these seeds)"}[kind]
-            axes[r, 0].set_ylabel(f"{condition_label(conditions[ci], ds.attrs.get('condition_names'))}\n{label}",
+            axes[r, 0].set_ylabel(f"{condition_label(conditions[ci], ds.attrs)}\n{label}",
                                   fontsize=8)
             axes[r, 0].yaxis.set_visible(True)
             r += 1

@@ -217,7 +217,7 @@ def plot_samples(datasets: dict, condition=None, rows: int = 6, ncols: int = 8):
                 s.set_visible(bool(changed[j]))
                 s.set_edgecolor(plots.HIGHLIGHT), s.set_linewidth(3)
         axes[row, 0].set_ylabel(f"r = {radius_of(ds):.3g}", fontsize=9)
-    fig.suptitle(f"{condition_label(condition, ds0.attrs.get('condition_names'))}: the same seeds at increasing "
+    fig.suptitle(f"{condition_label(condition, ds0.attrs)}: the same seeds at increasing "
                  f"radius (top: no SPELL); orange = SPELL changed it", fontweight="bold", fontsize=10)
     return fig
 

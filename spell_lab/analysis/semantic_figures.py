@@ -35,7 +35,7 @@ def plot_gallery(datasets: dict, points, n: int = GALLERY_COLUMNS):
         ax.imshow(np.concatenate(list(arr), axis=1), cmap=None if rgb else "gray")
         ax.set_axis_off()
         ax.set_title(f"{g} ({points.loc[g, 'label']}, r = {points.loc[g, 'value']:.4g})", fontsize=8, loc="left")
-    fig.suptitle(f"the first {n} seeds of {condition_label(cond, first.attrs.get('condition_names'))} in every "
+    fig.suptitle(f"the first {n} seeds of {condition_label(cond, first.attrs)} in every "
                  "variant group", fontsize=9)
     fig.tight_layout()
     return fig

@@ -41,6 +41,7 @@ register(ModelEntry(
     feature_map="spell_lab.models.fashion:feature_map",
     fidelity="spell_lab.models.fashion:fidelity",
     training_set="spell_lab.models.fashion_training_set:training_set",
+    condition_names="spell_lab.models.fashion_data:CLASS_NAMES",
     # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 2.5, median 29.81;
     # F(P, C) is exactly 0.935 from r = 0 to 15.9 (precision and coverage unchanged), within one SE to 19.88 and falls
     # after (0.907 at 23.85), so its argmax is r = 0: no radius is selected (analysis/fashion)

@@ -9,7 +9,7 @@ An entry declares everything the experiments and analyses need to know about a b
         reference="spell_lab.models.gmm:held_out",       # (conditions, per_condition|None, seed) -> (x, cond, description)
         features="spell_lab.metrics.features:RawFeatures",  # () -> extractor, (N, *shape) -> (N, D) features
         fidelity=None,                                   # (x0, cond) -> (N,) probability of the requested condition
-    training_set=None,                               # (model, set_size|None, seed, data_dir=None) -> (N, *shape) float32
+        training_set=None,                               # (model, set_size|None, seed, data_dir=None) -> (N, *shape) float32
         selected_radius=None, radius_source="calibrate --select --model gmm selects 0",
     ))
 
@@ -39,6 +39,7 @@ class ModelEntry:
     # diffusion space, grown to set_size by seeded augmentations (None: the training items alone); the protected set
     training_set: Ref | None = None
     feature_map: Ref | None = None  # (device) -> phi, differentiable (B, *shape) -> (B, D): the features, for semantic SPELL
+    condition_names: Ref | None = None  # the conditions' names in order (class labels) for figures; None: numbers
     selected_radius: float | None = None  # Appendix D's selected radius (calibrate --select); None: none selected
     radius_source: str = ""  # how the selected radius was found (or why there is none), shown in errors
     default: bool = False  # the model commands use when --model is not given (exactly one entry)
@@ -165,6 +166,12 @@ def condition_fidelity(name: str):
     """`(x0, cond) -> (N,)` probabilities of the requested condition, or None (the model has no classifier)."""
     e = MODELS.get(name)
     return None if e is None or e.fidelity is None else resolve(e.fidelity)
+
+
+def condition_names(name) -> tuple[str, ...] | None:
+    """A built-in model's condition names in order (figures label classes with them); None for any other model."""
+    e = MODELS.get(name) if isinstance(name, str) else None
+    return None if e is None or e.condition_names is None else tuple(resolve(e.condition_names))
 
 
 def selected_radius(name: str) -> float:
