@@ -44,7 +44,8 @@ register(ModelEntry(
     condition_names="spell_lab.models.fashion_data:CLASS_NAMES",
     # calibrate --select --full on the shipped weights (10 classes x 32, real items matched): w = 2.5, median 29.81;
     # F(P, C) is exactly 0.935 from r = 0 to 15.9 (precision and coverage unchanged), within one SE to 19.88 and falls
-    # after (0.907 at 23.85), so its argmax is r = 0: no radius is selected (analysis/fashion)
+    # after (0.907 at 23.85), so its argmax is r = 0: no radius is selected (analysis/fashion). At 128 per class
+    # (--per_condition 128) the argmax is 11.85, 0.0005 above r = 0, and F is 0.800 at 23.7 (analysis/fashion)
     selected_radius=None,
     radius_source="calibrate --select --model fashion --full selects 0: F(P, C) is flat from r = 0 to 15.9 and falls "
                   "after 19.88; the paper's LD radius is 25 (analysis/fashion)",
