@@ -50,12 +50,13 @@ def test_gallery_selection_defaults_and_errors():
 
 
 def test_condition_labels_come_from_the_group_then_the_model():
-    assert g.condition_label(0, {"model": "fashion", "condition_names": None}) == "T-shirt/top"  # the registry's
+    spec = {"name": "fashion"}  # a group's model attribute, as the store writes it
+    assert g.condition_label(0, {"model": spec, "condition_names": None}) == "T-shirt/top"  # the registry's
     assert g.condition_label(9, {"model": "fashion"}) == "Ankle boot"
     assert g.condition_label(1, {"model": "fashion", "condition_names": ["a", "b"]}) == "b"  # the run's own names win
     assert g.condition_label(3, {"model": "digits"}) == "condition 3"  # a model without names: the number
     assert g.condition_label(3, {"model": "some/hub-model"}) == "condition 3"
-    assert g.condition_label(12, {"model": "fashion"}) == "condition 12"  # beyond the names: the number
+    assert g.condition_label(12, {"model": spec}) == "condition 12"  # beyond the names: the number
     assert g.condition_label(2) == "condition 2"
 
 

@@ -60,7 +60,8 @@ def condition_names_of(attrs) -> list | tuple | None:
     from ..models.registry import condition_names
 
     attrs = attrs or {}
-    return attrs.get("condition_names") or condition_names(attrs.get("model"))
+    model = attrs.get("model")  # the store's model spec, {"name": ...}
+    return attrs.get("condition_names") or condition_names(model.get("name") if isinstance(model, dict) else model)
 
 
 def condition_label(c, attrs=None) -> str:
