@@ -9,6 +9,7 @@ import json
 import matplotlib.pyplot as plt
 import numpy as np
 
+from . import plots
 from .baselines_figures import plot_fronts
 from .gallery import condition_label, generation_order, images
 from .semantic import VARIANTS
@@ -23,16 +24,16 @@ def plot_gallery(datasets: dict, points, n: int = GALLERY_COLUMNS):
     rows = sorted(rows, key=lambda g: (points.loc[g, "value"] > 0, VARIANTS.index(points.loc[g, "sweep"])))
     first = datasets[rows[0]]
     cond = first["condition"].values[generation_order(first)][0]
-    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.75, 0.95 * len(rows) + 0.4), squeeze=False)
-    for ax, g in zip(axes[:, 0], rows):
+    strips = []
+    for g in rows:
         ds = datasets[g]
         order = generation_order(ds)
-        idx = order[ds["condition"].values[order] == cond][:n]
-        arr, rgb = images(ds, idx)
-        if not rgb:
-            lo, hi = np.percentile(arr, [1, 99])
-            arr = np.clip((arr - lo) / max(hi - lo, 1e-8), 0, 1)
-        ax.imshow(np.concatenate(list(arr), axis=1), cmap=None if rgb else "gray")
+        arr, rgb = images(ds, order[ds["condition"].values[order] == cond][:n])
+        strips.append((np.concatenate(list(arr), axis=1), rgb))
+    gray = plots.to_gray01([None if rgb else a for a, rgb in strips])  # one scale for every grayscale row
+    fig, axes = plt.subplots(len(rows), 1, figsize=(n * 0.75, 0.95 * len(rows) + 0.4), squeeze=False)
+    for ax, g, (strip, rgb), scaled in zip(axes[:, 0], rows, strips, gray):
+        ax.imshow(strip) if rgb else ax.imshow(scaled, cmap="gray", vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title(f"{g} ({points.loc[g, 'label']}, r = {points.loc[g, 'value']:.4g})", fontsize=8, loc="left")
     fig.suptitle(f"the first {n} seeds of {condition_label(cond, first.attrs)} in every "
